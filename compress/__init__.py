@@ -1,0 +1,1 @@
+"""compress: quantize, prune and export PyTorch models for edge deployment."""
