@@ -1,1 +1,21 @@
-"""passes"""
+"""Model transformations: BN folding, quantization (prepare → calibrate / QAT → convert)."""
+
+from compress.passes.calibrate import calibrate
+from compress.passes.convert import convert
+from compress.passes.fuse import fold_bn
+from compress.passes.prepare import FloatOp, PrepareInfo, prepare
+from compress.passes.qat import OptimizerKind, QATConfig, freeze_bn_stats, resolve_device, train_qat
+
+__all__ = [
+    "FloatOp",
+    "OptimizerKind",
+    "PrepareInfo",
+    "QATConfig",
+    "calibrate",
+    "convert",
+    "fold_bn",
+    "freeze_bn_stats",
+    "prepare",
+    "resolve_device",
+    "train_qat",
+]

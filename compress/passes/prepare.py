@@ -1,0 +1,262 @@
+"""prepare(): turn an ordinary float model into a quantization-simulating one.
+
+Graph capture with torch.fx (compress layers as leaves). Then, on the graph:
+
+1. fold BatchNorm into the conv before it (PTQ), or fuse the pair into a ``QuantConvBn2d`` (QAT, so BN
+   statistics stay live while training);
+2. swap weight layers (Linear, Conv, Embedding, attention, LSTM/GRU) for their quant subclasses;
+3. put one activation :class:`~compress.quant.Quantizer` on every real-valued edge: each model input and the
+   output of each op that computes new values; ReLU after a conv/linear/add shares the producer's
+   requantization, and grid-preserving ops (max pool, reshape...) need none.
+
+Models fx cannot trace fall back to swapping layers in place with their own input/output quantizers; the ops
+between layers then stay float and are listed in ``model.compress_info.float_ops``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
+
+from compress.errors import CompressError, DataError
+from compress.layers.base import QuantLayerMixin
+from compress.layers.conv import QuantConvBn2d
+from compress.passes import graph as g
+from compress.passes.fuse import can_fold, fold_bn
+from compress.quant.config import QuantConfig
+
+
+@dataclass(frozen=True)
+class FloatOp:
+    """An op that runs in float in the int8 model, and why."""
+
+    name: str
+    op: str
+    reason: str
+
+
+@dataclass
+class PrepareInfo:
+    """How a model was prepared: ``capture`` is ``"fx"`` or ``"module_swap"``."""
+
+    capture: str
+    qat: bool
+    config: QuantConfig
+    float_ops: list[FloatOp] = field(default_factory=list)
+    quantized_layers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {
+            "capture": self.capture,
+            "qat": self.qat,
+            "config": self.config.to_dict(),
+            "float_ops": [asdict(f) for f in self.float_ops],
+            "quantized_layers": list(self.quantized_layers),
+        }
+
+
+def quant_class_for(module: nn.Module) -> type | None:
+    from compress.layers.registry import quant_class_for as lookup
+
+    return lookup(module)
+
+
+def _as_tuple(example_inputs) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    return tuple(example_inputs)
+
+
+def prepare(
+    model: nn.Module,
+    example_inputs,
+    config: QuantConfig | None = None,
+    *,
+    qat: bool = False,
+    keep_float: tuple[str, ...] = (),
+) -> nn.Module:
+    """A copy of ``model`` that simulates int8 inference, ready for :func:`calibrate` (or QAT training).
+
+    Args:
+        model: the float model (left untouched).
+        example_inputs: one input batch (a tensor or a tuple of tensors) used to trace shapes.
+        config: weight/activation formats and the calibration observer.
+        qat: keep BatchNorm live (fused conv+BN) and return the model in train mode.
+        keep_float: qualified names of modules to leave in float (e.g. a sensitive first conv).
+
+    Returns:
+        A ``torch.fx.GraphModule`` (or, when fx cannot trace the model, the module with layers swapped in
+        place) with ``compress_info`` describing what was done.
+
+    Example:
+        >>> from compress.models import DemoCNN
+        >>> prepared = prepare(DemoCNN(), torch.randn(1, 1, 8, 8))
+        >>> prepared.compress_info.capture
+        'fx'
+    """
+    config = config or QuantConfig()
+    example_inputs = _as_tuple(example_inputs)
+    model = copy.deepcopy(model).train(qat)
+    try:
+        gm = g.trace(model)
+    except CompressError as exc:
+        return _prepare_module_swap(model, config, qat, keep_float, str(exc))
+    gm.train(qat)
+    _fold_batchnorm(gm, config, qat, keep_float)
+    swapped = _swap_layers(gm, config, keep_float)
+    _propagate_shapes(gm, example_inputs)
+    _insert_quantizers(gm, config)
+    gm.graph.lint()
+    gm.recompile()
+    gm.compress_info = PrepareInfo("fx", qat, config, _float_ops(gm, keep_float), swapped)
+    return gm
+
+
+def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
+    parent_name, _, attr = qualname.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
+
+
+def _fold_batchnorm(gm: fx.GraphModule, config: QuantConfig, qat: bool, keep_float) -> None:
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        bn = g.target_module(node, modules)
+        if not isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d) or not node.args:
+            continue
+        prev = node.args[0]
+        layer = g.target_module(prev, modules) if isinstance(prev, fx.Node) else None
+        if layer is None or len(prev.users) != 1 or not can_fold(layer, bn) or prev.target in keep_float:
+            continue
+        if qat and type(layer) is nn.Conv2d and layer.padding_mode == "zeros":
+            fused: nn.Module = QuantConvBn2d.from_float(layer, bn, config)
+        else:
+            fused = fold_bn(layer, bn.eval() if not qat else copy.deepcopy(bn).eval())
+        _set_module(gm, prev.target, fused)
+        node.replace_all_uses_with(prev)
+        gm.graph.erase_node(node)
+        modules[prev.target] = fused
+    gm.delete_all_unused_submodules()
+
+
+def _swap_layers(gm: fx.GraphModule, config: QuantConfig, keep_float) -> list[str]:
+    swapped = []
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        mod = g.target_module(node, modules)
+        if mod is None or isinstance(mod, QuantLayerMixin) or node.target in keep_float:
+            if isinstance(mod, QuantLayerMixin):
+                swapped.append(node.target)
+            continue
+        cls = quant_class_for(mod)
+        if cls is None:
+            continue
+        try:
+            _set_module(gm, node.target, cls.from_float(mod, config))
+        except CompressError:
+            continue  # e.g. a padding mode with no int8 kernel: the layer stays float and is reported
+        swapped.append(node.target)
+    return swapped
+
+
+def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    # Shape propagation runs the model once; in eval mode so BN running statistics are not disturbed.
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+    except Exception as exc:
+        shapes = ", ".join(str(list(t.shape)) for t in example_inputs if isinstance(t, torch.Tensor))
+        raise DataError(
+            f"the model cannot run on inputs of shape {shapes}: {str(exc).splitlines()[0]}; "
+            "pass data shaped like the model's real input"
+        ) from exc
+    finally:
+        gm.train(was_training)
+
+
+def _is_float_tensor(node: fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    return isinstance(meta, TensorMetadata) and meta.dtype.is_floating_point
+
+
+def _wants_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op in ("output", "get_attr") or not _is_float_tensor(node):
+        return False
+    if node.op == "placeholder":
+        return True
+    if g.is_quantizer(node, modules) or node.op == "call_method" and node.target in g.SHAPE_METHODS:
+        return False
+    if g.is_preserving(node, modules):
+        # Slicing a tuple (LSTM / attention outputs) yields a new value; slicing a tensor keeps its grid.
+        source = node.args[0] if node.args else None
+        return isinstance(source, fx.Node) and not isinstance(source.meta.get("tensor_meta"), TensorMetadata)
+    users = list(node.users)
+    if users and all(g.is_clamp(u, modules) for u in users):
+        return False  # the ReLU that follows gets the quantizer; int8 kernels clamp while requantizing
+    return True
+
+
+def _insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> None:
+    modules = dict(gm.named_modules())
+    for node in list(gm.graph.nodes):
+        if not _wants_quantizer(node, modules):
+            continue
+        name = _free_name(gm, f"{node.name}_act_quant")
+        gm.add_submodule(name, config.activation_quantizer())
+        with gm.graph.inserting_after(node):
+            qnode = gm.graph.call_module(name, (node,))
+        qnode.meta = dict(node.meta)
+        node.replace_all_uses_with(qnode, delete_user_cb=lambda user, q=qnode: user is not q)
+
+
+def _free_name(gm: fx.GraphModule, base: str) -> str:
+    name, i = base, 1
+    while hasattr(gm, name):
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def _float_ops(gm: fx.GraphModule, keep_float) -> list[FloatOp]:
+    modules = dict(gm.named_modules())
+    out = []
+    for node in gm.graph.nodes:
+        if node.op not in ("call_module", "call_function", "call_method") or g.is_quantizer(node, modules):
+            continue
+        if node.op == "call_method" and node.target in g.SHAPE_METHODS or g.is_int8_op(node, modules):
+            continue
+        label = g.node_label(node, modules)
+        if node.op == "call_module" and node.target in keep_float:
+            reason = "kept in float on request (keep_float)"
+        elif node.op == "call_module" and any(True for _ in modules[node.target].parameters()):
+            reason = "no quantized implementation of this layer; its weights stay float"
+        else:
+            reason = "no int8 kernel; runs in float between DequantizeLinear and QuantizeLinear"
+        out.append(FloatOp(node.name, label, reason))
+    return out
+
+
+def _prepare_module_swap(model: nn.Module, config: QuantConfig, qat: bool, keep_float, why: str) -> nn.Module:
+    float_ops, swapped = [], []
+    for name, mod in list(model.named_modules()):
+        if not name or name in keep_float or isinstance(mod, QuantLayerMixin):
+            continue
+        cls = quant_class_for(mod)
+        if cls is not None:
+            try:
+                _set_module(model, name, cls.from_float(mod, config, quantize_io=True))
+                swapped.append(name)
+                continue
+            except CompressError:
+                pass
+        if any(True for _ in mod.parameters(recurse=False)):
+            float_ops.append(FloatOp(name, type(mod).__name__, "no quantized implementation of this layer"))
+    float_ops.append(FloatOp("<functional ops>", "*", f"model not traceable, ops between layers stay float ({why})"))
+    model.train(qat)
+    model.compress_info = PrepareInfo("module_swap", qat, config, float_ops, swapped)
+    return model

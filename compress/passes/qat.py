@@ -1,0 +1,165 @@
+"""Quantization-aware training: a small, complete training loop for prepared models.
+
+Any training loop works on a model from ``prepare(..., qat=True)`` after ``calibrate`` — it is an ordinary
+``nn.Module`` whose forward simulates int8. :func:`train_qat` is the loop we use ourselves: AdamW or SGD,
+cosine learning-rate decay, CUDA when present, BatchNorm statistics frozen for the last epoch(s) so the final
+epochs train exactly the folded conv that gets exported.
+
+Using your own loop::
+
+    model = prepare(float_model, example, qat=True)
+    calibrate(model, calib_batches)          # initial activation ranges
+    for x, y in loader:                      # your loop, optimizer, schedule, DDP wrapper...
+        loss = criterion(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
+    freeze_bn_stats(model)                   # optional, for the last epoch
+    int8 = convert(model.cpu())
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import nn
+
+from compress.errors import ConfigError, DataError
+from compress.layers.conv import QuantConvBn2d
+from compress.passes.calibrate import _progress
+
+
+class OptimizerKind(str, Enum):
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Options of :func:`train_qat`.
+
+    Args:
+        epochs: passes over the training data.
+        lr: peak learning rate (cosine-decayed to 0). QAT fine-tunes: use ~1/10 of the from-scratch rate.
+        optimizer: ``adamw`` or ``sgd`` (momentum 0.9).
+        weight_decay: decoupled weight decay.
+        batch_size: batch size when the data is a Dataset.
+        freeze_bn_epochs: freeze BatchNorm statistics for this many final epochs.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"`` or ``"cuda[:N]"``.
+        seed: shuffling and initialisation seed.
+    """
+
+    epochs: int = 3
+    lr: float = 1e-3
+    optimizer: OptimizerKind = OptimizerKind.ADAMW
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    freeze_bn_epochs: int = 1
+    device: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be ≥ 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        try:
+            object.__setattr__(self, "optimizer", OptimizerKind(self.optimizer))
+        except ValueError:
+            raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}") from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU. An explicit CUDA request without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
+    return dev
+
+
+def freeze_bn_stats(model: nn.Module) -> None:
+    """Stop BatchNorm running-statistics updates in every fused Conv+BN of ``model``."""
+    for m in model.modules():
+        if isinstance(m, QuantConvBn2d):
+            m.freeze_bn_stats()
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def train_qat(
+    model: nn.Module,
+    train_data,
+    config: QATConfig | None = None,
+    *,
+    loss_fn: nn.Module | None = None,
+    progress: bool = True,
+) -> list[float]:
+    """Fine-tune a prepared, calibrated model with fake quantization in the loop.
+
+    Args:
+        model: from ``prepare(..., qat=True)`` followed by ``calibrate``.
+        train_data: a :class:`compress.io.Dataset` with labels, or an iterable of ``(x, y)`` batches.
+        config: training options.
+        loss_fn: defaults to cross-entropy (classification).
+        progress: show a progress bar.
+
+    Returns:
+        The mean training loss of each epoch. The model ends on the CPU in eval mode.
+    """
+    config = config or QATConfig()
+    loss_fn = loss_fn or nn.CrossEntropyLoss()
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer is OptimizerKind.SGD:
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9,
+                                                     weight_decay=config.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = _count_batches(train_data, config.batch_size)
+    total = max(config.epochs * steps_per_epoch, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
+    history = []
+    bar, task = _progress(total, "QAT training", progress)
+    with bar:
+        for epoch in range(config.epochs):
+            if epoch >= config.epochs - config.freeze_bn_epochs:
+                freeze_bn_stats(model)
+            losses = []
+            for x, y in _labelled_batches(train_data, config.batch_size, config.seed + epoch):
+                x, y = x.to(device), y.to(device)
+                loss = loss_fn(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                losses.append(float(loss.detach()))
+                bar.advance(task)
+            if not losses:
+                raise DataError("the training set is empty; pass labelled batches (x, y)")
+            history.append(sum(losses) / len(losses))
+    model.cpu().eval()
+    return history
+
+
+def _count_batches(data, batch_size: int) -> int:
+    if hasattr(data, "batches"):
+        return math.ceil(len(data) / batch_size)
+    try:
+        return len(data)
+    except TypeError:
+        return 0
+
+
+def _labelled_batches(data, batch_size: int, seed: int):
+    source = data.batches(batch_size, shuffle=True, seed=seed) if hasattr(data, "batches") else data
+    for batch in source:
+        if not isinstance(batch, tuple | list) or len(batch) < 2 or batch[1] is None:
+            raise DataError("QAT needs labels: pass an .npz with both x and y, or batches of (x, y)")
+        x, y = (torch.as_tensor(v) for v in batch[:2])
+        yield x.float(), y.long()
