@@ -1,0 +1,190 @@
+"""prepare → calibrate → convert on real nets, checked against the numpy integer reference."""
+
+import numpy as np
+import pytest
+import torch
+from torch import fx, nn
+
+from compress.errors import ConfigError, DataError
+from compress.layers import QuantConv2d, QuantConvBn2d, QuantLinear
+from compress.models import DemoCNN, randomize_bn
+from compress.passes import QATConfig, calibrate, convert, fold_bn, prepare, train_qat
+from compress.quant import Quantizer, QuantState
+from compress.quant import reference as ref
+
+
+def _demo(seed=0):
+    torch.manual_seed(seed)
+    return randomize_bn(DemoCNN()).eval()
+
+
+def _data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 8, 8, generator=g)
+
+
+def _quantizer_nodes(gm):
+    mods = dict(gm.named_modules())
+    return [n for n in gm.graph.nodes if n.op == "call_module" and isinstance(mods[n.target], Quantizer)]
+
+
+def test_fold_bn_equals_conv_then_bn():
+    conv, bn = nn.Conv2d(3, 5, 3, bias=True), randomize_bn(nn.Sequential(nn.BatchNorm2d(5)))[0].eval()
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(fold_bn(conv, bn)(x), bn(conv(x)), atol=1e-5, rtol=1e-5)
+
+
+def test_prepare_places_one_quantizer_per_edge():
+    gm = prepare(_demo(), _data(1))
+    mods = dict(gm.named_modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in gm.modules()), "BN must be folded"
+    assert isinstance(gm.conv1, QuantConv2d) and isinstance(gm.fc, QuantLinear)
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            assert isinstance(mods[next(iter(node.users)).target], Quantizer)
+        if node.op == "call_module" and isinstance(mods[node.target], QuantConv2d):
+            user = next(iter(node.users))
+            # conv → relu: no quantizer in between (the int8 kernel clamps); conv → add: quantizer
+            assert user.target in (torch.relu,) or isinstance(mods.get(user.target), nn.ReLU | Quantizer)
+    # the residual add's inputs are both quantized tensors
+    add = next(n for n in gm.graph.nodes if n.op == "call_function" and "add" in str(n.target))
+    assert all(isinstance(mods[a.target], Quantizer) for a in add.args)
+    assert gm.compress_info.capture == "fx" and gm.compress_info.float_ops == []
+
+
+def test_calibrated_model_tracks_float_model():
+    model, x = _demo(), _data()
+    gm = calibrate(prepare(model, x[:1]), [x[:32], x[32:]], progress=False)
+    out_q, out_f = gm(x), model(x)
+    lsb = float(next(m for m in gm.modules() if isinstance(m, Quantizer) and m is gm.fc_act_quant).scale)
+    assert (out_q - out_f).abs().max() < 8 * lsb + 0.05 * out_f.abs().max()
+
+
+def test_convert_freezes_everything_and_snaps_bias_to_int32_grid():
+    gm = convert(calibrate(prepare(_demo(), _data(1)), [_data()], progress=False))
+    for m in gm.modules():
+        if isinstance(m, Quantizer):
+            assert m.state is QuantState.FROZEN and m.observer is None
+    layer = gm.head_conv
+    assert layer.input_scale is not None
+    assert torch.equal(layer.input_scale, gm.relu_1_act_quant.scale)  # found through the max pool
+    codes = layer.quantized_bias().double() / (layer.input_scale * layer.weight_quant.scale).double()
+    # float32 bias carries ~7 significant digits: codes are integers up to that precision
+    torch.testing.assert_close(codes, codes.round(), atol=1e-6 * codes.abs().max().item() + 1e-3, rtol=0)
+
+
+def test_first_conv_matches_numpy_integer_reference():
+    """The torch simulation of conv→ReLU→requantize equals integer math (≤ 1 LSB)."""
+    gm = convert(calibrate(prepare(_demo(), _data(1)), [_data()], progress=False))
+    x = _data(8, seed=3)
+    q_in, conv, q_out = gm.x_act_quant, gm.get_submodule("stem.0"), gm.stem_2_act_quant
+    with torch.no_grad():
+        sim = q_out(torch.relu(conv(q_in(x)))).numpy()
+    s_in, z_in = float(q_in.scale), int(q_in.zero_point)
+    s_w = conv.weight_quant.scale.numpy()
+    s_out, z_out = float(q_out.scale), int(q_out.zero_point)
+    xq = ref.quantize(x.numpy(), s_in, z_in, -128, 127)
+    wq = ref.quantize(conv.weight.detach().numpy(), s_w, 0, -127, 127, axis=0)
+    bq = ref.quantize_bias(conv.bias.detach().numpy(), s_in, s_w)
+    acc = ref.conv_nd_int32(xq, z_in, wq, bq, stride=1, padding=1)
+    out_q = ref.requantize(acc, s_in * s_w, s_out, z_out, qmin=z_out, qmax=127)  # ReLU: clamp at zero point
+    sim_q = np.round(sim / s_out) + z_out
+    diff = np.abs(sim_q - out_q)
+    assert diff.max() <= 1 and np.mean(diff == 0) >= 0.99
+
+
+def test_convert_before_calibrate_is_an_error():
+    with pytest.raises(ConfigError, match="calibrate"):
+        convert(prepare(_demo(), _data(1)))
+
+
+def test_empty_calibration_set_is_an_error():
+    with pytest.raises(DataError, match="empty"):
+        calibrate(prepare(_demo(), _data(1)), [], progress=False)
+
+
+def test_wrong_input_shape_is_a_data_error():
+    with pytest.raises(DataError, match="shape"):
+        prepare(_demo(), torch.rand(1, 3, 8, 8))
+
+
+class _Untraceable(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: fx cannot trace this
+            x = x * 2
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_untraceable_model_falls_back_to_module_swap_and_reports():
+    model = _Untraceable()
+    gm = prepare(model, torch.randn(1, 4))
+    assert gm.compress_info.capture == "module_swap"
+    assert isinstance(gm.a, QuantLinear) and gm.a.input_quant is not None
+    assert any("not traceable" in f.reason for f in gm.compress_info.float_ops)
+    x = torch.randn(16, 4)
+    q = convert(calibrate(gm, [x], progress=False))
+    assert (q(x) - model(x)).abs().max() < 0.1
+
+
+class _WithTransposedConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.up = nn.ConvTranspose2d(4, 2, 2, stride=2)
+
+    def forward(self, x):
+        return self.up(torch.relu(self.conv(x)))
+
+
+def test_unsupported_layer_stays_float_and_is_reported():
+    gm = prepare(_WithTransposedConv(), torch.randn(1, 1, 8, 8))
+    names = [(f.name, f.op) for f in gm.compress_info.float_ops]
+    assert ("up", "ConvTranspose2d") in names
+    assert isinstance(gm.up, nn.ConvTranspose2d) and isinstance(gm.conv, QuantConv2d)
+
+
+def test_keep_float_leaves_named_layer_alone():
+    gm = prepare(_demo(), _data(1), keep_float=("fc",))
+    assert type(gm.fc) is nn.Linear
+    assert any(f.name == "fc" for f in gm.compress_info.float_ops)
+
+
+def test_qat_fuses_conv_bn_keeps_stats_live_then_freezes():
+    torch.manual_seed(0)
+    x = _data(128)
+    y = (x.mean(dim=(1, 2, 3)) > x.mean()).long()  # a learnable two-class task
+    gm = prepare(_demo(), x[:1], qat=True)
+    assert isinstance(gm.conv1, QuantConvBn2d) and gm.training
+    calibrate(gm, [x], progress=False)
+    before = gm.conv1.bn.running_mean.clone()
+    batches = [(x[i:i + 32], y[i:i + 32]) for i in range(0, 128, 32)]
+    losses = train_qat(gm, batches, QATConfig(epochs=6, lr=5e-3, freeze_bn_epochs=1), progress=False)
+    assert not torch.equal(before, gm.conv1.bn.running_mean), "BN running stats must update during QAT"
+    assert losses[-1] < losses[0]
+    frozen = gm.conv1.bn.running_mean.clone()
+    gm.train()
+    gm(x[:32])
+    assert torch.equal(frozen, gm.conv1.bn.running_mean), "frozen BN stats must not move"
+    gm.eval()
+    out_before = gm(x)
+    q = convert(gm)
+    assert isinstance(q.conv1, QuantConv2d) and not isinstance(q.conv1, QuantConvBn2d)
+    # the folded conv computes what the fused QAT layer computed in eval mode
+    assert (q(x) - out_before).abs().max() <= 2 * float(q.fc_act_quant.scale)
+
+
+def test_qat_without_labels_is_an_error():
+    gm = prepare(_demo(), _data(1), qat=True)
+    calibrate(gm, [_data()], progress=False)
+    with pytest.raises(DataError, match="labels"):
+        train_qat(gm, [_data(8)], QATConfig(epochs=1), progress=False)
+
+
+def test_prepared_model_is_a_graph_module_with_leaf_quant_layers():
+    gm = prepare(_demo(), _data(1))
+    assert isinstance(gm, fx.GraphModule)
+    assert any(n.target == "conv1" for n in gm.graph.nodes)
