@@ -136,3 +136,62 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.rand(m.num_features, generator=g) * 0.5 + 0.5)
                 m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model
+
+
+class EncoderBlock(nn.Module):
+    """One post-LayerNorm transformer encoder block (BERT layout): self-attention, then a GELU feed-forward."""
+
+    def __init__(self, dim: int, heads: int, ffn: int, dropout: float = 0.1):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn_in = nn.Linear(dim, ffn)
+        self.act = nn.GELU()
+        self.ffn_out = nn.Linear(ffn, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, _ = self.attn(x, x, x, need_weights=False)
+        x = self.norm1(x + self.dropout(a))
+        f = self.ffn_out(self.act(self.ffn_in(x)))
+        return self.norm2(x + self.dropout(f))
+
+
+class BertEncoder(nn.Module):
+    """A small BERT-shaped text classifier: token + position embeddings, encoder blocks, first-token head.
+
+    Input: int64 token ids ``[batch, seq]`` (seq ≤ ``max_len``). Defaults are BERT-tiny-like (2 layers, 128 wide).
+    """
+
+    def __init__(self, vocab_size: int = 1000, dim: int = 128, heads: int = 2, layers: int = 2, ffn: int = 512,
+                 max_len: int = 128, num_classes: int = 2):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, dim)
+        self.positions = nn.Embedding(max_len, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.Sequential(*[EncoderBlock(dim, heads, ffn) for _ in range(layers)])
+        self.pool = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.norm(self.tokens(ids) + self.positions(pos))
+        x = self.blocks(x)
+        return self.head(torch.tanh(self.pool(x[:, 0])))
+
+
+class LSTMClassifier(nn.Module):
+    """A 2-layer LSTM over feature frames (e.g. 40 filterbank features per step), classifying the sequence.
+
+    Input: float ``[batch, steps, input_size]``; the last step's hidden state feeds a linear head.
+    """
+
+    def __init__(self, input_size: int = 40, hidden: int = 128, layers: int = 2, num_classes: int = 10):
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden, num_layers=layers, batch_first=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1])
