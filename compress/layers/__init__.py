@@ -1,15 +1,76 @@
 """Quantization-aware layers: drop-in subclasses of torch.nn layers with from_float() / to_float()."""
 
+from compress.layers.activation import (
+    QuantDropout,
+    QuantGELU,
+    QuantHardswish,
+    QuantOutputMixin,
+    QuantReLU,
+    QuantReLU6,
+    QuantSigmoid,
+    QuantSoftmax,
+    QuantTanh,
+)
+from compress.layers.attention import QuantMultiheadAttention
 from compress.layers.base import FusedActivation, QuantLayerMixin
 from compress.layers.conv import QuantConv1d, QuantConv2d, QuantConvBn2d, QuantConvBnReLU2d
+from compress.layers.elementwise import (
+    FloatAdd,
+    FloatCat,
+    FloatMatmul,
+    FloatMul,
+    QuantAdd,
+    QuantCat,
+    QuantMatmul,
+    QuantMul,
+)
+from compress.layers.embedding import QuantEmbedding
 from compress.layers.linear import QuantLinear
+from compress.layers.norm import QuantLayerNorm
+from compress.layers.pooling import QuantAdaptiveAvgPool2d, QuantAvgPool2d, QuantMaxPool2d
+from compress.layers.recurrent import QuantGRU, QuantLSTM
+from compress.layers.registry import (
+    FLOAT_TO_QUANT,
+    QPARAM_PRESERVING_OPS,
+    QUANTIZABLE_FLOAT_OPS,
+    quant_class_for,
+)
 
 __all__ = [
+    "FLOAT_TO_QUANT",
+    "QPARAM_PRESERVING_OPS",
+    "QUANTIZABLE_FLOAT_OPS",
+    "FloatAdd",
+    "FloatCat",
+    "FloatMatmul",
+    "FloatMul",
     "FusedActivation",
+    "QuantAdaptiveAvgPool2d",
+    "QuantAdd",
+    "QuantAvgPool2d",
+    "QuantCat",
     "QuantConv1d",
     "QuantConv2d",
     "QuantConvBn2d",
     "QuantConvBnReLU2d",
+    "QuantDropout",
+    "QuantEmbedding",
+    "QuantGELU",
+    "QuantGRU",
+    "QuantHardswish",
+    "QuantLSTM",
     "QuantLayerMixin",
+    "QuantLayerNorm",
     "QuantLinear",
+    "QuantMatmul",
+    "QuantMaxPool2d",
+    "QuantMul",
+    "QuantMultiheadAttention",
+    "QuantOutputMixin",
+    "QuantReLU",
+    "QuantReLU6",
+    "QuantSigmoid",
+    "QuantSoftmax",
+    "QuantTanh",
+    "quant_class_for",
 ]
