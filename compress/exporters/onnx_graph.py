@@ -1,0 +1,370 @@
+"""The pieces the ONNX op table writes with: a graph builder, the values an fx node maps to, and the export context.
+
+Nothing here imports onnx at module level (``import compress`` must stay light); the builder loads it when
+an export starts.
+
+Value model: every fx node maps to one of
+
+* :class:`TensorValue` — an ONNX tensor name, plus :class:`QParams` when the tensor is the output of a
+  ``DequantizeLinear`` (it lies on that int8/uint8 grid, so quantization-preserving ops can re-emit Q/DQ);
+* :class:`PyValue` — a Python constant the model computed while tracing (``x.size(0)``, ``x.shape``, an
+  int derived from them), read from the shape-propagation run; ``batch_dependent`` marks values that change
+  with the batch size and so cannot be baked into a dynamic-batch graph as constants;
+* a tuple of those (a module returning several tensors, indexed by ``getitem``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import fx
+
+from compress.errors import ExportError, require
+
+# Constants at most this many elements are shared between nodes (scales, zero points, shapes, axes).
+_DEDUP_MAX_ELEMENTS = 64
+
+_NP_TO_ONNX = {
+    np.dtype(np.float32): 1, np.dtype(np.uint8): 2, np.dtype(np.int8): 3, np.dtype(np.int32): 6,
+    np.dtype(np.int64): 7, np.dtype(np.bool_): 9, np.dtype(np.float16): 10, np.dtype(np.float64): 11,
+}
+_TORCH_TO_NP = {
+    torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16, torch.int64: np.int64,
+    torch.int32: np.int32, torch.int8: np.int8, torch.uint8: np.uint8, torch.bool: np.bool_,
+}
+
+
+@dataclass(frozen=True)
+class QParams:
+    """The grid a tensor lies on, as written in ONNX.
+
+    ``zero_point`` is in the ONNX storage type (uint8: the quantizer's int8 zero point + 128, same grid);
+    ``source_zero_point`` is the torch quantizer's own.
+    """
+
+    scale: float
+    zero_point: int
+    unsigned: bool
+    source_zero_point: int
+
+    @property
+    def qmin(self) -> int:
+        return 0 if self.unsigned else -128
+
+    @property
+    def qmax(self) -> int:
+        return 255 if self.unsigned else 127
+
+    def same_grid(self, other: QParams | None) -> bool:
+        return other is not None and other == self
+
+
+@dataclass(frozen=True)
+class TensorValue:
+    name: str
+    qparams: QParams | None = None
+
+
+@dataclass(frozen=True)
+class PyValue:
+    value: Any
+    batch_dependent: bool = False
+
+
+def onnx_elem_type(dtype: torch.dtype | np.dtype) -> int:
+    np_dtype = np.dtype(_TORCH_TO_NP.get(dtype, dtype)) if isinstance(dtype, torch.dtype) else np.dtype(dtype)
+    if np_dtype not in _NP_TO_ONNX:
+        raise ExportError(f"tensor dtype {dtype} has no ONNX mapping here; cast the model and inputs to float32")
+    return _NP_TO_ONNX[np_dtype]
+
+
+def torch_to_numpy_dtype(dtype: torch.dtype) -> np.dtype:
+    return np.dtype(_TORCH_TO_NP.get(dtype, np.float32))
+
+
+class GraphBuilder:
+    """Accumulates nodes and initializers with unique names; knows the target opset."""
+
+    def __init__(self, opset: int):
+        self.onnx = require("onnx", "onnx")
+        self.helper = self.onnx.helper
+        self.numpy_helper = self.onnx.numpy_helper
+        self.opset = opset
+        self.nodes: list = []
+        self.initializers: list = []
+        self._names: set[str] = set()
+        self._const_cache: dict[tuple, str] = {}
+
+    # -- names -----------------------------------------------------------------------------------------
+    def fresh(self, hint: str) -> str:
+        base = "".join(c if c.isalnum() or c in "_.:/" else "_" for c in hint) or "t"
+        name, i = base, 1
+        while name in self._names:
+            name = f"{base}_{i}"
+            i += 1
+        self._names.add(name)
+        return name
+
+    def reserve(self, name: str) -> str:
+        if name in self._names:
+            raise ExportError(f"duplicate ONNX tensor name {name!r}; pass distinct input_names/output_names")
+        self._names.add(name)
+        return name
+
+    # -- nodes and constants ---------------------------------------------------------------------------
+    def node(self, op_type: str, inputs: list[str], hint: str, n_outputs: int = 1, **attrs) -> Any:
+        """Append a node; returns its output name (or a list of names when ``n_outputs > 1``)."""
+        outputs = [self.fresh(f"{hint}/{op_type}" if n_outputs == 1 else f"{hint}/{op_type}_{i}")
+                   for i in range(n_outputs)]
+        attrs = {k: v for k, v in attrs.items() if v is not None}
+        self.nodes.append(self.helper.make_node(op_type, inputs, outputs, name=self.fresh(f"{hint}/{op_type}#"),
+                                                **attrs))
+        return outputs[0] if n_outputs == 1 else outputs
+
+    def const(self, array: np.ndarray, hint: str) -> str:
+        array = np.asarray(array)
+        if array.size <= _DEDUP_MAX_ELEMENTS:
+            key = (array.dtype.str, array.shape, array.tobytes())
+            if key in self._const_cache:
+                return self._const_cache[key]
+        name = self.fresh(hint)
+        self.initializers.append(self.numpy_helper.from_array(np.array(array, order="C", copy=True), name))
+        if array.size <= _DEDUP_MAX_ELEMENTS:
+            self._const_cache[key] = name
+        return name
+
+    def int64s(self, values, hint: str = "const/i64") -> str:
+        return self.const(np.asarray(list(values), dtype=np.int64), hint)
+
+    def scalar(self, value, dtype, hint: str = "const/scalar") -> str:
+        return self.const(np.asarray(value, dtype=dtype), hint)
+
+    # -- quantization ----------------------------------------------------------------------------------
+    def qparam_consts(self, qp: QParams) -> tuple[str, str]:
+        scale = self.scalar(qp.scale, np.float32, "qparams/scale")
+        zp = self.scalar(qp.zero_point, np.uint8 if qp.unsigned else np.int8, "qparams/zero_point")
+        return scale, zp
+
+    def quantize_dequantize(self, x: str, qp: QParams, hint: str) -> TensorValue:
+        scale, zp = self.qparam_consts(qp)
+        q = self.node("QuantizeLinear", [x, scale, zp], hint)
+        return TensorValue(self.node("DequantizeLinear", [q, scale, zp], hint), qp)
+
+    def dequantized_const(self, codes: np.ndarray, scale: np.ndarray, axis: int | None, hint: str) -> str:
+        """An integer initializer (int8 weights / int32 bias, zero point 0) behind a DequantizeLinear."""
+        codes_name = self.const(codes, f"{hint}_quantized")
+        scale = np.asarray(scale, np.float32)
+        scale_name = self.const(scale, f"{hint}_scale")
+        zp_name = self.const(np.zeros(scale.shape, dtype=codes.dtype), f"{hint}_zero_point")
+        return self.node("DequantizeLinear", [codes_name, scale_name, zp_name], hint,
+                         axis=axis if scale.ndim == 1 else None)
+
+    # -- finishing -------------------------------------------------------------------------------------
+    def rename_output(self, old: str, new: str) -> bool:
+        """Make the node producing ``old`` write ``new`` instead (graph outputs get the user's names)."""
+        producer = next((n for n in self.nodes if old in n.output), None)
+        if producer is None:
+            return False
+        for n in self.nodes:
+            for field in (n.input, n.output):
+                for i, name in enumerate(field):
+                    if name == old:
+                        field[i] = new
+        return True
+
+    def histogram(self) -> dict[str, int]:
+        return dict(sorted(Counter(n.op_type for n in self.nodes).items()))
+
+
+class ExportContext:
+    """What an op handler sees: the builder, the fx graph, recorded shapes, and the value of each node.
+
+    ``records`` holds each node's value summary from two runs: the example inputs and (for dynamic batch)
+    the same inputs with one more batch row; a dimension or int that differs between them depends on the
+    batch size.
+    """
+
+    def __init__(self, gm: fx.GraphModule, builder: GraphBuilder, records: dict, probe: dict | None,
+                 unsigned: bool):
+        self.gm = gm
+        self.b = builder
+        self.records = records
+        self.probe = probe
+        self.unsigned = unsigned
+        self.env: dict[fx.Node, Any] = {}
+
+    # -- looking up values -----------------------------------------------------------------------------
+    def value(self, arg):
+        """fx argument → TensorValue / PyValue / tuple of them; plain Python constants become PyValue."""
+        if isinstance(arg, fx.Node):
+            return self.env[arg]
+        if isinstance(arg, tuple | list):
+            items = [self.value(a) for a in arg]
+            if all(isinstance(v, PyValue) for v in items):
+                return PyValue(type(arg)(v.value for v in items), any(v.batch_dependent for v in items))
+            return tuple(items)
+        return PyValue(arg)
+
+    def tensor(self, arg, node: fx.Node, like: torch.dtype | None = None) -> TensorValue:
+        """The ONNX tensor for ``arg``; Python numbers become constants of dtype ``like`` (default float32)."""
+        v = self.value(arg)
+        if isinstance(v, TensorValue):
+            return v
+        if isinstance(v, PyValue) and isinstance(v.value, int | float | bool) and not v.batch_dependent:
+            dtype = torch_to_numpy_dtype(like) if like is not None else np.dtype(np.float32)
+            return TensorValue(self.b.scalar(v.value, dtype, f"{node.name}/const"))
+        if isinstance(v, PyValue) and v.batch_dependent:
+            raise ExportError(
+                f"fx node {node.name!r} uses a value computed from the batch size ({v.value!r}) as tensor data; "
+                "export with OnnxExportConfig(dynamic_batch=False) or compute it without x.size(0)"
+            )
+        raise ExportError(f"fx node {node.name!r} expects a tensor argument, got {type(v).__name__}; "
+                          "rewrite the model so this argument is a tensor")
+
+    def module(self, node: fx.Node) -> torch.nn.Module:
+        return self.gm.get_submodule(node.target)
+
+    def shape(self, node: fx.Node) -> tuple[int, ...]:
+        rec = self.records[node]
+        if not isinstance(rec, TensorRecord):
+            raise ExportError(f"fx node {node.name!r} produced no single tensor while tracing shapes")
+        return rec.shape
+
+    def dtype(self, node: fx.Node) -> torch.dtype:
+        rec = self.records.get(node)
+        return rec.dtype if isinstance(rec, TensorRecord) else torch.float32
+
+    def probe_shape(self, node: fx.Node) -> tuple[int, ...]:
+        """Shape in the probe run (one more batch row); equals :meth:`shape` without dynamic batch."""
+        if self.probe is None:
+            return self.shape(node)
+        rec = self.probe[node]
+        return rec.shape if isinstance(rec, TensorRecord) else self.shape(node)
+
+    def dyn_dims(self, node: fx.Node) -> set[int]:
+        a, b = self.shape(node), self.probe_shape(node)
+        return {i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y}
+
+    def rank(self, node_or_arg) -> int:
+        return len(self.shape(node_or_arg))
+
+    # -- shared emission helpers -----------------------------------------------------------------------
+    def reshape_to_output(self, x: TensorValue, in_node: fx.Node, node: fx.Node) -> str:
+        """Reshape ``x`` to ``node``'s recorded shape, keeping batch-dependent dims dynamic (0 or -1)."""
+        out, out_p = self.shape(node), self.probe_shape(node)
+        inp, inp_p = self.shape(in_node), self.probe_shape(in_node)
+        target, inferred = [], 0
+        for i, (d, dp) in enumerate(zip(out, out_p, strict=True)):
+            if d == dp and d != 0:
+                target.append(d)
+            elif i < len(inp) and inp[i] == d and inp_p[i] == dp:
+                target.append(0)  # 0 copies the input's dimension at the same index (Reshape allowzero=0)
+            else:
+                target.append(-1)
+                inferred += 1
+        if inferred > 1:
+            raise ExportError(
+                f"fx node {node.name!r} reshapes to {list(out)} with several batch-dependent dimensions, which one "
+                "ONNX Reshape cannot express; export with OnnxExportConfig(dynamic_batch=False)"
+            )
+        return self.b.node("Reshape", [x.name, self.b.int64s(target)], node.name)
+
+    def sole_user(self, node: fx.Node) -> fx.Node | None:
+        users = list(node.users)
+        return users[0] if len(users) == 1 else None
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def summarize(value):
+    """What the exporter keeps of a traced value: tensor shapes/dtypes, and Python values as they are."""
+    if isinstance(value, torch.Tensor):
+        return TensorRecord(tuple(value.shape), value.dtype)
+    if isinstance(value, tuple | list) and any(isinstance(v, torch.Tensor | tuple | list) for v in value):
+        return tuple(summarize(v) for v in value)
+    if isinstance(value, torch.Size):
+        return tuple(value)
+    return value
+
+
+# -- the op table's registry (filled by onnx_ops / onnx_ops_quant at import) --------------------------------
+MODULE_OPS: dict[type, Any] = {}
+FUNCTION_OPS: dict[Any, Any] = {}
+METHOD_OPS: dict[str, Any] = {}
+PRESERVING: set = set()
+_REQUIRED = object()
+
+
+def op(*, modules=(), functions=(), methods=(), preserving: bool = False, quant: bool = False):
+    """Register a handler ``fn(ctx, node, module_or_None) -> value`` for modules, functions and methods.
+
+    ``preserving``: the op keeps its input's int8 grid (max pooling, reshapes, transposes, slicing); the
+    exporter re-emits Q/DQ with the input's qparams after it so the runtime can run it in int8.
+    ``quant``: the handler understands compress quant layers (others refuse them rather than export float).
+    """
+
+    def register(fn):
+        for m in modules:
+            MODULE_OPS[m] = fn
+        for f in functions:
+            FUNCTION_OPS[f] = fn
+        for name in methods:
+            METHOD_OPS[name] = fn
+        fn.handles_quant = quant
+        if preserving:
+            PRESERVING.add(fn)
+        return fn
+
+    return register
+
+
+def supported_ops() -> list[str]:
+    """Names of every module, function and tensor method the ONNX exporter writes (for error messages)."""
+    names = {f"nn.{m.__name__}" if m.__module__.startswith("torch.nn") else m.__name__ for m in MODULE_OPS}
+    names |= {_function_name(f) for f in FUNCTION_OPS}
+    names |= {f"Tensor.{m}" for m in METHOD_OPS}
+    return sorted(names)
+
+
+def _function_name(f) -> str:
+    module = getattr(f, "__module__", None) or ""
+    name = getattr(f, "__name__", repr(f))
+    if module in ("_operator", "operator"):
+        return f"operator.{name}"
+    if module.startswith("torch.nn.functional"):
+        return f"F.{name}"
+    return f"torch.{name}" if module.startswith("torch") or module == "" else f"{module}.{name}"
+
+
+def arg(node: fx.Node, index: int, name: str, default=_REQUIRED):
+    """Positional-or-keyword argument of an fx call (for methods, index 0 is ``self``)."""
+    if len(node.args) > index:
+        return node.args[index]
+    if name in node.kwargs:
+        return node.kwargs[name]
+    if default is _REQUIRED:
+        raise ExportError(f"fx node {node.name!r} ({node.target}) is missing argument {name!r}; "
+                          "pass it explicitly in the model's forward")
+    return default
+
+
+def static(ctx: ExportContext, value, node: fx.Node):
+    """A Python constant argument (dims, sizes); fx nodes holding recorded ints are resolved."""
+    v = ctx.value(value)
+    if isinstance(v, PyValue):
+        if v.batch_dependent:
+            raise ExportError(
+                f"fx node {node.name!r} needs a constant but got a batch-dependent value ({v.value!r}); "
+                "export with OnnxExportConfig(dynamic_batch=False)"
+            )
+        return v.value
+    raise ExportError(f"fx node {node.name!r} needs a Python constant argument, got a tensor; "
+                      "pass dims/sizes as ints")

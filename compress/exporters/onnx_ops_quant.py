@@ -1,0 +1,242 @@
+"""ONNX op table, quantized part: activation quantizers, quant conv / linear / embedding layers.
+
+Numerics contract (DESIGN.md): weights are int8 initializers behind ``DequantizeLinear`` (axis 0 per output
+channel, or per tensor); the bias is an int32 initializer with scale ``input_scale × weight_scale`` and zero
+point 0 behind ``DequantizeLinear``; an activation quantizer becomes ``QuantizeLinear → DequantizeLinear``
+in uint8 (zero point + 128, the same grid) or int8. Integer codes are derived from the layer's own
+fake-quantized tensors, so the ONNX graph holds exactly the values the torch simulation computes with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+import compress.layers as qlayers
+from compress.errors import ExportError
+from compress.exporters.onnx_graph import ExportContext, QParams, TensorValue, op
+from compress.layers.base import INT32_MAX, INT32_MIN, FusedActivation, QuantLayerMixin
+from compress.quant.fake import Quantizer, QuantState
+
+# Tolerance when checking that a layer's recorded input scale is its input quantizer's scale.
+_SCALE_RTOL = 1e-6
+
+
+def quantizer_qparams(q: Quantizer, unsigned: bool, where: str) -> QParams:
+    """The ONNX (scale, zero point) of an activation quantizer, in uint8 or int8 storage."""
+    if q.state is QuantState.OBSERVING:
+        raise ExportError(f"quantizer {where!r} has not been calibrated (still observing); "
+                          "run calibrate() and convert() before exporting")
+    spec = q.spec
+    if spec.per_channel:
+        raise ExportError(f"quantizer {where!r} is per-channel; ONNX activations are quantized per tensor, "
+                          "use a PerTensor() activation spec")
+    if spec.qmax - spec.qmin != 255:
+        raise ExportError(
+            f"quantizer {where!r} uses codes [{spec.qmin}, {spec.qmax}] but QuantizeLinear clamps to a full "
+            "8-bit range; use an 8-bit activation spec without narrow_range"
+        )
+    scale = q.scale.detach()
+    if q.learnable and q.state is not QuantState.FROZEN:
+        scale = scale.abs().clamp(min=1e-8)  # what Quantizer.forward uses for a learnable scale
+    zp = int(q.zero_point.reshape(()).item())
+    storage_min = 0 if unsigned else -128
+    return QParams(float(scale.reshape(()).float().item()), zp - spec.qmin + storage_min, unsigned, zp)
+
+
+def clamp_implied(ctx: ExportContext, node: fx.Node, lo: float, hi: float | None,
+                  quantizer: Quantizer | None = None) -> bool:
+    """Whether clamping to [lo, hi] is a no-op because the next quantizer's code range already does it.
+
+    True when ``node``'s only consumer (or the given ``quantizer``) has its zero point at the minimum code
+    (real 0 is the lowest value it can represent) and, for an upper bound, its largest value is ≤ hi.
+    """
+    if lo != 0:
+        return False
+    if quantizer is None:
+        user = ctx.sole_user(node)
+        if user is None or user.op != "call_module":
+            return False
+        quantizer = ctx.module(user)
+        if not isinstance(quantizer, Quantizer) or quantizer.state is QuantState.OBSERVING:
+            return False
+    qp = quantizer_qparams(quantizer, ctx.unsigned, node.name)
+    if qp.zero_point != qp.qmin:
+        return False
+    return hi is None or (qp.qmax - qp.zero_point) * qp.scale <= hi * (1 + 1e-7)
+
+
+def apply_quantizer(ctx: ExportContext, x: TensorValue, q: Quantizer, hint: str) -> TensorValue:
+    qp = quantizer_qparams(q, ctx.unsigned, hint)
+    if qp.same_grid(x.qparams):
+        return x  # already on exactly this grid: Q→DQ would be the identity
+    return ctx.b.quantize_dequantize(x.name, qp, hint)
+
+
+@op(modules=[Quantizer], quant=True)
+def _quantizer(ctx: ExportContext, node: fx.Node, q: Quantizer):
+    return apply_quantizer(ctx, ctx.tensor(node.args[0], node), q, node.name)
+
+
+# -- weights and bias -----------------------------------------------------------------------------------
+def _check_weight_quant(layer: nn.Module, where: str) -> Quantizer:
+    wq = getattr(layer, "weight_quant", None)
+    if not isinstance(wq, Quantizer) or wq.state is QuantState.OBSERVING:
+        raise ExportError(f"layer {where!r} has no usable weight quantizer; run convert() before exporting")
+    return wq
+
+
+def weight_codes(layer: nn.Module, weight: torch.Tensor, where: str) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(int8 codes, float32 scale [] or [C], per-channel axis or None) of the layer's quantized weight."""
+    wq = _check_weight_quant(layer, where)
+    with torch.no_grad():
+        fq = wq(weight.detach())  # the simulation's own fake-quantized weight
+        scale = wq.scale.detach().float()
+        zp = wq.zero_point.detach()
+        axis = wq.spec.axis
+        shape = [1] * fq.dim()
+        if axis is not None and scale.dim() == 1:
+            axis = axis % fq.dim()
+            shape[axis] = -1
+        else:
+            axis = None
+        codes = torch.round(fq / scale.reshape(shape)) + zp.reshape(shape)
+        codes = torch.clamp(codes, wq.spec.qmin, wq.spec.qmax)
+    if int(zp.abs().max()) != 0:
+        raise ExportError(f"layer {where!r} has asymmetric weights; the int8 kernels need symmetric weights "
+                          "(QuantConfig(weight=...symmetric=True))")
+    return codes.to(torch.int8).numpy(), scale.numpy(), axis
+
+
+def _bias_value(ctx: ExportContext, layer: nn.Module, bias: torch.Tensor | None, x: TensorValue,
+                where: str) -> str | None:
+    """int32 bias behind DequantizeLinear (scale input_scale × weight_scale), or float when no scale is known."""
+    if bias is None:
+        return None
+    in_scale = layer.known_input_scale()
+    if in_scale is None:
+        return ctx.b.const(bias.detach().float().numpy(), f"{where}.bias")
+    in_scale = in_scale.detach().reshape(()).float()
+    if x.qparams is not None and abs(x.qparams.scale - float(in_scale)) > _SCALE_RTOL * float(in_scale):
+        raise ExportError(
+            f"layer {where!r} snaps its bias with input scale {float(in_scale):.6g} but its input is quantized "
+            f"with scale {x.qparams.scale:.6g}; re-run convert() so input_scale matches the upstream quantizer"
+        )
+    with torch.no_grad():
+        # The same arithmetic as compress.layers.base.fake_quantize_bias, so the codes match the simulation.
+        scale = (in_scale * layer.weight_quant.scale.detach()).to(bias.dtype)
+        codes = torch.clamp(torch.round(bias.detach() / scale), INT32_MIN, INT32_MAX)
+    scale = scale.float().numpy()
+    if scale.ndim == 1 and scale.shape[0] != codes.shape[0]:
+        scale = np.broadcast_to(scale, codes.shape).copy()
+    return ctx.b.dequantized_const(codes.to(torch.int32).numpy(), scale, 0, f"{where}.bias")
+
+
+def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    # QuantConvBn2d (un-converted QAT model): export the BN-folded conv its eval forward computes.
+    if hasattr(layer, "folded"):
+        return layer.folded()
+    return layer.weight, layer.bias
+
+
+def _quant_input(ctx: ExportContext, layer: nn.Module, node: fx.Node) -> TensorValue:
+    x = ctx.tensor(node.args[0], node)
+    if getattr(layer, "input_quant", None) is not None:
+        x = apply_quantizer(ctx, x, layer.input_quant, f"{node.name}.input_quant")
+    return x
+
+
+def _finish_layer(ctx: ExportContext, layer: nn.Module, node: fx.Node, y: str) -> TensorValue:
+    """Fused activation (unless the next quantizer's clamp implies it), then the layer's own output quantizer."""
+    out_q = getattr(layer, "output_quant", None)
+    act = getattr(layer, "activation", FusedActivation.NONE)
+    if act is FusedActivation.RELU and not clamp_implied(ctx, node, 0.0, None, out_q):
+        y = ctx.b.node("Relu", [y], node.name)
+    elif act is FusedActivation.RELU6 and not clamp_implied(ctx, node, 0.0, 6.0, out_q):
+        y = ctx.b.node("Clip", [y, ctx.b.scalar(0.0, np.float32), ctx.b.scalar(6.0, np.float32)], node.name)
+    out = TensorValue(y)
+    if out_q is not None:
+        out = apply_quantizer(ctx, out, out_q, f"{node.name}.output_quant")
+    return out
+
+
+# -- layers ---------------------------------------------------------------------------------------------
+def conv_attrs(mod: nn.Module, where: str) -> dict:
+    if mod.padding_mode != "zeros":
+        raise ExportError(f"conv {where!r} uses padding_mode={mod.padding_mode!r}; only 'zeros' is exported, "
+                          "pad explicitly with F.pad in the model instead")
+    k, d = list(mod.kernel_size), list(mod.dilation)
+    if isinstance(mod.padding, str):
+        if mod.padding == "valid":
+            begin = end = [0] * len(k)
+        else:  # "same": torch puts the odd extra padding at the end
+            total = [di * (ki - 1) for di, ki in zip(d, k, strict=True)]
+            begin = [t // 2 for t in total]
+            end = [t - b for t, b in zip(total, begin, strict=True)]
+    else:
+        begin = end = list(mod.padding)
+    return dict(kernel_shape=k, strides=list(mod.stride), pads=list(begin) + list(end), dilations=d,
+                group=mod.groups)
+
+
+@op(modules=[qlayers.QuantConv1d, qlayers.QuantConv2d], quant=True)
+def _quant_conv(ctx: ExportContext, node: fx.Node, layer: nn.Module):
+    x = _quant_input(ctx, layer, node)
+    weight, bias = _weight_and_bias(layer)
+    codes, scale, axis = weight_codes(layer, weight, node.name)
+    w = ctx.b.dequantized_const(codes, scale, axis, f"{node.name}.weight")
+    b = _bias_value(ctx, layer, bias, x, node.name)
+    y = ctx.b.node("Conv", [x.name, w] + ([b] if b else []), node.name, **conv_attrs(layer, node.name))
+    return _finish_layer(ctx, layer, node, y)
+
+
+def emit_linear(ctx: ExportContext, node: fx.Node, x: TensorValue, weight_for, bias: str | None) -> str:
+    """Gemm for 2-D inputs (weight [out, in], transB=1), MatMul (+ Add) otherwise (weight [in, out])."""
+    if ctx.rank(node.args[0]) == 2:
+        return ctx.b.node("Gemm", [x.name, weight_for(False)] + ([bias] if bias else []), node.name, transB=1)
+    y = ctx.b.node("MatMul", [x.name, weight_for(True)], node.name)
+    return ctx.b.node("Add", [y, bias], node.name) if bias else y
+
+
+@op(modules=[qlayers.QuantLinear], quant=True)
+def _quant_linear(ctx: ExportContext, node: fx.Node, layer: nn.Module):
+    x = _quant_input(ctx, layer, node)
+    weight, bias = _weight_and_bias(layer)
+    codes, scale, axis = weight_codes(layer, weight, node.name)
+
+    def weight_for(transposed: bool) -> str:
+        if not transposed:
+            return ctx.b.dequantized_const(codes, scale, axis, f"{node.name}.weight")
+        return ctx.b.dequantized_const(np.ascontiguousarray(codes.T), scale, None if axis is None else 1 - axis,
+                                       f"{node.name}.weight_t")
+
+    y = emit_linear(ctx, node, x, weight_for, _bias_value(ctx, layer, bias, x, node.name))
+    return _finish_layer(ctx, layer, node, y)
+
+
+_QUANT_EMBEDDING = getattr(qlayers, "QuantEmbedding", None)
+
+
+def emit_embedding(ctx: ExportContext, node: fx.Node, mod: nn.Module, weight: str) -> TensorValue:
+    if mod.max_norm is not None:
+        raise ExportError(f"embedding {node.name!r} uses max_norm, which renormalises weights at run time; "
+                          "export it with max_norm=None")
+    idx = ctx.tensor(node.args[0], node)
+    return TensorValue(ctx.b.node("Gather", [weight, idx.name], node.name, axis=0))
+
+
+if _QUANT_EMBEDDING is not None:
+
+    @op(modules=[_QUANT_EMBEDDING], quant=True)
+    def _quant_embedding(ctx: ExportContext, node: fx.Node, layer: nn.Module):
+        codes, scale, axis = weight_codes(layer, layer.weight, node.name)
+        w = ctx.b.dequantized_const(codes, scale, axis, f"{node.name}.weight")
+        out = emit_embedding(ctx, node, layer, w)
+        out_q = getattr(layer, "output_quant", None)
+        return apply_quantizer(ctx, out, out_q, f"{node.name}.output_quant") if out_q is not None else out
+
+
+def is_quant_module(mod: nn.Module) -> bool:
+    return isinstance(mod, QuantLayerMixin | Quantizer) or hasattr(mod, "weight_quant") or \
+        type(mod).__module__.startswith("compress.layers")

@@ -1,0 +1,237 @@
+"""Prove an exported ONNX file computes what the torch simulation computes.
+
+:func:`verify_onnx` checks the file with ``onnx.checker``, runs it in onnxruntime (CPU, one intra-op thread
+by default), runs the torch reference on the same inputs, and compares each output under the numerics
+contract (DESIGN.md): int8 outputs within 1 LSB of the output quantizer's scale on ≥ 99% of elements; float
+outputs within a relative error (max |diff| over max |reference|) of 1e-4.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.errors import ConfigError, DataError, VerificationError, require
+from compress.exporters.onnx import OnnxExportInfo
+
+# A difference of exactly one code, computed in float32, can read as 1.0000001 LSB.
+_LSB_SLACK = 1e-3
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Pass/fail thresholds and how onnxruntime runs.
+
+    Args:
+        min_within_1lsb: fraction of int8 output elements that must be within 1 LSB (contract: 0.99).
+        float_rtol: largest allowed max|diff| / max|reference| on float outputs.
+        intra_op_threads: onnxruntime threads (1 makes results and timings reproducible).
+
+    Example:
+        >>> VerifyConfig(float_rtol=1e-3).min_within_1lsb
+        0.99
+    """
+
+    min_within_1lsb: float = 0.99
+    float_rtol: float = 1e-4
+    intra_op_threads: int = 1
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_within_1lsb <= 1.0:
+            raise ConfigError(f"min_within_1lsb must be in [0, 1], got {self.min_within_1lsb}")
+        if not self.float_rtol >= 0:
+            raise ConfigError(f"float_rtol must be ≥ 0, got {self.float_rtol}")
+        if isinstance(self.intra_op_threads, bool) or not isinstance(self.intra_op_threads, int) \
+                or self.intra_op_threads < 1:
+            raise ConfigError(f"intra_op_threads must be an integer ≥ 1, got {self.intra_op_threads!r}")
+
+
+@dataclass
+class OutputParity:
+    """Agreement on one graph output, over all verified batches."""
+
+    name: str
+    quantized: bool
+    elements: int
+    max_abs_diff: float
+    max_rel_diff: float
+    scale: float | None = None
+    max_abs_lsb: float | None = None
+    within_1lsb_fraction: float | None = None
+    passed: bool = True
+
+
+@dataclass
+class ParityReport:
+    """The outcome of :func:`verify_onnx`. ``max_abs_lsb`` / ``within_1lsb_fraction`` aggregate the int8
+    outputs (None when there are none); ``max_abs_diff`` / ``max_rel_diff`` cover every output."""
+
+    path: str
+    passed: bool
+    batches: int
+    outputs: list[OutputParity]
+    max_abs_lsb: float | None
+    within_1lsb_fraction: float | None
+    max_abs_diff: float
+    max_rel_diff: float
+    thresholds: dict
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if self.max_abs_lsb is not None:
+            core = (f"max {self.max_abs_lsb:.2f} LSB, {100 * self.within_1lsb_fraction:.2f}% within 1 LSB "
+                    f"(need ≥ {100 * self.thresholds['min_within_1lsb']:.0f}%)")
+        else:
+            core = f"max rel diff {self.max_rel_diff:.2e} (limit {self.thresholds['float_rtol']:.0e})"
+        return f"{'passed' if self.passed else 'FAILED'}: {core} over {self.batches} batches"
+
+
+def _as_batch(item) -> tuple[np.ndarray, ...]:
+    items = item if isinstance(item, tuple | list) else (item,)
+    out = []
+    for x in items:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+        if not isinstance(x, np.ndarray):
+            raise DataError(f"verification inputs must be numpy arrays or tensors, got {type(x).__name__}")
+        out.append(np.ascontiguousarray(x))
+    return tuple(out)
+
+
+def _flatten(y) -> list[np.ndarray]:
+    if isinstance(y, torch.Tensor):
+        return [y.detach().cpu().float().numpy()]
+    if isinstance(y, tuple | list):
+        return [a for item in y for a in _flatten(item)]
+    if isinstance(y, dict):
+        return [a for item in y.values() for a in _flatten(item)]
+    return [np.asarray(y, dtype=np.float32)]
+
+
+def verify_onnx(path, reference: Callable | nn.Module, inputs: Iterable, *, info: OnnxExportInfo,
+                config: VerifyConfig = VerifyConfig(), strict: bool = False) -> ParityReport:
+    """Run ``path`` in onnxruntime and ``reference`` in torch on the same inputs; compare the outputs.
+
+    Args:
+        path: the ``.onnx`` file (from :func:`~compress.exporters.export_onnx`).
+        reference: the torch simulation (the converted model) or any callable taking the input tensors.
+        inputs: batches; each an array/tensor, or a tuple of them for multi-input models.
+        info: the export's :class:`OnnxExportInfo` (output scales tell which outputs are int8).
+        config: thresholds and thread count.
+        strict: raise :class:`VerificationError` (with the figures) when the contract is not met.
+
+    Returns:
+        A :class:`ParityReport`.
+
+    Example:
+        >>> import tempfile, os
+        >>> from compress.exporters.onnx import export_onnx
+        >>> m = nn.Linear(4, 2).eval(); p = os.path.join(tempfile.mkdtemp(), "m.onnx")
+        >>> info = export_onnx(m, (torch.randn(1, 4),), p)
+        >>> verify_onnx(p, m, [np.ones((3, 4), np.float32)], info=info).passed
+        True
+    """
+    onnx = require("onnx", "onnx")
+    ort = require("onnxruntime", "onnx")
+    path = str(path)
+    try:
+        onnx.checker.check_model(path)
+    except (onnx.checker.ValidationError, OSError) as exc:
+        raise VerificationError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0]}); "
+                                "re-export it with export_onnx") from exc
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise VerificationError(f"onnxruntime cannot load {path} ({str(exc).splitlines()[0]}); "
+                                "re-export it, or report the op named in the message") from exc
+    in_names = [i.name for i in session.get_inputs()]
+    out_names = [o.name for o in session.get_outputs()]
+    scales = list(info.output_scales)
+    if len(scales) != len(out_names):
+        raise VerificationError(f"info describes {len(scales)} outputs but {path} has {len(out_names)}; "
+                                "pass the OnnxExportInfo returned by the export of this file")
+
+    was_training = reference.training if isinstance(reference, nn.Module) else None
+    if isinstance(reference, nn.Module):
+        reference.eval()
+    diffs: list[list[np.ndarray]] = [[] for _ in out_names]
+    refs_max = [0.0] * len(out_names)
+    problems: list[str] = []
+    batches = 0
+    try:
+        for item in inputs:
+            batch = _as_batch(item)
+            if len(batch) != len(in_names):
+                raise DataError(f"a verification batch has {len(batch)} arrays but the model takes "
+                                f"{len(in_names)} inputs ({', '.join(in_names)})")
+            got = session.run(None, dict(zip(in_names, batch, strict=True)))
+            with torch.no_grad():
+                want = _flatten(reference(*(torch.from_numpy(x) for x in batch)))
+            if len(want) != len(got):
+                raise VerificationError(f"the reference returns {len(want)} outputs but the ONNX model "
+                                        f"{len(got)}; verify against the model that was exported")
+            for i, (g, w) in enumerate(zip(got, want, strict=True)):
+                if g.shape != w.shape:
+                    problems.append(f"output {out_names[i]!r}: shape {list(g.shape)} vs reference "
+                                    f"{list(w.shape)}")
+                    continue
+                diffs[i].append(np.abs(g.astype(np.float64) - w.astype(np.float64)).ravel())
+                if w.size:
+                    refs_max[i] = max(refs_max[i], float(np.max(np.abs(w))))
+            batches += 1
+    finally:
+        if was_training:
+            reference.train()
+    if batches == 0:
+        raise DataError("no verification inputs were given; pass at least one batch")
+
+    outputs = []
+    for i, name in enumerate(out_names):
+        d = np.concatenate(diffs[i]) if diffs[i] else np.zeros(0)
+        max_abs = float(d.max()) if d.size else 0.0
+        # Relative to the output's magnitude: elementwise ratios blow up on values near zero.
+        max_rel = max_abs / refs_max[i] if refs_max[i] > 0 else (0.0 if max_abs == 0 else float("inf"))
+        if not np.isfinite(d).all():
+            max_abs = max_rel = float("inf")
+        par = OutputParity(name, scales[i] is not None, int(d.size), max_abs, max_rel)
+        if scales[i] is not None:
+            par.scale = float(scales[i][0])
+            lsb = d / par.scale
+            par.max_abs_lsb = float(lsb.max()) if d.size else 0.0
+            par.within_1lsb_fraction = float(np.mean(lsb <= 1 + _LSB_SLACK)) if d.size else 1.0
+            par.passed = par.within_1lsb_fraction >= config.min_within_1lsb
+        else:
+            par.passed = max_rel <= config.float_rtol
+        outputs.append(par)
+
+    quant = [o for o in outputs if o.quantized]
+    total_q = sum(o.elements for o in quant)
+    report = ParityReport(
+        path=path,
+        passed=not problems and all(o.passed for o in outputs),
+        batches=batches,
+        outputs=outputs,
+        max_abs_lsb=max((o.max_abs_lsb for o in quant), default=None),
+        within_1lsb_fraction=(sum(o.within_1lsb_fraction * o.elements for o in quant) / total_q
+                              if total_q else (1.0 if quant else None)),
+        max_abs_diff=max((o.max_abs_diff for o in outputs), default=0.0),
+        max_rel_diff=max((o.max_rel_diff for o in outputs), default=0.0),
+        thresholds={"min_within_1lsb": config.min_within_1lsb, "float_rtol": config.float_rtol},
+        problems=problems,
+    )
+    if strict and not report.passed:
+        detail = "; ".join(problems) if problems else report.summary()
+        raise VerificationError(f"{path} disagrees with the torch simulation ({detail}); check the calibration "
+                                "data and the exported ops, or relax VerifyConfig if the gap is expected")
+    return report
