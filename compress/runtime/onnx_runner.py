@@ -27,20 +27,32 @@ _ORT_DTYPES = {
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far, in bytes (``getrusage``; KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process so far, in bytes.
+
+    Linux: ``VmHWM`` from /proc, which belongs to this process image alone. ``getrusage``'s ``ru_maxrss``
+    is the fallback only, because Linux carries it over fork + exec: a measurement child would report its
+    parent's peak whenever that was larger (measured here: 1.2 GB for every child of a benchmark parent).
+    """
+    hwm = _proc_status_bytes("VmHWM:")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB elsewhere
+
+
+def _proc_status_bytes(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def current_rss_bytes() -> int | None:
     """Current resident set size in bytes from /proc (Linux), or None where it is not available."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _proc_status_bytes("VmRSS:")
 
 
 def _load_inputs(inputs, session) -> dict[str, np.ndarray]:

@@ -28,6 +28,11 @@ def sleepy(delay_ms, runs=10):
             "torch_loaded": "torch" in sys.modules, "affinity": sorted(os.sched_getaffinity(0))}
 
 
+def peak_rss():
+    from compress.runtime.onnx_runner import peak_rss_bytes
+    return {"latency": {"median": 0.0}, "peak": peak_rss_bytes()}
+
+
 def bad_data():
     raise DataError("inputs lack 'x'; name the arrays after the model inputs")
 
@@ -124,6 +129,18 @@ def test_run_isolated_runs_in_a_fresh_lean_process(helper):
     assert r["torch_loaded"] is False  # the child did not run compress/__init__ nor import torch
     assert len(r["samples_s"]) == 5
     assert min(r["samples_s"]) >= 0.002  # sleep never returns early
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM needs Linux /proc")
+def test_child_peak_memory_is_its_own_not_the_parents(helper):
+    # Linux carries ru_maxrss over fork + exec; the child must not report the parent's 300 MB peak.
+    from compress.runtime.onnx_runner import peak_rss_bytes
+
+    big = np.ones(300 * 2**20 // 8)  # touch 300 MB in the parent
+    assert peak_rss_bytes() > 300 * 2**20
+    del big
+    r = run_isolated(f"{helper}:peak_rss")
+    assert 0 < r["peak"] < 200 * 2**20
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU pinning needs Linux")
