@@ -1,0 +1,100 @@
+"""``compress quantize MODEL -o OUTDIR --calib DATA``: int8 ONNX + report.json from a float model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from compress.cli._common import (
+    check_output_dir,
+    debug_option,
+    finish_report,
+    handle_errors,
+    progress_enabled,
+    staged_output,
+    stdout_console,
+)
+from compress.errors import ConfigError
+
+# Literal copies of compress.quant.spec.ObserverKind / compress.pipeline.Target values, so `compress --help`
+# does not import torch; tests/cli checks they stay equal to the enums.
+OBSERVER_CHOICES = ("minmax", "moving_average", "percentile", "mse")
+TARGET_CHOICES = ("x86", "arm")
+
+
+def _spec_files(spec: str | None) -> list[Path]:
+    """Files a data spec reads (the .npz, or the loader's .py file), for the output-path checks."""
+    if spec is None:
+        return []
+    return [Path(spec), Path(spec.rpartition(":")[0])] if ":" in spec else [Path(spec)]
+
+
+@click.command("quantize")
+@click.argument("model", metavar="MODEL")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Output directory (model.onnx, model_fp32.onnx, report.json). Must not exist unless --force.")
+@click.option("--calib", required=True, metavar="DATA",
+              help="Calibration data: .npz with x (and optional y), or MODULE:CALLABLE returning batches.")
+@click.option("--eval", "eval_spec", metavar="DATA", help="Evaluation data with labels y: accuracy in the report.")
+@click.option("--qat", is_flag=True, help="Quantization-aware training after calibration (needs --train).")
+@click.option("--train", "train_spec", metavar="DATA", help="Labelled training data for --qat.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="QAT epochs [default: 3].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="QAT learning rate [default: 1e-3].")
+@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option("--observer", type=click.Choice(OBSERVER_CHOICES), default="minmax", show_default=True,
+              help="How activation ranges are calibrated.")
+@click.option("--target", type=click.Choice(TARGET_CHOICES), default="x86", show_default=True,
+              help="x86: uint8 activations (fastest in onnxruntime on x86); arm: int8 activations.")
+@click.option("--arch", metavar="MODULE:CALLABLE",
+              help="Builds the model a state dict is loaded into, e.g. compress.models:DemoCNN or nets.py:build.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow loading a fully pickled model. Unpickling runs code from the file: trusted files only.")
+@click.option("--force", is_flag=True, help="Replace OUTDIR if it exists (only after the new output is complete).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [default: 32].")
+@debug_option
+@handle_errors
+def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, qat: bool, train_spec: str | None,
+                     epochs: int | None, lr: float | None, per_tensor: bool, observer: str, target: str,
+                     arch: str | None, trust_pickle: bool, force: bool, batch_size: int | None) -> None:
+    """Quantize MODEL to int8 ONNX, verify it against the torch simulation, and write a report.
+
+    MODEL is a state dict (.pt/.pth/.safetensors, with --arch), a torch.export program (.pt2), or a pickled
+    module (.pt, only with --trust-pickle).
+    """
+    if not qat:
+        given = [flag for flag, value in (("--train", train_spec), ("--epochs", epochs), ("--lr", lr)) if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply to quantization-aware training; add --qat")
+    elif train_spec is None:
+        raise ConfigError("--qat needs labelled training data; pass --train DATA (an .npz with x and y)")
+    inputs = [Path(model), *_spec_files(calib), *_spec_files(eval_spec), *_spec_files(train_spec)]
+    check_output_dir(out, inputs=inputs, force=force)
+
+    from compress.io import check_fits, load_data, load_model
+    from compress.pipeline import QuantizeOptions, Target, quantize_model, render_summary
+    from compress.quant.spec import ObserverKind
+
+    extra = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
+    options = QuantizeOptions(
+        per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat, **extra
+    )
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    datasets = {}
+    for role, spec in (("calib", calib), ("eval", eval_spec), ("train", train_spec)):
+        if spec is not None:
+            datasets[role] = load_data(spec)
+            check_fits(net, datasets[role])
+
+    with staged_output(out, kind="quantize") as staging:
+        report = quantize_model(
+            net, datasets["calib"], staging, options,
+            eval_data=datasets.get("eval"), train_data=datasets.get("train"), progress=progress_enabled(),
+        )
+        report = finish_report(report, staging, out)
+
+    console = stdout_console()
+    console.print(render_summary(report))
+    written = ", ".join(f"{p.name} ({p.stat().st_size / 1024:.1f} kB)" for p in sorted(out.iterdir())
+                        if p.is_file() and not p.name.startswith("."))
+    console.print(f"wrote {out}: {written}", soft_wrap=True, highlight=False)
