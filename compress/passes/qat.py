@@ -13,11 +13,16 @@ Using your own loop::
         loss = criterion(model(x), y); loss.backward(); opt.step(); opt.zero_grad()
     freeze_bn_stats(model)                   # optional, for the last epoch
     int8 = convert(model.cpu())
+
+Several GPUs: launch with ``torchrun --nproc-per-node N your_script.py``; when ``torch.distributed`` is
+initialised, :func:`train_qat` wraps the model in DistributedDataParallel, gives each rank every N-th batch,
+and returns the same trained weights on every rank.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from enum import Enum
 
@@ -71,10 +76,23 @@ class QATConfig:
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}") from None
 
 
+def _distributed() -> tuple[int, int] | None:
+    """(rank, world size) when running under an initialised torch.distributed process group."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU. An explicit CUDA request without CUDA is an error."""
+    """``"auto"`` → CUDA when available (this rank's GPU under torchrun), else CPU.
+
+    An explicit CUDA request without CUDA is an error.
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
@@ -116,24 +134,32 @@ def train_qat(
     torch.manual_seed(config.seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
+    dist_info = _distributed()
+    trained: nn.Module = model
+    if dist_info is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.optimizer is OptimizerKind.SGD:
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9,
                                                      weight_decay=config.weight_decay)
     else:
         opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     steps_per_epoch = _count_batches(train_data, config.batch_size)
+    if dist_info is not None:
+        steps_per_epoch //= dist_info[1]
     total = max(config.epochs * steps_per_epoch, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / total, 1.0))))
     history = []
-    bar, task = _progress(total, "QAT training", progress)
+    bar, task = _progress(total, "QAT training", progress and (dist_info is None or dist_info[0] == 0))
     with bar:
         for epoch in range(config.epochs):
             if epoch >= config.epochs - config.freeze_bn_epochs:
                 freeze_bn_stats(model)
             losses = []
-            for x, y in _labelled_batches(train_data, config.batch_size, config.seed + epoch):
+            for x, y in _labelled_batches(train_data, config.batch_size, config.seed + epoch, dist_info):
                 x, y = x.to(device), y.to(device)
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(trained(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -156,8 +182,14 @@ def _count_batches(data, batch_size: int) -> int:
         return 0
 
 
-def _labelled_batches(data, batch_size: int, seed: int):
+def _labelled_batches(data, batch_size: int, seed: int, dist_info: tuple[int, int] | None = None):
     source = data.batches(batch_size, shuffle=True, seed=seed) if hasattr(data, "batches") else data
+    if dist_info is not None:
+        # Every rank must run the same number of steps (DDP all-reduces each one): drop the remainder.
+        rank, world = dist_info
+        batches = list(source)
+        usable = len(batches) - len(batches) % world
+        source = batches[rank:usable:world]
     for batch in source:
         if not isinstance(batch, tuple | list) or len(batch) < 2 or batch[1] is None:
             raise DataError("QAT needs labels: pass an .npz with both x and y, or batches of (x, y)")
