@@ -1,0 +1,301 @@
+"""TFLite export without TensorFlow: the converted torch.fx graph → a ``.tflite`` flatbuffer.
+
+Source graph (decision): the exporter reads the **converted torch.fx GraphModule** directly — the graph
+``compress.passes.convert`` returns and the ONNX exporter reads (``docs/architecture.md``, "The converted
+model"). Frozen ``Quantizer`` nodes give every activation grid (scale, zero point), each quant layer's
+``weight_quant`` gives the per-output-channel weight scales, and the int32 bias uses the input tensor's
+scale × weight scale. A float ``nn.Module`` is traced with :func:`compress.passes.graph.trace` and exported
+in float32 (BatchNorm after a conv or linear layer is folded while exporting). Reading torch rather than
+ONNX keeps one source of truth for the qparams and avoids a lossy second conversion; the cost is that
+ONNX files from elsewhere are not accepted (no ``compress convert``).
+
+What is written (details in the sibling modules):
+
+* :mod:`~compress.exporters.tflite_schema` — the flatbuffer writer (schema 3, ``TFL3``, buffer 0 empty,
+  operator codes with ``builtin_code`` and ``deprecated_builtin_code``, versions as TF's converter writes);
+* :mod:`~compress.exporters.tflite_layout` — NCHW → NHWC: activations stay NHWC between convolutions, a 4-D
+  graph input keeps the user's NCHW layout and gets one TRANSPOSE (or is declared NHWC with
+  ``nhwc_input=True``), flatten → dense permutes the dense weight columns instead of transposing;
+* :mod:`~compress.exporters.tflite_ops` — the op table (conv, depthwise, dense, elementwise, pooling,
+  activations, shape ops, matmul, LayerNorm as a decomposition, embedding).
+
+Int8 models: activations int8 asymmetric per tensor, weights int8 symmetric per channel
+(``quantized_dimension`` 0 for CONV_2D / FULLY_CONNECTED, 3 for DEPTHWISE_CONV_2D), bias int32. Inputs and
+outputs are float32 with QUANTIZE / DEQUANTIZE at the edges unless ``int8_io=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from compress.errors import ConfigError, ExportError
+from compress.exporters import tflite_layout as L
+from compress.exporters.tflite_graph import Const, Emitter, TValue, qparams_of
+from compress.exporters.tflite_ops import handler_for, supported_ops
+from compress.exporters.tflite_schema import FILE_IDENTIFIER, SCHEMA_VERSION, ModelWriter, TensorType
+from compress.quant.fake import Quantizer, QuantState
+
+_SHAPE_METHODS = {"size", "dim", "numel"}
+_DTYPES = {torch.float32: TensorType.FLOAT32, torch.int64: TensorType.INT64, torch.int32: TensorType.INT32,
+           torch.bool: TensorType.BOOL}
+
+
+@dataclass(frozen=True)
+class TFLiteExportConfig:
+    """Options of :func:`export_tflite`. Whether the model is int8 is read from the graph.
+
+    Args:
+        int8_io: int8 input and output tensors (on the model's input/output quantizer grids) instead of float32
+            with QUANTIZE / DEQUANTIZE at the edges. Only for quantized models.
+        nhwc_input: declare 4-D inputs as NHWC (feed ``x.permute(0, 2, 3, 1)``): saves the input TRANSPOSE.
+        description: the model's description string.
+
+    Example:
+        >>> TFLiteExportConfig(int8_io=True).int8_io
+        True
+    """
+
+    int8_io: bool = False
+    nhwc_input: bool = False
+    description: str = "compress tflite exporter"
+
+
+@dataclass
+class TFLiteExportInfo:
+    """What :func:`export_tflite` wrote."""
+
+    path: str
+    quantized: bool
+    int8_io: bool
+    nhwc_input: bool
+    schema_version: int
+    size_bytes: int
+    seconds: float
+    op_counts: dict[str, int] = field(default_factory=dict)
+    inputs: list[dict] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _as_tuple(example_inputs) -> tuple:
+    return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+
+
+def _graph_module(model: nn.Module) -> fx.GraphModule:
+    if isinstance(model, fx.GraphModule):
+        return model
+    from compress.passes.graph import trace
+
+    try:
+        return trace(model.eval())
+    except Exception as exc:
+        raise ExportError(f"cannot export {type(model).__name__} to TFLite: {exc}; make the model fx-traceable "
+                          "(no data-dependent control flow)") from exc
+
+
+def _is_quantized(gm: fx.GraphModule) -> bool:
+    quantizers = [m for m in gm.modules() if isinstance(m, Quantizer)]
+    if any(q.state is not QuantState.FROZEN for q in quantizers):
+        raise ExportError("the model still has unfrozen quantizers; run compress.passes.convert(model) before "
+                          "exporting")
+    return bool(quantizers)
+
+
+def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike,
+                  config: TFLiteExportConfig | None = None) -> TFLiteExportInfo:
+    """Write ``model`` as a TFLite flatbuffer (float32, or full int8 when the model was converted).
+
+    Args:
+        model: a converted int8 model (``convert(calibrate(prepare(...)))``), or a float ``nn.Module``.
+        example_inputs: one input batch (tensor or tuple); its shapes become the file's static shapes.
+        path: the ``.tflite`` file to write (written to a temporary file, then moved into place).
+        config: :class:`TFLiteExportConfig`.
+
+    Returns:
+        :class:`TFLiteExportInfo` (op counts, input/output tensors, size, time taken).
+
+    Raises:
+        ExportError: an op has no TFLite mapping (the message names the op and the node).
+
+    Example:
+        >>> from compress.models import DemoCNN
+        >>> import tempfile, os
+        >>> out = os.path.join(tempfile.mkdtemp(), "demo.tflite")
+        >>> export_tflite(DemoCNN().eval(), torch.randn(1, 1, 8, 8), out).op_counts["CONV_2D"]
+        4
+    """
+    config = config or TFLiteExportConfig()
+    start = time.perf_counter()
+    example_inputs = _as_tuple(example_inputs)
+    gm = _graph_module(model)
+    quantized = _is_quantized(gm)
+    if config.int8_io and not quantized:
+        raise ConfigError("int8_io=True needs a quantized model; convert the model first or drop int8_io")
+    gm.eval()
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*example_inputs)
+    writer = ModelWriter(config.description)
+    em = Emitter(gm, writer, quantized)
+    inputs, outputs = _walk(em, gm, example_inputs, config)
+    data = writer.serialize([v.tensor for v in inputs], [v.tensor for v in outputs])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return TFLiteExportInfo(
+        path=str(path), quantized=quantized, int8_io=config.int8_io, nhwc_input=config.nhwc_input,
+        schema_version=SCHEMA_VERSION, size_bytes=len(data), seconds=time.perf_counter() - start,
+        op_counts=dict(sorted(em.op_counts.items())),
+        inputs=[_describe(writer, v) for v in inputs], outputs=[_describe(writer, v) for v in outputs],
+    )
+
+
+def _describe(writer: ModelWriter, v: TValue) -> dict:
+    t = writer.tensors[v.tensor]
+    d = {"name": t.name, "shape": list(t.shape), "dtype": t.dtype.name.lower()}
+    if t.quant is not None:
+        d |= {"scale": t.quant.scale[0], "zero_point": t.quant.zero_point[0]}
+    return d
+
+
+def _walk(em: Emitter, gm: fx.GraphModule, example_inputs: tuple, config: TFLiteExportConfig):
+    inputs: list[TValue] = []
+    outputs: list[TValue] = []
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != len(example_inputs):
+        raise ExportError(f"the model takes {len(placeholders)} inputs but {len(example_inputs)} example inputs "
+                          "were given; pass one example tensor per model input")
+    for node in gm.graph.nodes:
+        if node in em.values:
+            continue  # folded into the op before it (fused activation, output quantizer, BatchNorm)
+        if node.op == "placeholder":
+            inputs.append(_placeholder(em, node, example_inputs[len(inputs)], config))
+        elif node.op == "get_attr":
+            em.bind(node, Const(_get_attr(gm, node.target).detach().cpu().numpy()))
+        elif node.op == "output":
+            outputs = [_output(em, v, config) for v in _flat(em.value(node.args[0]))]
+        elif em.is_quantizer(node):
+            x = em.value(node.args[0])
+            em.bind(node, em.quantize(x, qparams_of(em.module(node)), node.name) if isinstance(x, TValue) else x)
+        elif _python_only(em, node):
+            em.bind(node, _evaluate(em, node))
+        else:
+            handler = handler_for(em, node)
+            if handler is None:
+                raise ExportError(_unsupported(em, node))
+            handler(em, node)
+    return inputs, outputs
+
+
+def _placeholder(em: Emitter, node: fx.Node, example: torch.Tensor, config: TFLiteExportConfig) -> TValue:
+    if not isinstance(example, torch.Tensor) or example.dtype not in _DTYPES:
+        raise ExportError(f"input {node.name!r} must be a float32 or integer tensor, got "
+                          f"{getattr(example, 'dtype', type(example))}")
+    shape = tuple(example.shape)
+    perm = L.NCHW_TO_NHWC if config.nhwc_input and len(shape) == 4 else L.identity(len(shape))
+    users = list(node.users)
+    if config.int8_io and len(users) == 1 and em.is_quantizer(users[0]) and example.dtype == torch.float32:
+        v = em.tensor(node.name, shape, perm, TensorType.INT8, qparams_of(em.module(users[0])))
+        em.bind(node, v)
+        em.bind(users[0], v)
+        return v
+    v = em.tensor(node.name, shape, perm, _DTYPES[example.dtype])
+    em.bind(node, v)
+    return v
+
+
+def _output(em: Emitter, v, config: TFLiteExportConfig) -> TValue:
+    if not isinstance(v, TValue):
+        raise ExportError(f"model output {v!r} is not a tensor; return tensors only")
+    v = em.torch_order(v)
+    if v.is_int8 and not config.int8_io:
+        v = em.to_float(v)
+    return v
+
+
+def _flat(v) -> list:
+    if isinstance(v, list | tuple):
+        return [x for item in v for x in _flat(item)]
+    if isinstance(v, dict):
+        return [x for item in v.values() for x in _flat(item)]
+    return [v]
+
+
+def _get_attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _contains_tensor(v) -> bool:
+    if isinstance(v, TValue | Const):
+        return True
+    if isinstance(v, list | tuple):
+        return any(_contains_tensor(x) for x in v)
+    return False
+
+
+def _python_only(em: Emitter, node: fx.Node) -> bool:
+    """Shape arithmetic (``x.size(0)``, ``x.shape[1] * 2``) evaluated while exporting, not written."""
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return True
+    if node.op == "call_function" and node.target is getattr:
+        return True
+    if node.op not in ("call_function", "call_method"):
+        return False
+    return not _contains_tensor(em.value(list(node.args))) and not _contains_tensor(
+        em.value(list(node.kwargs.values())))
+
+
+def _evaluate(em: Emitter, node: fx.Node):
+    args, kwargs = em.value(tuple(node.args)), {k: em.value(v) for k, v in node.kwargs.items()}
+    if node.op == "call_method" and isinstance(args[0], TValue):
+        x = args[0]
+        if node.target == "size":
+            return torch.Size(x.shape) if len(args) == 1 else x.shape[args[1]]
+        if node.target == "dim":
+            return x.rank
+        return int(np.prod(x.shape))
+    if node.op == "call_function" and node.target is getattr and isinstance(args[0], TValue):
+        if args[1] == "shape":
+            return torch.Size(args[0].shape)
+        raise ExportError(f"{node.name!r}: tensor attribute {args[1]!r} is not exported")
+    if node.op == "call_method":
+        return getattr(args[0], node.target)(*args[1:], **kwargs)
+    return node.target(*args, **kwargs)
+
+
+def _unsupported(em: Emitter, node: fx.Node) -> str:
+    from compress.passes.graph import node_label
+
+    label = node_label(node, em.modules)
+    return (f"no TFLite mapping for op {label!r} (fx node {node.name!r}); supported: "
+            f"{', '.join(supported_ops())}. Replace the op or keep it out of the exported model")
+
+
+def read_file_identifier(path: str | os.PathLike) -> bytes:
+    """The 4-byte flatbuffer file identifier of a ``.tflite`` file (``b"TFL3"`` for ours)."""
+    with open(path, "rb") as f:
+        return f.read(8)[4:8]
+
+
+__all__ = ["FILE_IDENTIFIER", "TFLiteExportConfig", "TFLiteExportInfo", "export_tflite", "read_file_identifier"]

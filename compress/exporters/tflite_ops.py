@@ -1,0 +1,595 @@
+"""The TFLite op table: one handler per fx op kind, writing TFLite operators through an :class:`Emitter`.
+
+Each handler reads its inputs' :class:`TValue`, decides the domain — int8 when the inputs are int8 and an
+output quantizer follows (the op then writes its int8 output on that quantizer's grid, with a following
+ReLU/ReLU6 fused), float otherwise (int8 inputs are dequantized first, the following quantizer node writes a
+QUANTIZE) — and binds the node's value. Operator versions are the ones TF's converter writes for the same
+operand types (``tensorflow/lite/tools/versioning/op_version.cc``).
+
+Int8 kernels with a fixed output grid (LOGISTIC, SOFTMAX: 1/256 and −128; TANH: 1/128 and 0) write that grid
+and requantize to the model's quantizer with a QUANTIZE when they differ; CONCATENATION and AVERAGE_POOL_2D
+need their inputs on the output grid, so inputs are requantized first (a single rounding, as in torch).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from compress.errors import ExportError
+from compress.exporters import tflite_layout as L
+from compress.exporters.tflite_graph import ACT_CODE, Const, Emitter, TValue
+from compress.exporters.tflite_schema import Options, QuantParams, TensorType
+from compress.layers.base import FusedActivation, QuantLayerMixin
+
+_PAD = {L.Padding.SAME: 0, L.Padding.VALID: 1}
+_FIXED_GRID = {
+    "LOGISTIC": QuantParams.per_tensor(1 / 256, -128),
+    "SOFTMAX": QuantParams.per_tensor(1 / 256, -128),
+    "TANH": QuantParams.per_tensor(1 / 128, 0),
+}
+
+
+def _arg(node: fx.Node, i: int, name: str, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _meta_shape(node: fx.Node) -> tuple[int, ...]:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        raise ExportError(f"node {node.name!r} has no recorded shape; export from a model traced with example inputs")
+    return tuple(int(d) for d in meta.shape)
+
+
+def _int8_weights(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    shape = [-1] + [1] * (w.ndim - 1)
+    return np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+
+
+def _weights(em: Emitter, mod: nn.Module, x: TValue, int8: bool, name: str, w: np.ndarray, b, layout):
+    """(weight tensor, bias tensor) for conv/linear, int8 per channel or float; ``layout`` reorders weights."""
+    out_ch = w.shape[0]
+    if b is None:
+        b = np.zeros(out_ch, np.float32)
+    if not int8:
+        return (em.const(f"{name}_weight", layout(w.astype(np.float32)), TensorType.FLOAT32),
+                em.const(f"{name}_bias", np.asarray(b, np.float32), TensorType.FLOAT32))
+    s_w = mod.weight_quant.scale.detach().double().numpy().reshape(-1)
+    if s_w.size == 1:
+        s_w = np.full(out_ch, s_w[0])
+    wq = layout(_int8_weights(w.astype(np.float64), s_w))
+    axis = 3 if layout is L.depthwise_weight_1hwo else 0
+    w_t = em.const(f"{name}_weight", wq, TensorType.INT8, QuantParams.per_channel(s_w, 0, axis))
+    s_b = x.quant.scale[0] * s_w
+    bq = np.clip(np.round(np.asarray(b, np.float64) / s_b), -(2**31), 2**31 - 1).astype(np.int32)
+    b_t = em.const(f"{name}_bias", bq, TensorType.INT32, QuantParams.per_channel(s_b, 0, 0))
+    return w_t, b_t
+
+
+def _float_params(em: Emitter, node: fx.Node, mod: nn.Module):
+    """(weight, bias, fused activation, node the output follows) with a float BatchNorm folded in."""
+    if isinstance(mod, QuantLayerMixin):
+        w = mod.weight.detach() if em.quantized else mod.weight.detach()
+        b = mod.bias.detach() if mod.bias is not None else None
+        return w.double().numpy(), None if b is None else b.double().numpy(), mod.activation, node, []
+    w, b, last, absorbed = mod.weight.detach(), mod.bias, node, []
+    users = list(node.users)
+    if len(users) == 1 and isinstance(em.module(users[0]), nn.BatchNorm1d | nn.BatchNorm2d):
+        from compress.passes.fuse import can_fold, fold_bn
+
+        bn = em.module(users[0])
+        if can_fold(mod, bn):
+            folded = fold_bn(mod, bn)
+            w, b, last, absorbed = folded.weight.detach(), folded.bias, users[0], [users[0]]
+    b = None if b is None else b.detach().double().numpy()
+    return w.double().numpy(), b, FusedActivation.NONE, last, absorbed
+
+
+def _int8_ready(em: Emitter, mod, x: TValue, plan) -> bool:
+    return em.quantized and isinstance(mod, QuantLayerMixin) and x.is_int8 and plan.quant is not None
+
+
+def _finish(em: Emitter, node: fx.Node, out: TValue, plan, absorbed=()) -> None:
+    """Bind the op's value; a float output followed by a quantizer gets its QUANTIZE here."""
+    plan.absorbed[:0] = list(absorbed)
+    if plan.act is not FusedActivation.NONE:
+        out.nonnegative = True
+    if plan.quant is not None and not out.is_int8:
+        out = em.quantize(out, plan.quant, f"{node.name}_quant")
+    em.bind(node, out, plan)
+
+
+def _pad(em: Emitter, x: TValue, pads_nhwc, name: str, lowest: bool = False) -> TValue:
+    """PAD with zeros (int8: the zero point, i.e. real 0), or PADV2 with the lowest value (max pooling)."""
+    n, c, h, w = x.shape
+    shape = (n, c, h + pads_nhwc[1][0] + pads_nhwc[1][1], w + pads_nhwc[2][0] + pads_nhwc[2][1])
+    out = em.tensor(f"{name}_pad", shape, x.perm, x.dtype, x.quant, nonnegative=x.nonnegative)
+    paddings = em.int32_const(f"{name}_paddings", pads_nhwc)
+    version = 2 if x.is_int8 else 1
+    if not lowest:
+        em.op("PAD", [x.tensor, paddings], [out.tensor], Options("PadOptions"), version)
+    else:
+        if x.is_int8:
+            c_t = em.const(f"{name}_padvalue", np.array([-128], np.int8), TensorType.INT8, x.quant)
+        else:
+            c_t = em.const(f"{name}_padvalue", np.array([-3.0e38], np.float32), TensorType.FLOAT32)
+        em.op("PADV2", [x.tensor, paddings, c_t], [out.tensor], Options("PadV2Options"), version)
+    return out
+
+
+def conv2d(em: Emitter, node: fx.Node) -> None:
+    mod = em.module(node)
+    x = em.value(node.args[0])
+    w, b, act, last, absorbed = _float_params(em, node, mod)
+    plan = em.plan_output(last, act)
+    int8 = _int8_ready(em, mod, x, plan)
+    if not int8:
+        x = em.to_float(x)
+        if isinstance(mod, QuantLayerMixin):
+            w = mod.quantized_weight().detach().double().numpy()
+            qb = mod.quantized_bias()
+            b = None if qb is None else qb.detach().double().numpy()
+    x = em.to_perm(x, L.NCHW_TO_NHWC)
+    if mod.padding_mode != "zeros":
+        raise ExportError(f"conv {node.name!r} uses padding_mode={mod.padding_mode!r}; TFLite pads with zeros only, "
+                          "retrain with padding_mode='zeros'")
+    k, s, d = L.pair(mod.kernel_size), L.pair(mod.stride), L.pair(mod.dilation)
+    if isinstance(mod.padding, str):
+        padding = L.Padding.SAME if mod.padding == "same" else L.Padding.VALID
+    else:
+        p = L.pair(mod.padding)
+        padding = L.window_padding_2d(x.shape[2:], k, s, p, d)
+        if padding is L.Padding.EXPLICIT:
+            x = _pad(em, x, [[0, 0], [p[0], p[0]], [p[1], p[1]], [0, 0]], node.name)
+            padding = L.Padding.VALID
+    out_shape = _meta_shape(last)
+    depthwise = mod.groups == mod.in_channels and mod.groups > 1
+    if mod.groups > 1 and not depthwise:
+        raise ExportError(f"grouped conv {node.name!r} (groups={mod.groups}) has no TFLite kernel here; "
+                          "use groups=1 or depthwise (groups=in_channels)")
+    layout = L.depthwise_weight_1hwo if depthwise else L.conv_weight_ohwi
+    w_t, b_t = _weights(em, mod, x, int8, node.name, w, b, layout)
+    out = em.tensor(node.name, out_shape, L.NCHW_TO_NHWC, TensorType.INT8 if int8 else TensorType.FLOAT32,
+                    plan.quant if int8 else None)
+    fields = {"Padding": _PAD[padding], "StrideW": s[1], "StrideH": s[0], "DilationWFactor": d[1],
+              "DilationHFactor": d[0], "FusedActivationFunction": ACT_CODE[plan.act]}
+    if depthwise:
+        fields["DepthMultiplier"] = mod.out_channels // mod.in_channels
+        version = 3 if int8 else (2 if d != (1, 1) else 1)
+        em.op("DEPTHWISE_CONV_2D", [x.tensor, w_t, b_t], [out.tensor], Options("DepthwiseConv2DOptions", fields),
+              version)
+    else:
+        em.op("CONV_2D", [x.tensor, w_t, b_t], [out.tensor], Options("Conv2DOptions", fields), 3 if int8 else 1)
+    _finish(em, node, out, plan, absorbed)
+
+
+def linear(em: Emitter, node: fx.Node) -> None:
+    mod = em.module(node)
+    x = em.value(node.args[0])
+    w, b, act, last, absorbed = _float_params(em, node, mod)
+    plan = em.plan_output(last, act)
+    int8 = _int8_ready(em, mod, x, plan)
+    if not int8:
+        x = em.to_float(x)
+        if isinstance(mod, QuantLayerMixin):
+            w = mod.quantized_weight().detach().double().numpy()
+            qb = mod.quantized_bias()
+            b = None if qb is None else qb.detach().double().numpy()
+    if x.col_perm is not None:
+        col_perm = x.col_perm
+        w = w[:, col_perm]  # TFLite column j holds torch feature col_perm[j]
+    else:
+        x = em.torch_order(x)
+    w_t, b_t = _weights(em, mod, x, int8, node.name, w, b, lambda a: a)
+    out_shape = _meta_shape(last)
+    keep = len(out_shape) > 2
+    out = em.tensor(node.name, out_shape, L.identity(len(out_shape)),
+                    TensorType.INT8 if int8 else TensorType.FLOAT32, plan.quant if int8 else None)
+    version = 5 if keep else (4 if int8 else 1)
+    em.op("FULLY_CONNECTED", [x.tensor, w_t, b_t], [out.tensor],
+          Options("FullyConnectedOptions", {"FusedActivationFunction": ACT_CODE[plan.act], "KeepNumDims": keep}),
+          version)
+    _finish(em, node, out, plan, absorbed)
+
+
+def batchnorm(em: Emitter, node: fx.Node) -> None:
+    """A BatchNorm that could not be folded: x·a + b per channel (MUL, ADD) in float."""
+    mod = em.module(node)
+    x = em.to_float(em.value(node.args[0]))
+    a = (mod.weight if mod.affine else 1.0) / torch.sqrt(mod.running_var + mod.eps)
+    c = (mod.bias if mod.affine else 0.0) - mod.running_mean * a
+    shape = [1, -1] + [1] * (x.rank - 2)
+    scaled = _binary_float(em, node, "MUL", x, Const(a.detach().reshape(shape).numpy()), FusedActivation.NONE, "s")
+    out = _binary_float(em, node, "ADD", scaled, Const(c.detach().reshape(shape).numpy()), FusedActivation.NONE, "")
+    _finish(em, node, out, em.plan_output(node, fuse_act=False))
+
+
+def _binary_float(em, node, op_name, a, b, act, suffix) -> TValue:
+    lead = a if isinstance(a, TValue) else b
+    a = a if isinstance(a, TValue) else em.const_value(a, lead, f"{node.name}_c{suffix}")
+    b = b if isinstance(b, TValue) else em.const_value(b, lead, f"{node.name}_c{suffix}")
+    out = em.tensor(f"{node.name}{suffix}", _broadcast(a.shape, b.shape), lead.perm, TensorType.FLOAT32)
+    em.op(op_name, [a.tensor, b.tensor], [out.tensor],
+          Options(f"{op_name.title()}Options", {"FusedActivationFunction": ACT_CODE[act]}))
+    return out
+
+
+def _broadcast(a, b) -> tuple[int, ...]:
+    return tuple(int(d) for d in np.broadcast_shapes(tuple(a), tuple(b)))
+
+
+def _binary(op_name: str, reverse_ok: bool = True):
+    def handler(em: Emitter, node: fx.Node) -> None:
+        a, b = em.value(node.args[0]), em.value(node.args[1])
+        if node.kwargs.get("alpha", 1) != 1:
+            raise ExportError(f"{node.name!r}: add/sub with alpha is not exported; write x + alpha * y")
+        tensors = [v for v in (a, b) if isinstance(v, TValue)]
+        lead = max(tensors, key=lambda v: (v.rank, not L.is_identity(v.perm)))
+        if lead.col_perm is not None:
+            lead = em.uncollapse(lead)
+        a, b = (_align(em, v, lead) for v in (a, b))
+        plan = em.plan_output(node)
+        int8 = em.quantized and plan.quant is not None and all(v.is_int8 for v in (a, b) if isinstance(v, TValue))
+        if not int8:
+            a = em.to_float(a) if isinstance(a, TValue) else a
+            b = em.to_float(b) if isinstance(b, TValue) else b
+            lead = em.to_float(lead)
+            out = _binary_float(em, node, op_name, a, b, plan.act, "")
+            return _finish(em, node, out, plan)
+        a = a if isinstance(a, TValue) else em.const_value(a, lead, f"{node.name}_c")
+        b = b if isinstance(b, TValue) else em.const_value(b, lead, f"{node.name}_c")
+        out = em.tensor(node.name, _broadcast(a.shape, b.shape), lead.perm, TensorType.INT8, plan.quant)
+        version = 2
+        if op_name == "MUL" and a.quant.scale[0] * b.quant.scale[0] / plan.quant.scale[0] >= 1:
+            version = 3
+        em.op(op_name, [a.tensor, b.tensor], [out.tensor],
+              Options(f"{op_name.title()}Options", {"FusedActivationFunction": ACT_CODE[plan.act]}), version)
+        _finish(em, node, out, plan)
+
+    return handler
+
+
+def _align(em: Emitter, v, lead: TValue):
+    if not isinstance(v, TValue) or v is lead:
+        return v
+    if v.rank == lead.rank:
+        return em.to_perm(v, lead.perm)
+    if not L.is_identity(lead.perm):
+        raise ExportError("broadcasting between tensors of different rank in a permuted layout is not exported")
+    return em.torch_order(v)
+
+
+def cat(em: Emitter, node: fx.Node) -> None:
+    tensors = [v for v in em.value(_arg(node, 0, "tensors"))]
+    dim = _arg(node, 1, "dim", 0)
+    lead = em.uncollapse(tensors[0])
+    tensors = [em.to_perm(t, lead.perm) for t in tensors]
+    plan = em.plan_output(node)
+    int8 = em.quantized and plan.quant is not None and all(t.is_int8 for t in tensors)
+    if int8:
+        tensors = [em.quantize(t, plan.quant, f"{node.name}_in{i}") for i, t in enumerate(tensors)]
+    else:
+        tensors = [em.to_float(t) for t in tensors]
+    out = em.tensor(node.name, _meta_shape(node), lead.perm, TensorType.INT8 if int8 else TensorType.FLOAT32,
+                    plan.quant if int8 else None)
+    em.op("CONCATENATION", [t.tensor for t in tensors], [out.tensor],
+          Options("ConcatenationOptions", {"Axis": L.axis_in(lead.perm, dim),
+                                           "FusedActivationFunction": ACT_CODE[plan.act]}), 2 if int8 else 1)
+    _finish(em, node, out, plan)
+
+
+def _mean(em: Emitter, node: fx.Node, x: TValue, dims, keepdim: bool) -> None:
+    x = em.uncollapse(x)
+    dims = sorted(d % x.rank for d in dims)
+    plan = em.plan_output(node, fuse_act=False)
+    int8 = em.quantized and x.is_int8 and plan.quant is not None
+    if not int8:
+        x = em.to_float(x)
+    axes = em.int32_const(f"{node.name}_axes", [L.axis_in(x.perm, d) for d in dims])
+    out = em.tensor(node.name, _meta_shape(node), L.reduced_perm(x.perm, dims, keepdim),
+                    TensorType.INT8 if int8 else TensorType.FLOAT32, plan.quant if int8 else None,
+                    nonnegative=x.nonnegative)
+    em.op("MEAN", [x.tensor, axes], [out.tensor], Options("ReducerOptions", {"KeepDims": keepdim}),
+          2 if int8 else 1)
+    _finish(em, node, out, plan)
+
+
+def mean(em: Emitter, node: fx.Node) -> None:
+    dims = _arg(node, 1, "dim")
+    if dims is None:
+        raise ExportError(f"{node.name!r}: mean over all axes is not exported; pass dim=")
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    _mean(em, node, em.value(node.args[0]), dims, bool(_arg(node, 2, "keepdim", False)))
+
+
+def adaptive_avg_pool(em: Emitter, node: fx.Node) -> None:
+    mod = em.module(node)
+    size = mod.output_size if mod is not None else _arg(node, 1, "output_size")
+    x = em.value(node.args[0])
+    size = L.pair(size) if x.rank == 4 else (size if isinstance(size, int) else size[0],)
+    if all(s == 1 for s in size):
+        return _mean(em, node, x, list(range(2, x.rank)), True)
+    raise ExportError(f"{node.name!r}: adaptive average pooling to {size} is not exported; only output_size=1")
+
+
+def _pool(em: Emitter, node: fx.Node, kind: str, k, s, p, ceil_mode: bool, count_include_pad: bool) -> None:
+    x = em.to_perm(em.value(node.args[0]), L.NCHW_TO_NHWC)
+    padding = L.window_padding_2d(x.shape[2:], k, s, p, (1, 1), ceil_mode)
+    if padding is L.Padding.EXPLICIT or (kind == "AVERAGE_POOL_2D" and count_include_pad and any(p)):
+        if ceil_mode:
+            raise ExportError(f"{node.name!r}: pooling with ceil_mode and padding is not exported; use ceil_mode=False")
+        pads = [[0, 0], [p[0], p[0]], [p[1], p[1]], [0, 0]]
+        if kind == "MAX_POOL_2D" and not (x.nonnegative or x.is_int8 and x.quant.zero_point[0] == -128):
+            x = _pad(em, x, pads, node.name, lowest=True)
+        else:
+            x = _pad(em, x, pads, node.name)  # zeros (int8: the zero point) are ≤ every input here
+        padding = L.Padding.VALID
+    plan = em.plan_output(node, fuse_act=kind == "AVERAGE_POOL_2D")
+    int8 = x.is_int8 and (kind == "MAX_POOL_2D" or plan.quant is not None)
+    if not int8:
+        x = em.to_float(x)
+    out = em.tensor(node.name, _meta_shape(node), L.NCHW_TO_NHWC, x.dtype, x.quant, nonnegative=x.nonnegative)
+    em.op(kind, [x.tensor], [out.tensor],
+          Options("Pool2DOptions", {"Padding": _PAD[padding], "StrideW": s[1], "StrideH": s[0], "FilterWidth": k[1],
+                                    "FilterHeight": k[0], "FusedActivationFunction": ACT_CODE[plan.act]}),
+          2 if int8 else 1)
+    if int8 and plan.quant is not None:
+        out = em.quantize(out, plan.quant, f"{node.name}_requant")
+    _finish(em, node, out, plan)
+
+
+def max_pool(em: Emitter, node: fx.Node) -> None:
+    mod = em.module(node)
+    get = (lambda a, i, d: getattr(mod, a)) if mod is not None else (lambda a, i, d: _arg(node, i, a, d))
+    k = L.pair(get("kernel_size", 1, None))
+    s = L.pair(get("stride", 2, None) or k)
+    if L.pair(get("dilation", 4, 1)) != (1, 1) or get("return_indices", 5, False):
+        raise ExportError(f"{node.name!r}: max pooling with dilation or indices has no TFLite kernel")
+    _pool(em, node, "MAX_POOL_2D", k, s, L.pair(get("padding", 3, 0)), bool(get("ceil_mode", 6, False)), False)
+
+
+def avg_pool(em: Emitter, node: fx.Node) -> None:
+    mod = em.module(node)
+    get = (lambda a, i, d: getattr(mod, a)) if mod is not None else (lambda a, i, d: _arg(node, i, a, d))
+    k = L.pair(get("kernel_size", 1, None))
+    s = L.pair(get("stride", 2, None) or k)
+    if get("divisor_override", 6, None):
+        raise ExportError(f"{node.name!r}: avg_pool divisor_override has no TFLite kernel")
+    _pool(em, node, "AVERAGE_POOL_2D", k, s, L.pair(get("padding", 3, 0)), bool(get("ceil_mode", 4, False)),
+          bool(get("count_include_pad", 5, True)))
+
+
+def _unary(em: Emitter, node: fx.Node, op_name: str, int8_ok: bool = True, options: Options | None = None,
+           int8_version: int = 2, float_version: int = 1, x: TValue | None = None) -> None:
+    x = em.value(node.args[0]) if x is None else x
+    plan = em.plan_output(node, fuse_act=False)
+    if em.quantized and int8_ok and x.is_int8 and (plan.quant is not None or op_name in ("RELU", "RELU6")):
+        out_q = _FIXED_GRID.get(op_name) or plan.quant or x.quant
+        out = em.like(x, node.name, quant=out_q)
+        em.op(op_name, [x.tensor], [out.tensor], options, int8_version)
+        if plan.quant is not None:
+            out = em.quantize(out, plan.quant, f"{node.name}_requant")
+    else:
+        x = em.to_float(x)
+        out = em.like(x, node.name, quant=None)
+        em.op(op_name, [x.tensor], [out.tensor], options, float_version)
+    out.nonnegative = op_name in ("RELU", "RELU6", "LOGISTIC")
+    _finish(em, node, out, plan)
+
+
+def clamp(em: Emitter, node: fx.Node) -> None:
+    kind = em.clamp_kind(node)
+    _unary(em, node, "RELU6" if kind is FusedActivation.RELU6 else "RELU")
+
+
+def _simple(op_name: str, int8_ok: bool = True, options: Options | None = None):
+    return lambda em, node: _unary(em, node, op_name, int8_ok, options)
+
+
+def gelu(em: Emitter, node: fx.Node) -> None:
+    mod = em.module(node)
+    approx = (mod.approximate if mod is not None else node.kwargs.get("approximate", "none")) == "tanh"
+    _unary(em, node, "GELU", True, Options("GeluOptions", {"Approximate": approx}))
+
+
+def softmax(em: Emitter, node: fx.Node) -> None:
+    mod = em.module(node)
+    dim = mod.dim if mod is not None else _arg(node, 1, "dim")
+    x = em.uncollapse(em.value(node.args[0]))
+    if dim is None or x.perm[-1] != dim % x.rank:
+        x = em.torch_order(x)
+        if dim is None or dim % x.rank != x.rank - 1:
+            raise ExportError(f"{node.name!r}: softmax is exported over the last axis only; got dim={dim}")
+    _unary(em, node, "SOFTMAX", True, Options("SoftmaxOptions", {"Beta": 1.0}), x=x)
+
+
+# -- shape ops (quantization preserving) -------------------------------------------------------------------
+def alias(em: Emitter, node: fx.Node) -> None:
+    em.bind(node, em.value(node.args[0]))
+
+
+def reshape(em: Emitter, node: fx.Node) -> None:
+    x = em.value(node.args[0])
+    out_shape = _meta_shape(node)
+    n = x.shape[0] if x.rank else 1
+    if x.col_perm is None and x.rank == 4 and x.perm == L.NCHW_TO_NHWC and out_shape == (n, int(np.prod(x.shape[1:]))):
+        c, h, w = x.shape[1:]
+        col_perm = L.flatten_col_perm(c, h, w)
+        out = em.tensor(node.name, out_shape, (0, 1), x.dtype, x.quant, nonnegative=x.nonnegative)
+        em.reshape(x.tensor, out, out_shape, x.is_int8)
+        if col_perm is not None:
+            out.col_perm = col_perm
+            out._cache["chw"] = (c, h, w)
+        return em.bind(node, out)
+    x = em.uncollapse(x)
+    big = [p for p in x.perm if x.shape[p] != 1]
+    if big != sorted(big):  # element order differs from torch's: materialize it
+        x = em.torch_order(x)
+    out = em.tensor(node.name, out_shape, L.identity(len(out_shape)), x.dtype, x.quant, nonnegative=x.nonnegative)
+    em.reshape(x.tensor, out, out_shape, x.is_int8)
+    em.bind(node, out)
+
+
+def permute(em: Emitter, node: fx.Node) -> None:
+    x = em.uncollapse(em.value(node.args[0]))
+    if node.target in (torch.transpose, "transpose"):
+        d0, d1 = (a % x.rank for a in node.args[1:3])
+        dims = list(range(x.rank))
+        dims[d0], dims[d1] = dims[d1], dims[d0]
+    else:
+        dims = node.args[1:] if node.op == "call_method" else node.args[1]
+        dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], list | tuple) else list(dims)
+    out = TValue(x.tensor, _meta_shape(node), x.dtype, L.compose_torch_permute(x.perm, dims), x.quant,
+                 nonnegative=x.nonnegative)
+    em.bind(node, out)
+
+
+def getitem(em: Emitter, node: fx.Node) -> None:
+    src = em.value(node.args[0])
+    index = em.value(node.args[1])
+    if not isinstance(src, TValue):
+        return em.bind(node, src[index])
+    x = em.torch_order(src)
+    index = index if isinstance(index, tuple) else (index,)
+    if Ellipsis in index:
+        i = index.index(Ellipsis)
+        index = index[:i] + (slice(None),) * (x.rank - len(index) + 1) + index[i + 1:]
+    if any(i is None or isinstance(i, TValue) for i in index):
+        raise ExportError(f"{node.name!r}: indexing with None or tensors is not exported; use slices and ints")
+    begin, end, strides, shrink = [], [], [], 0
+    for axis in range(x.rank):
+        i = index[axis] if axis < len(index) else slice(None)
+        size = x.shape[axis]
+        if isinstance(i, int):
+            i = i % size
+            begin.append(i), end.append(i + 1), strides.append(1)
+            shrink |= 1 << axis
+        else:
+            start, stop, step = i.indices(size)
+            begin.append(start), end.append(stop), strides.append(step)
+    out_shape = _meta_shape(node)
+    out = em.tensor(node.name, out_shape, L.identity(len(out_shape)), x.dtype, x.quant, nonnegative=x.nonnegative)
+    ins = [x.tensor] + [em.int32_const(f"{node.name}_{k}", v) for k, v in
+                        (("begin", begin), ("end", end), ("strides", strides))]
+    em.op("STRIDED_SLICE", ins, [out.tensor], Options("StridedSliceOptions", {"ShrinkAxisMask": shrink}),
+          2 if x.is_int8 else 1)
+    em.bind(node, out)
+
+
+def matmul(em: Emitter, node: fx.Node) -> None:
+    a, b = (em.uncollapse(em.value(v)) for v in node.args[:2])
+    adj_y = b.rank >= 2 and b.perm == L.identity(b.rank - 2) + (b.rank - 1, b.rank - 2)
+    a = em.torch_order(a)
+    b = b if adj_y else em.torch_order(b)
+    plan = em.plan_output(node, fuse_act=False)
+    int8 = em.quantized and plan.quant is not None and a.is_int8 and b.is_int8
+    if not int8:
+        a, b = em.to_float(a), em.to_float(b)
+    out_shape = _meta_shape(node)
+    out = em.tensor(node.name, out_shape, L.identity(len(out_shape)), a.dtype, plan.quant if int8 else None)
+    em.op("BATCH_MATMUL", [a.tensor, b.tensor], [out.tensor],
+          Options("BatchMatMulOptions", {"AdjX": False, "AdjY": adj_y}), 2 if int8 else 1)
+    _finish(em, node, out, plan)
+
+
+def layer_norm(em: Emitter, node: fx.Node) -> None:
+    """LayerNorm over the last axis as MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL (+ affine), in float."""
+    mod = em.module(node)
+    if len(mod.normalized_shape) != 1:
+        raise ExportError(f"{node.name!r}: LayerNorm is exported over the last axis only")
+    x = em.to_float(em.torch_order(em.uncollapse(em.value(node.args[0]))))
+    axis = em.int32_const(f"{node.name}_axis", [x.rank - 1])
+    red_shape = x.shape[:-1] + (1,)
+
+    def t(suffix, shape=x.shape):
+        return em.tensor(f"{node.name}_{suffix}", shape, L.identity(x.rank), TensorType.FLOAT32)
+
+    mu, d, sq, var, var_eps, inv, y = (t("mean", red_shape), t("centered"), t("sq"), t("var", red_shape),
+                                       t("var_eps", red_shape), t("rstd", red_shape), t("norm"))
+    em.op("MEAN", [x.tensor, axis], [mu.tensor], Options("ReducerOptions", {"KeepDims": True}))
+    em.op("SUB", [x.tensor, mu.tensor], [d.tensor], Options("SubOptions"))
+    em.op("MUL", [d.tensor, d.tensor], [sq.tensor], Options("MulOptions"))
+    em.op("MEAN", [sq.tensor, axis], [var.tensor], Options("ReducerOptions", {"KeepDims": True}))
+    eps = em.const(f"{node.name}_eps", np.array([mod.eps], np.float32), TensorType.FLOAT32)
+    em.op("ADD", [var.tensor, eps], [var_eps.tensor], Options("AddOptions"))
+    em.op("RSQRT", [var_eps.tensor], [inv.tensor])
+    em.op("MUL", [d.tensor, inv.tensor], [y.tensor], Options("MulOptions"))
+    if mod.weight is not None:
+        y = _binary_float(em, node, "MUL", y, Const(mod.weight.detach().numpy()), FusedActivation.NONE, "_gamma")
+    if mod.bias is not None:
+        y = _binary_float(em, node, "ADD", y, Const(mod.bias.detach().numpy()), FusedActivation.NONE, "_beta")
+    _finish(em, node, y, em.plan_output(node, fuse_act=False))
+
+
+def embedding(em: Emitter, node: fx.Node) -> None:
+    """GATHER rows of the table; an int8 table is stored int8 and dequantized per row (axis 0) once."""
+    mod = em.module(node)
+    ids = em.torch_order(em.value(node.args[0]))
+    plan = em.plan_output(node, fuse_act=False)
+    w = mod.weight.detach().double().numpy()
+    if em.quantized and isinstance(mod, QuantLayerMixin):
+        s = mod.weight_quant.scale.detach().double().numpy().reshape(-1)
+        s = np.full(w.shape[0], s[0]) if s.size == 1 else s
+        wq = em.const(f"{node.name}_table", _int8_weights(w, s), TensorType.INT8, QuantParams.per_channel(s, 0, 0))
+        table = em.w.add_tensor(f"{node.name}_table_float", w.shape, TensorType.FLOAT32)
+        em.op("DEQUANTIZE", [wq], [table], version=5)
+    else:
+        table = em.const(f"{node.name}_table", w.astype(np.float32), TensorType.FLOAT32)
+    out_shape = _meta_shape(node)
+    out = em.tensor(node.name, out_shape, L.identity(len(out_shape)), TensorType.FLOAT32)
+    em.op("GATHER", [table, ids.tensor], [out.tensor], Options("GatherOptions", {"Axis": 0}))
+    _finish(em, node, out, plan)
+
+
+# -- the table -------------------------------------------------------------------------------------------
+MODULE_HANDLERS: list[tuple[type, object]] = [
+    (nn.Conv2d, conv2d), (nn.Linear, linear), (nn.BatchNorm2d, batchnorm), (nn.ReLU, clamp), (nn.ReLU6, clamp),
+    (nn.MaxPool2d, max_pool), (nn.AvgPool2d, avg_pool), (nn.AdaptiveAvgPool2d, adaptive_avg_pool),
+    (nn.Flatten, reshape), (nn.Dropout, alias), (nn.Identity, alias), (nn.Hardswish, _simple("HARD_SWISH")),
+    (nn.Sigmoid, _simple("LOGISTIC")), (nn.Tanh, _simple("TANH")), (nn.GELU, gelu), (nn.Softmax, softmax),
+    (nn.LayerNorm, layer_norm), (nn.Embedding, embedding), (nn.Hardtanh, clamp),
+]
+FUNCTION_HANDLERS = {
+    operator.add: _binary("ADD"), torch.add: _binary("ADD"), operator.iadd: _binary("ADD"),
+    operator.sub: _binary("SUB"), torch.sub: _binary("SUB"), operator.mul: _binary("MUL"), torch.mul: _binary("MUL"),
+    torch.cat: cat, torch.concat: cat, torch.flatten: reshape, torch.reshape: reshape, torch.squeeze: reshape,
+    torch.unsqueeze: reshape, torch.permute: permute, torch.transpose: permute, torch.relu: clamp, F.relu: clamp,
+    F.relu6: clamp, torch.mean: mean, F.adaptive_avg_pool2d: adaptive_avg_pool, F.max_pool2d: max_pool,
+    F.avg_pool2d: avg_pool, torch.sigmoid: _simple("LOGISTIC"), torch.tanh: _simple("TANH"),
+    F.hardswish: _simple("HARD_SWISH"), F.gelu: gelu, F.softmax: softmax, torch.softmax: softmax,
+    torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, operator.getitem: getitem, F.dropout: alias,
+}
+METHOD_HANDLERS = {
+    "add": _binary("ADD"), "sub": _binary("SUB"), "mul": _binary("MUL"), "view": reshape, "reshape": reshape,
+    "flatten": reshape, "squeeze": reshape, "unsqueeze": reshape, "permute": permute, "transpose": permute,
+    "contiguous": alias, "relu": clamp, "mean": mean, "sigmoid": _simple("LOGISTIC"), "tanh": _simple("TANH"),
+    "softmax": softmax, "matmul": matmul,
+}
+
+
+def handler_for(em: Emitter, node: fx.Node):
+    if node.op == "call_module":
+        mod = em.module(node)
+        for cls, fn in MODULE_HANDLERS:
+            if isinstance(mod, cls):
+                return fn
+        return None
+    if node.op == "call_function":
+        return FUNCTION_HANDLERS.get(node.target)
+    if node.op == "call_method":
+        return METHOD_HANDLERS.get(node.target)
+    return None
+
+
+def supported_ops() -> list[str]:
+    """Names of the torch ops the TFLite exporter maps (modules, functions, methods)."""
+    names = {cls.__name__ for cls, _ in MODULE_HANDLERS}
+    names |= {getattr(f, "__name__", str(f)) for f in FUNCTION_HANDLERS}
+    names |= {f"Tensor.{m}" for m in METHOD_HANDLERS}
+    return sorted(names)

@@ -1,0 +1,302 @@
+"""A small TFLite flatbuffer writer on top of the ``flatbuffers`` package and the ``tflite`` schema classes.
+
+No TensorFlow: :class:`ModelWriter` collects buffers, tensors, operator codes and operators in plain Python
+and :meth:`ModelWriter.serialize` lays them out with the generated builder functions of the ``tflite`` package
+(schema version 3, file identifier ``TFL3``).
+
+Conventions that follow what TF's converter writes (LiteRT relies on some of them):
+
+* buffer 0 is the empty sentinel; every tensor without data points at it, every constant has its own buffer;
+* buffer payloads are aligned to 16 bytes (kernels and XNNPACK read weights in place);
+* an operator code carries both ``builtin_code`` and ``deprecated_builtin_code`` (the latter saturates at
+  127, ``PLACEHOLDER_FOR_GREATER_OP_CODES``, for the codes added after the int8 field ran out);
+* an operator code's version is the highest version any of its operators needs (see ``tflite_ops.op_version``).
+
+The heavy packages are imported when a writer is created, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from compress.errors import require
+
+SCHEMA_VERSION = 3
+FILE_IDENTIFIER = b"TFL3"
+# Codes above this did not fit the original int8 ``deprecated_builtin_code`` field.
+_PLACEHOLDER_FOR_GREATER_OP_CODES = 127
+_BUFFER_ALIGNMENT = 16
+
+
+class TensorType(IntEnum):
+    """The ``tflite.TensorType`` values this exporter writes."""
+
+    FLOAT32 = 0
+    INT32 = 2
+    UINT8 = 3
+    INT64 = 4
+    BOOL = 6
+    INT8 = 9
+
+
+_NUMPY_OF = {
+    TensorType.FLOAT32: np.float32, TensorType.INT32: np.int32, TensorType.UINT8: np.uint8,
+    TensorType.INT64: np.int64, TensorType.BOOL: np.bool_, TensorType.INT8: np.int8,
+}
+
+
+def numpy_dtype(tensor_type: TensorType) -> np.dtype:
+    return np.dtype(_NUMPY_OF[tensor_type])
+
+
+@dataclass(frozen=True)
+class QuantParams:
+    """Affine quantization of one tensor: ``real = scale · (q − zero_point)``.
+
+    ``scale`` / ``zero_point`` have one element (per tensor) or one per slice along ``axis`` (per channel,
+    written as ``quantized_dimension``).
+    """
+
+    scale: tuple[float, ...]
+    zero_point: tuple[int, ...]
+    axis: int = 0
+
+    @staticmethod
+    def per_tensor(scale: float, zero_point: int) -> QuantParams:
+        return QuantParams((float(scale),), (int(zero_point),))
+
+    @staticmethod
+    def per_channel(scale, zero_point, axis: int) -> QuantParams:
+        scale = np.asarray(scale, np.float64).reshape(-1)
+        zp = np.broadcast_to(np.asarray(zero_point, np.int64).reshape(-1), scale.shape)
+        return QuantParams(tuple(float(s) for s in scale), tuple(int(z) for z in zp), axis)
+
+    @property
+    def is_per_channel(self) -> bool:
+        return len(self.scale) > 1
+
+
+@dataclass(frozen=True)
+class Options:
+    """The builtin options table of one operator: the schema table name and its fields.
+
+    ``fields`` maps the schema's CamelCase field names (as in ``tflite.<Name>Add<Field>``) to values; a list
+    value is written as an int32 vector.
+
+    Example:
+        >>> Options("Conv2DOptions", {"Padding": 1, "StrideW": 2, "StrideH": 2}).name
+        'Conv2DOptions'
+    """
+
+    name: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TensorDef:
+    name: str
+    shape: tuple[int, ...]
+    dtype: TensorType
+    buffer: int = 0
+    quant: QuantParams | None = None
+
+
+@dataclass
+class OperatorDef:
+    opcode_index: int
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    options: Options | None = None
+
+
+class ModelWriter:
+    """Accumulates one subgraph and writes it as a ``.tflite`` flatbuffer.
+
+    Example:
+        >>> w = ModelWriter()
+        >>> x = w.add_tensor("x", (1, 4), TensorType.FLOAT32)
+        >>> y = w.add_tensor("y", (1, 4), TensorType.FLOAT32)
+        >>> w.add_operator("RELU", [x], [y])
+        >>> w.serialize([x], [y])[4:8]
+        b'TFL3'
+    """
+
+    def __init__(self, description: str = "compress"):
+        self._tflite = require("tflite", "tflite")
+        self._flatbuffers = require("flatbuffers", "tflite")
+        self.description = description
+        self.buffers: list[bytes] = [b""]  # buffer 0: the empty sentinel
+        self.tensors: list[TensorDef] = []
+        self.operators: list[OperatorDef] = []
+        self.opcodes: list[list[int]] = []  # [builtin_code, version]
+        self._opcode_index: dict[int, int] = {}
+        self._names: set[str] = set()
+
+    # -- building --------------------------------------------------------------------------------------
+    def builtin_code(self, op_name: str) -> int:
+        code = getattr(self._tflite.BuiltinOperator, op_name, None)
+        if code is None:
+            raise ValueError(f"unknown TFLite builtin operator {op_name!r}")
+        return int(code)
+
+    def add_tensor(self, name: str, shape, dtype: TensorType, data: np.ndarray | None = None,
+                   quant: QuantParams | None = None) -> int:
+        """Add a tensor (a constant when ``data`` is given); returns its index."""
+        buffer = 0
+        if data is not None:
+            arr = np.ascontiguousarray(np.asarray(data, dtype=numpy_dtype(dtype)))
+            if tuple(arr.shape) != tuple(int(d) for d in shape):
+                raise ValueError(f"constant {name!r} has shape {arr.shape}, declared {tuple(shape)}")
+            self.buffers.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+            buffer = len(self.buffers) - 1
+        self.tensors.append(TensorDef(self._unique(name), tuple(int(d) for d in shape), dtype, buffer, quant))
+        return len(self.tensors) - 1
+
+    def add_operator(self, op_name: str, inputs, outputs, options: Options | None = None,
+                     version: int = 1) -> None:
+        """Append an operator; ``-1`` in ``inputs`` marks an omitted optional input."""
+        code = self.builtin_code(op_name)
+        if code not in self._opcode_index:
+            self._opcode_index[code] = len(self.opcodes)
+            self.opcodes.append([code, version])
+        idx = self._opcode_index[code]
+        self.opcodes[idx][1] = max(self.opcodes[idx][1], version)
+        self.operators.append(OperatorDef(idx, tuple(int(i) for i in inputs), tuple(int(o) for o in outputs),
+                                          options))
+
+    def _unique(self, name: str) -> str:
+        base, i = name or "t", 1
+        while name in self._names:
+            name = f"{base}_{i}"
+            i += 1
+        self._names.add(name)
+        return name
+
+    # -- serialization ---------------------------------------------------------------------------------
+    def serialize(self, inputs, outputs) -> bytes:
+        """The model as flatbuffer bytes, with ``inputs`` / ``outputs`` as the subgraph's tensors."""
+        tfl = self._tflite
+        b = self._flatbuffers.Builder(1024 + sum(len(x) for x in self.buffers))
+        # Large payloads first: flatbuffers writes back to front, and this keeps them 16-byte aligned.
+        buffer_offsets = []
+        for data in self.buffers:
+            data_off = self._bytes_vector(b, data) if data else None
+            tfl.BufferStart(b)
+            if data_off is not None:
+                tfl.BufferAddData(b, data_off)
+            buffer_offsets.append(tfl.BufferEnd(b))
+        tensor_offsets = [self._tensor(b, t) for t in self.tensors]
+        op_offsets = [self._operator(b, op) for op in self.operators]
+        code_offsets = []
+        for code, version in self.opcodes:
+            tfl.OperatorCodeStart(b)
+            tfl.OperatorCodeAddDeprecatedBuiltinCode(b, min(code, _PLACEHOLDER_FOR_GREATER_OP_CODES))
+            tfl.OperatorCodeAddBuiltinCode(b, code)
+            tfl.OperatorCodeAddVersion(b, version)
+            code_offsets.append(tfl.OperatorCodeEnd(b))
+
+        tensors_vec = self._offset_vector(b, tfl.SubGraphStartTensorsVector, tensor_offsets)
+        ops_vec = self._offset_vector(b, tfl.SubGraphStartOperatorsVector, op_offsets)
+        in_vec = self._int_vector(b, tfl.SubGraphStartInputsVector, inputs)
+        out_vec = self._int_vector(b, tfl.SubGraphStartOutputsVector, outputs)
+        sg_name = b.CreateString("main")
+        tfl.SubGraphStart(b)
+        tfl.SubGraphAddTensors(b, tensors_vec)
+        tfl.SubGraphAddInputs(b, in_vec)
+        tfl.SubGraphAddOutputs(b, out_vec)
+        tfl.SubGraphAddOperators(b, ops_vec)
+        tfl.SubGraphAddName(b, sg_name)
+        subgraph = tfl.SubGraphEnd(b)
+
+        codes_vec = self._offset_vector(b, tfl.ModelStartOperatorCodesVector, code_offsets)
+        subgraphs_vec = self._offset_vector(b, tfl.ModelStartSubgraphsVector, [subgraph])
+        buffers_vec = self._offset_vector(b, tfl.ModelStartBuffersVector, buffer_offsets)
+        desc = b.CreateString(self.description)
+        tfl.ModelStart(b)
+        tfl.ModelAddVersion(b, SCHEMA_VERSION)
+        tfl.ModelAddOperatorCodes(b, codes_vec)
+        tfl.ModelAddSubgraphs(b, subgraphs_vec)
+        tfl.ModelAddDescription(b, desc)
+        tfl.ModelAddBuffers(b, buffers_vec)
+        model = tfl.ModelEnd(b)
+        b.Finish(model, file_identifier=FILE_IDENTIFIER)
+        return bytes(b.Output())
+
+    @staticmethod
+    def _bytes_vector(b, data: bytes) -> int:
+        b.StartVector(1, len(data), _BUFFER_ALIGNMENT)
+        b.head -= len(data)
+        b.Bytes[b.head:b.head + len(data)] = data
+        return b.EndVector(len(data))
+
+    @staticmethod
+    def _offset_vector(b, start_fn, offsets) -> int:
+        start_fn(b, len(offsets))
+        for off in reversed(offsets):
+            b.PrependUOffsetTRelative(off)
+        return b.EndVector(len(offsets))
+
+    @staticmethod
+    def _int_vector(b, start_fn, values) -> int:
+        start_fn(b, len(values))
+        for v in reversed(list(values)):
+            b.PrependInt32(int(v))
+        return b.EndVector(len(values))
+
+    def _tensor(self, b, t: TensorDef) -> int:
+        tfl = self._tflite
+        q_off = self._quantization(b, t.quant) if t.quant is not None else None
+        name = b.CreateString(t.name)
+        shape = self._int_vector(b, tfl.TensorStartShapeVector, t.shape)
+        tfl.TensorStart(b)
+        tfl.TensorAddShape(b, shape)
+        tfl.TensorAddType(b, int(t.dtype))
+        tfl.TensorAddBuffer(b, t.buffer)
+        tfl.TensorAddName(b, name)
+        if q_off is not None:
+            tfl.TensorAddQuantization(b, q_off)
+        return tfl.TensorEnd(b)
+
+    def _quantization(self, b, q: QuantParams) -> int:
+        tfl = self._tflite
+        scale = b.CreateNumpyVector(np.asarray(q.scale, np.float32))
+        zp = b.CreateNumpyVector(np.asarray(q.zero_point, np.int64))
+        tfl.QuantizationParametersStart(b)
+        tfl.QuantizationParametersAddScale(b, scale)
+        tfl.QuantizationParametersAddZeroPoint(b, zp)
+        tfl.QuantizationParametersAddQuantizedDimension(b, q.axis)
+        return tfl.QuantizationParametersEnd(b)
+
+    def _operator(self, b, op: OperatorDef) -> int:
+        tfl = self._tflite
+        opt_type, opt_off = 0, None
+        if op.options is not None:
+            opt_type = getattr(tfl.BuiltinOptions, op.options.name)
+            opt_off = self._options(b, op.options)
+        ins = self._int_vector(b, tfl.OperatorStartInputsVector, op.inputs)
+        outs = self._int_vector(b, tfl.OperatorStartOutputsVector, op.outputs)
+        tfl.OperatorStart(b)
+        tfl.OperatorAddOpcodeIndex(b, op.opcode_index)
+        tfl.OperatorAddInputs(b, ins)
+        tfl.OperatorAddOutputs(b, outs)
+        if opt_off is not None:
+            tfl.OperatorAddBuiltinOptionsType(b, opt_type)
+            tfl.OperatorAddBuiltinOptions(b, opt_off)
+        return tfl.OperatorEnd(b)
+
+    def _options(self, b, options: Options) -> int:
+        tfl = self._tflite
+        vectors = {}
+        for key, value in options.fields.items():
+            if isinstance(value, list | tuple):
+                start = getattr(tfl, f"{options.name}Start{key}Vector")
+                vectors[key] = self._int_vector(b, start, value)
+        getattr(tfl, f"{options.name}Start")(b)
+        for key, value in options.fields.items():
+            add = getattr(tfl, f"{options.name}Add{key}")
+            add(b, vectors[key] if key in vectors else value)
+        return getattr(tfl, f"{options.name}End")(b)
