@@ -105,9 +105,18 @@ class QuantConvBn2d(QuantConv2d):
         if not bn.track_running_stats or bn.running_var is None:
             raise ConfigError("BatchNorm2d without running statistics cannot be folded; use track_running_stats=True")
         q = super().from_float(conv, config, quantize_io=quantize_io)
+        # Rebuild the BN with the source's options first: affine=False has no weight/bias to load.
+        q.bn = nn.BatchNorm2d(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                              device=conv.weight.device)
         q.bn.load_state_dict(bn.state_dict())
-        q.bn.eps, q.bn.momentum, q.bn.affine = bn.eps, bn.momentum, bn.affine
         return q
+
+    def freeze(self) -> None:
+        # The kernel quantizes the *folded* weight, so its scale must come from the folded weight too.
+        self.weight_quant.freeze(self.folded()[0].detach())
+        for q in (self.input_quant, self.output_quant):
+            if q is not None:
+                q.freeze()
 
     def freeze_bn_stats(self) -> None:
         """Stop updating BN running statistics; training then matches the exported folded conv exactly."""

@@ -157,6 +157,29 @@ class Quantizer(nn.Module):
             self.scale = scale
         self.zero_point = zero_point
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # scale / zero_point are [] until the first per-channel forward gives them their [C] shape; adopt the
+        # saved shape so a fresh layer can load a used one's state.
+        for name in ("scale", "zero_point"):
+            saved = state_dict.get(prefix + name)
+            current = getattr(self, name)
+            if saved is not None and saved.shape != current.shape:
+                fresh = torch.empty_like(saved, device=current.device)
+                if isinstance(current, nn.Parameter):
+                    current.data = fresh
+                else:
+                    setattr(self, name, fresh)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def get_extra_state(self) -> dict:
+        return {"state": self.state.value}
+
+    def set_extra_state(self, extra: dict) -> None:
+        # A loaded QUANTIZING/FROZEN quantizer carries its qparams in the buffers; a frozen one has no observer.
+        self.state = QuantState(extra["state"])
+        if self.state is QuantState.FROZEN:
+            self.observer = None
+
     def _tensor_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.detach()
         if self.spec.axis is None:

@@ -158,7 +158,7 @@ def test_state_dict_round_trip_restores_outputs():
     torch.save(a.state_dict(), buf)
     b = QuantLinear.from_float(nn.Linear(6, 4), quantize_io=True).eval()
     with torch.no_grad():
-        b(torch.randn(16, 6))  # gives the per-channel weight qparams their [C] shape (see the xfail below)
+        b(torch.randn(16, 6))
     buf.seek(0)
     b.load_state_dict(torch.load(buf, weights_only=True))
     for layer in (a, b):
@@ -169,9 +169,6 @@ def test_state_dict_round_trip_restores_outputs():
     torch.testing.assert_close(b.output_quant.scale, a.output_quant.scale)
 
 
-@pytest.mark.xfail(strict=True, reason="Quantizer buffers are shape [] until the first forward; a fresh "
-                   "per-channel layer cannot load a used layer's state_dict (fix: resize in "
-                   "Quantizer._load_from_state_dict)")
 def test_fresh_layer_loads_state_dict_of_used_layer():
     a = QuantLinear.from_float(nn.Linear(6, 4))
     a(torch.randn(2, 6))
@@ -238,8 +235,6 @@ def test_conv_bn_folding_in_eval_equals_conv_then_bn(relu):
     np.testing.assert_allclose(fused(x_int).detach().numpy(), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason="QuantConvBn2d.freeze() freezes the weight scale from the unfolded "
-                   "weight but forward quantizes the folded one (fix: override freeze with folded()[0])")
 def test_conv_bn_freeze_keeps_eval_output():
     _, _, fused = _conv_bn()
     with torch.no_grad():
@@ -251,7 +246,5 @@ def test_conv_bn_freeze_keeps_eval_output():
     torch.testing.assert_close(fused(x), before)
 
 
-@pytest.mark.xfail(strict=True, reason="QuantConvBn2d.from_float loads a BatchNorm2d(affine=False) state into "
-                   "an affine BN and fails (fix: build self.bn with the source BN's affine/eps/momentum)")
 def test_conv_bn_accepts_bn_without_affine():
     QuantConvBn2d.from_float(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, affine=False))
