@@ -83,6 +83,8 @@ class TFLiteExportInfo:
     op_counts: dict[str, int] = field(default_factory=dict)
     inputs: list[dict] = field(default_factory=list)
     outputs: list[dict] = field(default_factory=list)
+    # The int8 grid each output was computed on (None: float) — what parity is measured in LSBs of.
+    output_scales: list[float | None] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,6 +167,7 @@ def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike,
         schema_version=SCHEMA_VERSION, size_bytes=len(data), seconds=time.perf_counter() - start,
         op_counts=dict(sorted(em.op_counts.items())),
         inputs=[_describe(writer, v) for v in inputs], outputs=[_describe(writer, v) for v in outputs],
+        output_scales=list(em.output_scales),
     )
 
 
@@ -226,6 +229,7 @@ def _output(em: Emitter, v, config: TFLiteExportConfig) -> TValue:
     if not isinstance(v, TValue):
         raise ExportError(f"model output {v!r} is not a tensor; return tensors only")
     v = em.torch_order(v)
+    em.output_scales.append(v.quant.scale[0] if v.is_int8 else None)
     if v.is_int8 and not config.int8_io:
         v = em.to_float(v)
     return v

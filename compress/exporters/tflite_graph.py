@@ -97,6 +97,7 @@ class Emitter:
         self.modules = dict(gm.named_modules())
         self.values: dict[fx.Node, Any] = {}
         self.op_counts: dict[str, int] = {}
+        self.output_scales: list[float | None] = []
 
     # -- tensors -----------------------------------------------------------------------------------------
     def tensor(self, name: str, torch_shape, perm, dtype: TensorType, quant: QuantParams | None = None,

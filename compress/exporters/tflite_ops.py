@@ -6,8 +6,10 @@ ReLU/ReLU6 fused), float otherwise (int8 inputs are dequantized first, the follo
 QUANTIZE) — and binds the node's value. Operator versions are the ones TF's converter writes for the same
 operand types (``tensorflow/lite/tools/versioning/op_version.cc``).
 
-Int8 kernels with a fixed output grid (LOGISTIC, SOFTMAX: 1/256 and −128; TANH: 1/128 and 0) write that grid
-and requantize to the model's quantizer with a QUANTIZE when they differ; CONCATENATION and AVERAGE_POOL_2D
+Int8 kernels with a fixed output grid (LOGISTIC, SOFTMAX: 1/256 and −128; TANH: 1/128 and 0) are used when
+the model's quantizer has exactly that grid; otherwise the op runs in float between DEQUANTIZE and QUANTIZE
+(requantizing the fixed grid would round twice, up to 1 LSB off before any later layer amplifies it).
+CONCATENATION and AVERAGE_POOL_2D
 need their inputs on the output grid, so inputs are requantized first (a single rounding, as in torch).
 """
 
@@ -22,7 +24,7 @@ from torch import fx, nn
 
 from compress.errors import ExportError
 from compress.exporters import tflite_layout as L
-from compress.exporters.tflite_graph import ACT_CODE, Const, Emitter, TValue
+from compress.exporters.tflite_graph import ACT_CODE, Const, Emitter, TValue, same_grid
 from compress.exporters.tflite_schema import Options, QuantParams, TensorType
 from compress.layers.base import FusedActivation, QuantLayerMixin
 
@@ -369,12 +371,13 @@ def _unary(em: Emitter, node: fx.Node, op_name: str, int8_ok: bool = True, optio
            int8_version: int = 2, float_version: int = 1, x: TValue | None = None) -> None:
     x = em.value(node.args[0]) if x is None else x
     plan = em.plan_output(node, fuse_act=False)
+    fixed = _FIXED_GRID.get(op_name)
+    if fixed is not None and not same_grid(fixed, plan.quant):
+        int8_ok = False  # a second rounding onto the model's grid would cost up to 1 LSB: run it in float
     if em.quantized and int8_ok and x.is_int8 and (plan.quant is not None or op_name in ("RELU", "RELU6")):
-        out_q = _FIXED_GRID.get(op_name) or plan.quant or x.quant
+        out_q = plan.quant or x.quant
         out = em.like(x, node.name, quant=out_q)
         em.op(op_name, [x.tensor], [out.tensor], options, int8_version)
-        if plan.quant is not None:
-            out = em.quantize(out, plan.quant, f"{node.name}_requant")
     else:
         x = em.to_float(x)
         out = em.like(x, node.name, quant=None)

@@ -231,21 +231,21 @@ class ModelWriter:
         b.StartVector(1, len(data), _BUFFER_ALIGNMENT)
         b.head -= len(data)
         b.Bytes[b.head:b.head + len(data)] = data
-        return b.EndVector(len(data))
+        return b.EndVector()
 
     @staticmethod
     def _offset_vector(b, start_fn, offsets) -> int:
         start_fn(b, len(offsets))
         for off in reversed(offsets):
             b.PrependUOffsetTRelative(off)
-        return b.EndVector(len(offsets))
+        return b.EndVector()
 
     @staticmethod
     def _int_vector(b, start_fn, values) -> int:
         start_fn(b, len(values))
         for v in reversed(list(values)):
             b.PrependInt32(int(v))
-        return b.EndVector(len(values))
+        return b.EndVector()
 
     def _tensor(self, b, t: TensorDef) -> int:
         tfl = self._tflite

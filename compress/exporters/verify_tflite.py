@@ -1,0 +1,181 @@
+"""Prove an exported ``.tflite`` file computes what the torch simulation computes, in the real runtime.
+
+:func:`verify_tflite` loads the file in LiteRT (``ai_edge_litert``; the default op resolver, so XNNPACK runs
+what it supports, as on a device), feeds the same inputs to it and to the torch reference, and compares under
+the numerics contract (DESIGN.md): outputs computed in int8 within 1 LSB of their grid on ≥ 99% of elements;
+float outputs within a relative error (max |diff| / max |reference|) of 1e-4. The report is the same
+:class:`~compress.exporters.verify.ParityReport` the ONNX verification returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from compress.errors import DataError, VerificationError, require
+from compress.exporters.tflite import TFLiteExportInfo
+from compress.exporters.verify import OutputParity, ParityReport, VerifyConfig, _as_batch, _flatten
+
+# A difference of exactly one code, computed in float32, can read as 1.0000001 LSB.
+_LSB_SLACK = 1e-3
+
+
+def load_interpreter(path, num_threads: int = 1):
+    """A LiteRT ``Interpreter`` for ``path`` with tensors allocated.
+
+    Raises:
+        VerificationError: LiteRT rejects the file (the message carries LiteRT's reason).
+    """
+    litert = require("ai_edge_litert.interpreter", "tflite")
+    try:
+        it = litert.Interpreter(model_path=str(path), num_threads=num_threads)
+        it.allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        raise VerificationError(f"LiteRT cannot load {path} ({str(exc).splitlines()[0]}); re-export it, or report "
+                                "the op named in the message") from exc
+    return it
+
+
+def run_tflite(it, batch: tuple[np.ndarray, ...], nhwc_input: bool = False) -> list[np.ndarray]:
+    """Run one batch through a loaded interpreter; int8 inputs/outputs are (de)quantized with the file's qparams.
+
+    Batches larger than the file's static batch run as consecutive slices.
+    """
+    ins, outs = it.get_input_details(), it.get_output_details()
+    if len(batch) != len(ins):
+        raise DataError(f"a batch has {len(batch)} arrays but the TFLite model takes {len(ins)} inputs")
+    n_file = int(ins[0]["shape"][0]) if len(ins[0]["shape"]) else 1
+    n = batch[0].shape[0] if batch[0].ndim else 1
+    if n % n_file:
+        raise DataError(f"batch size {n} is not a multiple of the exported batch size {n_file}; export with an "
+                        "example batch of the size you verify with, or use batch size 1")
+    results: list[list[np.ndarray]] = [[] for _ in outs]
+    for start in range(0, n, n_file):
+        for detail, x in zip(ins, batch, strict=True):
+            x = x[start:start + n_file]
+            if nhwc_input and x.ndim == 4:
+                x = x.transpose(0, 2, 3, 1)
+            if detail["dtype"] == np.int8:
+                scale, zp = detail["quantization"]
+                x = np.clip(np.round(x / scale) + zp, -128, 127)
+            it.set_tensor(detail["index"], np.ascontiguousarray(x.astype(detail["dtype"])))
+        it.invoke()
+        for i, detail in enumerate(outs):
+            y = it.get_tensor(detail["index"])
+            if detail["dtype"] == np.int8:
+                scale, zp = detail["quantization"]
+                y = (y.astype(np.float32) - zp) * np.float32(scale)
+            results[i].append(np.asarray(y))
+    return [np.concatenate(r) if len(r) > 1 else r[0] for r in results]
+
+
+def verify_tflite(path, reference: Callable | nn.Module, inputs: Iterable, *, info: TFLiteExportInfo | None = None,
+                  config: VerifyConfig | None = None, strict: bool = False) -> ParityReport:
+    """Run ``path`` in LiteRT and ``reference`` in torch on the same inputs; compare the outputs.
+
+    Args:
+        path: the ``.tflite`` file (from :func:`~compress.exporters.tflite.export_tflite`).
+        reference: the torch simulation (the converted model) or any callable taking the input tensors.
+        inputs: batches; each an array/tensor (NCHW as the torch model takes it), or a tuple of them.
+        info: the export's :class:`TFLiteExportInfo` (which outputs were computed in int8, and on which grid;
+            the input layout). Without it, int8 output tensors are detected from the file.
+        config: thresholds; ``intra_op_threads`` is LiteRT's thread count.
+        strict: raise :class:`VerificationError` (with the figures) when the contract is not met.
+
+    Returns:
+        A :class:`~compress.exporters.verify.ParityReport`.
+
+    Example:
+        >>> import tempfile, os
+        >>> from compress.exporters.tflite import export_tflite
+        >>> m = nn.Linear(4, 2).eval(); p = os.path.join(tempfile.mkdtemp(), "m.tflite")
+        >>> info = export_tflite(m, torch.randn(1, 4), p)
+        >>> verify_tflite(p, m, [np.ones((3, 4), np.float32)], info=info).passed
+        True
+    """
+    config = config or VerifyConfig()
+    it = load_interpreter(path, config.intra_op_threads)
+    outs = it.get_output_details()
+    names = [d["name"] for d in outs]
+    if info is not None:
+        scales = list(info.output_scales)
+        if len(scales) != len(outs):
+            raise VerificationError(f"info describes {len(scales)} outputs but {path} has {len(outs)}; pass the "
+                                    "TFLiteExportInfo returned by the export of this file")
+    else:
+        scales = [float(d["quantization"][0]) if d["dtype"] == np.int8 else None for d in outs]
+    nhwc = bool(info.nhwc_input) if info is not None else False
+
+    was_training = reference.training if isinstance(reference, nn.Module) else None
+    if isinstance(reference, nn.Module):
+        reference.eval()
+    diffs: list[list[np.ndarray]] = [[] for _ in outs]
+    refs_max = [0.0] * len(outs)
+    problems: list[str] = []
+    batches = 0
+    try:
+        for item in inputs:
+            batch = _as_batch(item)
+            got = run_tflite(it, batch, nhwc)
+            with torch.no_grad():
+                want = _flatten(reference(*(torch.from_numpy(x) for x in batch)))
+            if len(want) != len(got):
+                raise VerificationError(f"the reference returns {len(want)} outputs but the TFLite model {len(got)}; "
+                                        "verify against the model that was exported")
+            for i, (g, w) in enumerate(zip(got, want, strict=True)):
+                if g.shape != w.shape:
+                    problems.append(f"output {names[i]!r}: shape {list(g.shape)} vs reference {list(w.shape)}")
+                    continue
+                diffs[i].append(np.abs(g.astype(np.float64) - w.astype(np.float64)).ravel())
+                if w.size:
+                    refs_max[i] = max(refs_max[i], float(np.max(np.abs(w))))
+            batches += 1
+    finally:
+        if was_training:
+            reference.train()
+    if batches == 0:
+        raise DataError("no verification inputs were given; pass at least one batch")
+
+    outputs = [_parity(names[i], diffs[i], refs_max[i], scales[i], config) for i in range(len(outs))]
+    quant = [o for o in outputs if o.quantized]
+    total_q = sum(o.elements for o in quant)
+    report = ParityReport(
+        path=str(path),
+        passed=not problems and all(o.passed for o in outputs),
+        batches=batches,
+        outputs=outputs,
+        max_abs_lsb=max((o.max_abs_lsb for o in quant), default=None),
+        within_1lsb_fraction=(sum(o.within_1lsb_fraction * o.elements for o in quant) / total_q
+                              if total_q else (1.0 if quant else None)),
+        max_abs_diff=max((o.max_abs_diff for o in outputs), default=0.0),
+        max_rel_diff=max((o.max_rel_diff for o in outputs), default=0.0),
+        thresholds={"min_within_1lsb": config.min_within_1lsb, "float_rtol": config.float_rtol},
+        problems=problems,
+    )
+    if strict and not report.passed:
+        detail = "; ".join(problems) if problems else report.summary()
+        raise VerificationError(f"{path} disagrees with the torch simulation in LiteRT ({detail}); check the "
+                                "calibration data and the exported ops, or relax VerifyConfig if the gap is expected")
+    return report
+
+
+def _parity(name: str, diffs: list[np.ndarray], ref_max: float, scale: float | None,
+            config: VerifyConfig) -> OutputParity:
+    d = np.concatenate(diffs) if diffs else np.zeros(0)
+    max_abs = float(d.max()) if d.size else 0.0
+    max_rel = max_abs / ref_max if ref_max > 0 else (0.0 if max_abs == 0 else float("inf"))
+    if not np.isfinite(d).all():
+        max_abs = max_rel = float("inf")
+    par = OutputParity(name, scale is not None, int(d.size), max_abs, max_rel)
+    if scale is not None:
+        par.scale = float(scale)
+        lsb = d / par.scale
+        par.max_abs_lsb = float(lsb.max()) if d.size else 0.0
+        par.within_1lsb_fraction = float(np.mean(lsb <= 1 + _LSB_SLACK)) if d.size else 1.0
+        par.passed = par.within_1lsb_fraction >= config.min_within_1lsb
+    else:
+        par.passed = max_rel <= config.float_rtol
+    return par
