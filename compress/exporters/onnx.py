@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -173,12 +175,16 @@ class _ShapeRecorder(_RecordingMixin, ShapeProp):
     def __init__(self, gm):
         super().__init__(gm)
         self.records = {}
+        # fx's extra traceback imports torch._dynamo (seconds) just to decorate an error we re-raise anyway.
+        self.extra_traceback = False
 
 
 class _ProbeRecorder(_RecordingMixin, fx.Interpreter):
     def __init__(self, gm):
         super().__init__(gm)
         self.records = {}
+        # fx's extra traceback imports torch._dynamo (seconds) just to decorate an error we re-raise anyway.
+        self.extra_traceback = False
 
 
 def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> tuple[dict, dict | None]:
@@ -199,7 +205,9 @@ def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> t
         probe = recorder.records
     recorder = _ShapeRecorder(gm)
     try:
-        recorder.run(*example_inputs)
+        # ShapeProp prints the traceback of a failing node to stderr; the ExportError below says it in one line.
+        with contextlib.redirect_stderr(io.StringIO()):
+            recorder.run(*example_inputs)
     except Exception as exc:
         cause = exc.__cause__ or exc
         raise ExportError(f"the model failed on the example inputs ({type(cause).__name__}: "
