@@ -15,8 +15,10 @@ from torch import fx, nn
 
 import compress.layers as qlayers
 from compress.errors import ExportError
-from compress.exporters.onnx_graph import ExportContext, QParams, TensorValue, op
+from compress.exporters.onnx_graph import MODULE_OPS, PRESERVING, ExportContext, QParams, TensorValue, op
+from compress.layers.activation import QuantOutputMixin
 from compress.layers.base import INT32_MAX, INT32_MIN, FusedActivation, QuantLayerMixin
+from compress.layers.elementwise import QuantAdd, QuantCat, QuantMatmul, QuantMul
 from compress.quant.fake import Quantizer, QuantState
 
 # Tolerance when checking that a layer's recorded input scale is its input quantizer's scale.
@@ -54,6 +56,9 @@ def clamp_implied(ctx: ExportContext, node: fx.Node, lo: float, hi: float | None
     """
     if lo != 0:
         return False
+    if quantizer is None and node.op == "call_module":
+        # A wrapper layer (QuantReLU...) quantizes its own output: that quantizer is the next clamp.
+        quantizer = getattr(ctx.module(node), "output_quant", None)
     if quantizer is None:
         user = ctx.sole_user(node)
         if user is None or user.op != "call_module":
@@ -240,3 +245,50 @@ if _QUANT_EMBEDDING is not None:
 def is_quant_module(mod: nn.Module) -> bool:
     return isinstance(mod, QuantLayerMixin | Quantizer) or hasattr(mod, "weight_quant") or \
         type(mod).__module__.startswith("compress.layers")
+
+
+# -- eager quant wrappers (hand-built models): quantizers around a float op ------------------------------
+
+
+@op(modules=[QuantOutputMixin], quant=True)
+def _quant_output_op(ctx: ExportContext, node: fx.Node, layer: nn.Module):
+    """QuantReLU, QuantMaxPool2d, QuantLayerNorm...: [input_quant →] the float op's handler [→ output_quant]."""
+    float_handler = MODULE_OPS.get(layer._FLOAT_MODULE)
+    if float_handler is None:
+        raise ExportError(f"{type(layer).__name__} at fx node {node.name!r} wraps {layer._FLOAT_MODULE.__name__}, "
+                          "which the ONNX exporter does not support; replace it with a supported op")
+    src = node.args[0]
+    x = ctx.tensor(src, node)
+    if layer.input_quant is not None:
+        x = apply_quantizer(ctx, x, layer.input_quant, f"{node.name}.input_quant")
+    saved = ctx.env[src]
+    ctx.env[src] = x  # the float handler reads its input from the environment
+    try:
+        out = float_handler(ctx, node, layer)
+    finally:
+        ctx.env[src] = saved
+    if layer.output_quant is not None:
+        return apply_quantizer(ctx, out, layer.output_quant, f"{node.name}.output_quant")
+    if float_handler in PRESERVING and x.qparams is not None and out.qparams is None:
+        return ctx.b.quantize_dequantize(out.name, x.qparams, node.name)
+    return out
+
+
+_ELEMENTWISE = {QuantAdd: "Add", QuantMul: "Mul", QuantMatmul: "MatMul"}
+
+
+@op(modules=[QuantAdd, QuantMul, QuantMatmul, QuantCat], quant=True)
+def _quant_elementwise(ctx: ExportContext, node: fx.Node, layer: nn.Module):
+    """QuantAdd / QuantMul / QuantMatmul / QuantCat: each operand's own quantizer, the op, output_quant."""
+    operands = list(node.args[0]) if isinstance(layer, QuantCat) else list(node.args[:2])
+    values = [ctx.tensor(a, node) for a in operands]
+    if len(layer.input_quants):
+        values = [apply_quantizer(ctx, v, q, f"{node.name}.input_quants.{i}")
+                  for i, (v, q) in enumerate(zip(values, layer.input_quants, strict=True))]
+    names = [v.name for v in values]
+    if isinstance(layer, QuantCat):
+        axis = layer.dim + ctx.rank(node) if layer.dim < 0 else layer.dim
+        y = ctx.b.node("Concat", names, node.name, axis=axis)
+    else:
+        y = ctx.b.node(_ELEMENTWISE[type(layer)], names, node.name)
+    return apply_quantizer(ctx, TensorValue(y), layer.output_quant, f"{node.name}.output_quant")

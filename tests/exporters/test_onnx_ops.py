@@ -448,3 +448,56 @@ def test_float_conv_matches_torch(conv, tmp_path):
     x = torch.randn(*shape)
     (y,), _, _ = export_and_run(conv, (x,), tmp_path)
     np.testing.assert_allclose(y, conv(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+# -- eager quant wrapper layers (hand-built models) ------------------------------------------------------
+def _calibrated(module: nn.Module, *inputs) -> nn.Module:
+    module(*inputs)
+    for q in module.modules():
+        if isinstance(q, Quantizer):
+            q.start_quantizing()
+            q.freeze()
+    return module.eval()
+
+
+def test_quant_add_and_cat_modules(tmp_path):
+    from compress.layers import QuantAdd, QuantCat
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.add = QuantAdd()
+            self.cat = QuantCat(dim=1)
+
+        def forward(self, a, b):
+            return self.cat([self.add(a, b), b])
+
+    a, b = _two_inputs()
+    net = _calibrated(Net(), a * 1.3, b * 1.3)  # calibrate on a wider range than the test inputs
+    (y,), _, proto = export_and_run(net, (a, b), tmp_path)
+    aq_s, aq_z = qparams(net.add.input_quants[0])
+    bq_s, bq_z = qparams(net.add.input_quants[1])
+    so, zo = qparams(net.add.output_quant)
+    aq, bq = R.quantize(a.numpy(), aq_s, aq_z, -128, 127), R.quantize(b.numpy(), bq_s, bq_z, -128, 127)
+    sum_q = R.add_int(aq, aq_s, aq_z, bq, bq_s, bq_z, so, zo)
+    c0_s, c0_z = qparams(net.cat.input_quants[0])
+    c1_s, c1_z = qparams(net.cat.input_quants[1])
+    co_s, co_z = qparams(net.cat.output_quant)
+    parts = [R.fake_quantize(R.dequantize(sum_q, so, zo), c0_s, c0_z, -128, 127),
+             R.fake_quantize(b.numpy(), c1_s, c1_z, -128, 127)]
+    want = R.quantize(np.concatenate(parts, axis=1), co_s, co_z, -128, 127)
+    assert_within_1lsb(codes(y, co_s, co_z), want)
+    assert op_types(proto).count("Concat") == 1
+
+
+def test_quant_relu_module_keeps_its_own_output_grid(tmp_path):
+    from compress.layers import QuantReLU
+
+    relu = QuantReLU.from_float(nn.ReLU(), quantize_io=True)
+    x = torch.randn(2, 8)
+    relu = _calibrated(relu, x * 1.2)
+    (y,), _, proto = export_and_run(relu, (x,), tmp_path)
+    si, zi = qparams(relu.input_quant)
+    so, zo = qparams(relu.output_quant)
+    want = R.quantize(np.maximum(R.fake_quantize(x.numpy(), si, zi, -128, 127), 0), so, zo, -128, 127)
+    assert_within_1lsb(codes(y, so, zo), want)
