@@ -99,6 +99,8 @@ def _graph_module(model: nn.Module) -> fx.GraphModule:
         return model
     from compress.passes.graph import trace
 
+    if type(model).__module__.startswith("torch.nn.modules"):
+        model = nn.Sequential(model)  # a bare layer would trace to its functional form
     try:
         return trace(model.eval())
     except Exception as exc:

@@ -228,33 +228,45 @@ def _broadcast(a, b) -> tuple[int, ...]:
 
 def _binary(op_name: str, reverse_ok: bool = True):
     def handler(em: Emitter, node: fx.Node) -> None:
-        a, b = em.value(node.args[0]), em.value(node.args[1])
         if node.kwargs.get("alpha", 1) != 1:
             raise ExportError(f"{node.name!r}: add/sub with alpha is not exported; write x + alpha * y")
-        tensors = [v for v in (a, b) if isinstance(v, TValue)]
-        lead = max(tensors, key=lambda v: (v.rank, not L.is_identity(v.perm)))
-        if lead.col_perm is not None:
-            lead = em.uncollapse(lead)
-        a, b = (_align(em, v, lead) for v in (a, b))
-        plan = em.plan_output(node)
-        int8 = em.quantized and plan.quant is not None and all(v.is_int8 for v in (a, b) if isinstance(v, TValue))
-        if not int8:
-            a = em.to_float(a) if isinstance(a, TValue) else a
-            b = em.to_float(b) if isinstance(b, TValue) else b
-            lead = em.to_float(lead)
-            out = _binary_float(em, node, op_name, a, b, plan.act, "")
-            return _finish(em, node, out, plan)
-        a = a if isinstance(a, TValue) else em.const_value(a, lead, f"{node.name}_c")
-        b = b if isinstance(b, TValue) else em.const_value(b, lead, f"{node.name}_c")
-        out = em.tensor(node.name, _broadcast(a.shape, b.shape), lead.perm, TensorType.INT8, plan.quant)
-        version = 2
-        if op_name == "MUL" and a.quant.scale[0] * b.quant.scale[0] / plan.quant.scale[0] >= 1:
-            version = 3
-        em.op(op_name, [a.tensor, b.tensor], [out.tensor],
-              Options(f"{op_name.title()}Options", {"FusedActivationFunction": ACT_CODE[plan.act]}), version)
-        _finish(em, node, out, plan)
+        _binary_apply(em, node, op_name, em.value(node.args[0]), em.value(node.args[1]))
 
     return handler
+
+
+def _binary_apply(em: Emitter, node: fx.Node, op_name: str, a, b) -> None:
+    tensors = [v for v in (a, b) if isinstance(v, TValue)]
+    lead = max(tensors, key=lambda v: (v.rank, not L.is_identity(v.perm)))
+    if lead.col_perm is not None:
+        lead = em.uncollapse(lead)
+    a, b = (_align(em, v, lead) for v in (a, b))
+    plan = em.plan_output(node)
+    int8 = em.quantized and plan.quant is not None and all(v.is_int8 for v in (a, b) if isinstance(v, TValue))
+    if not int8:
+        a = em.to_float(a) if isinstance(a, TValue) else a
+        b = em.to_float(b) if isinstance(b, TValue) else b
+        lead = em.to_float(lead)
+        out = _binary_float(em, node, op_name, a, b, plan.act, "")
+        return _finish(em, node, out, plan)
+    a = a if isinstance(a, TValue) else em.const_value(a, lead, f"{node.name}_c")
+    b = b if isinstance(b, TValue) else em.const_value(b, lead, f"{node.name}_c")
+    out = em.tensor(node.name, _broadcast(a.shape, b.shape), lead.perm, TensorType.INT8, plan.quant)
+    version = 2
+    if op_name == "MUL" and a.quant.scale[0] * b.quant.scale[0] / plan.quant.scale[0] >= 1:
+        version = 3
+    em.op(op_name, [a.tensor, b.tensor], [out.tensor],
+          Options(f"{op_name.title()}Options", {"FusedActivationFunction": ACT_CODE[plan.act]}), version)
+    _finish(em, node, out, plan)
+
+
+def div(em: Emitter, node: fx.Node) -> None:
+    """``x / c`` for a constant ``c``: MUL by ``1 / c`` (TFLite DIV has no int8 kernel)."""
+    divisor = em.value(node.args[1])
+    if isinstance(divisor, TValue | Const) or not isinstance(em.value(node.args[0]), TValue):
+        raise ExportError(f"{node.name!r}: only division of a tensor by a constant is exported; "
+                          "multiply by the reciprocal instead")
+    _binary_apply(em, node, "MUL", em.value(node.args[0]), 1.0 / float(divisor))
 
 
 def _align(em: Emitter, v, lead: TValue):
@@ -391,8 +403,8 @@ def clamp(em: Emitter, node: fx.Node) -> None:
     _unary(em, node, "RELU6" if kind is FusedActivation.RELU6 else "RELU")
 
 
-def _simple(op_name: str, int8_ok: bool = True, options: Options | None = None):
-    return lambda em, node: _unary(em, node, op_name, int8_ok, options)
+def _simple(op_name: str, int8_ok: bool = True, options: Options | None = None, int8_version: int = 2):
+    return lambda em, node: _unary(em, node, op_name, int8_ok, options, int8_version)
 
 
 def gelu(em: Emitter, node: fx.Node) -> None:
@@ -554,22 +566,22 @@ def embedding(em: Emitter, node: fx.Node) -> None:
 MODULE_HANDLERS: list[tuple[type, object]] = [
     (nn.Conv2d, conv2d), (nn.Linear, linear), (nn.BatchNorm2d, batchnorm), (nn.ReLU, clamp), (nn.ReLU6, clamp),
     (nn.MaxPool2d, max_pool), (nn.AvgPool2d, avg_pool), (nn.AdaptiveAvgPool2d, adaptive_avg_pool),
-    (nn.Flatten, reshape), (nn.Dropout, alias), (nn.Identity, alias), (nn.Hardswish, _simple("HARD_SWISH")),
+    (nn.Flatten, reshape), (nn.Dropout, alias), (nn.Identity, alias), (nn.Hardswish, _simple("HARD_SWISH", int8_version=1)),
     (nn.Sigmoid, _simple("LOGISTIC")), (nn.Tanh, _simple("TANH")), (nn.GELU, gelu), (nn.Softmax, softmax),
     (nn.LayerNorm, layer_norm), (nn.Embedding, embedding), (nn.Hardtanh, clamp),
 ]
 FUNCTION_HANDLERS = {
     operator.add: _binary("ADD"), torch.add: _binary("ADD"), operator.iadd: _binary("ADD"),
-    operator.sub: _binary("SUB"), torch.sub: _binary("SUB"), operator.mul: _binary("MUL"), torch.mul: _binary("MUL"),
+    operator.truediv: div, torch.div: div, operator.sub: _binary("SUB"), torch.sub: _binary("SUB"), operator.mul: _binary("MUL"), torch.mul: _binary("MUL"),
     torch.cat: cat, torch.concat: cat, torch.flatten: reshape, torch.reshape: reshape, torch.squeeze: reshape,
     torch.unsqueeze: reshape, torch.permute: permute, torch.transpose: permute, torch.relu: clamp, F.relu: clamp,
     F.relu6: clamp, torch.mean: mean, F.adaptive_avg_pool2d: adaptive_avg_pool, F.max_pool2d: max_pool,
     F.avg_pool2d: avg_pool, torch.sigmoid: _simple("LOGISTIC"), torch.tanh: _simple("TANH"),
-    F.hardswish: _simple("HARD_SWISH"), F.gelu: gelu, F.softmax: softmax, torch.softmax: softmax,
+    F.hardswish: _simple("HARD_SWISH", int8_version=1), F.gelu: gelu, F.softmax: softmax, torch.softmax: softmax,
     torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, operator.getitem: getitem, F.dropout: alias,
 }
 METHOD_HANDLERS = {
-    "add": _binary("ADD"), "sub": _binary("SUB"), "mul": _binary("MUL"), "view": reshape, "reshape": reshape,
+    "add": _binary("ADD"), "sub": _binary("SUB"), "mul": _binary("MUL"), "div": div, "view": reshape, "reshape": reshape,
     "flatten": reshape, "squeeze": reshape, "unsqueeze": reshape, "permute": permute, "transpose": permute,
     "contiguous": alias, "relu": clamp, "mean": mean, "sigmoid": _simple("LOGISTIC"), "tanh": _simple("TANH"),
     "softmax": softmax, "matmul": matmul,
