@@ -188,14 +188,14 @@ def test_int8_op_within_one_lsb_of_numpy(name, tmp_path):
 
     it = Interpreter(model_path=str(tmp_path / "q.tflite"))
     ins = it.get_input_details()
-    xq = [R.quantize(x.numpy(), d["quantization"][0], d["quantization"][1], -128, 127) for x, d in zip(xs, ins)]
+    xq = [R.quantize(x.numpy(), d["quantization"][0], d["quantization"][1], -128, 127) for x, d in zip(xs, ins, strict=True)]
     got, ins, out = _run(tmp_path / "q.tflite", [a.astype(np.int8) for a in xq])
     s_o, z_o = out["quantization"]
     # The file's output grid is the torch model's output quantizer's grid.
     modules = dict(q.named_modules())
     out_quant = upstream_quantizer(list(q.graph.nodes)[-1].args[0], modules)
     assert np.isclose(s_o, float(out_quant.scale)) and z_o == int(out_quant.zero_point)
-    xd = [R.dequantize(a, d["quantization"][0], d["quantization"][1]).astype(np.float64) for a, d in zip(xq, ins)]
+    xd = [R.dequantize(a, d["quantization"][0], d["quantization"][1]).astype(np.float64) for a, d in zip(xq, ins, strict=True)]
     mod = q.get_submodule(next(n.target for n in q.graph.nodes if n.op == "call_module"
                                 and hasattr(q.get_submodule(n.target), "weight_quant"))) \
         if any(hasattr(mm, "weight_quant") for mm in q.modules()) else None
