@@ -16,7 +16,7 @@ from compress.cli.quantize import quantize_command
 __all__ = ["main"]
 
 
-@click.group(cls=CompressGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("compress", cls=CompressGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(_version(), "--version", prog_name="compress", message="%(prog)s %(version)s")
 def main() -> None:
     """Compress PyTorch models for edge deployment: int8 quantization, verified ONNX export.

@@ -192,6 +192,7 @@ def staged_output(out: Path, *, kind: str) -> Iterator[Path]:
         raise ConfigError(f"cannot write to {parent} ({exc.strerror}); choose another -o") from exc
     try:
         yield tmp
+        _apply_umask(tmp)
         (tmp / MARKER).write_text(json.dumps({"written_by": f"compress {kind}", "version": _version()}) + "\n")
         if out.exists() or out.is_symlink():
             old = parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
@@ -215,6 +216,17 @@ def staged_output(out: Path, *, kind: str) -> Iterator[Path]:
             except OSError:
                 pass
         raise
+
+
+def _apply_umask(root: Path) -> None:
+    """mkdtemp/mkstemp create private (0700/0600) entries; give the output the permissions a mkdir would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def rebase_paths(obj: Any, old: Path, new: Path) -> Any:

@@ -43,7 +43,7 @@ def demo_command(out: Path, epochs: int, qat: bool, force: bool) -> None:
     demo = report.get("demo", {})
     if demo:
         console.print(
-            f"trained {demo['epochs']} epochs on {demo['train_samples']} digits in {demo['train_seconds']:.1f} s; "
+            f"trained {demo['epochs']} epoch{'s' if demo['epochs'] != 1 else ''} on {demo['train_samples']} digits in {demo['train_seconds']:.1f} s; "
             f"torch fp32 test accuracy {100 * demo['fp32_torch_accuracy']:.2f}% on {demo['test_samples']}",
             highlight=False, soft_wrap=True,
         )

@@ -98,21 +98,24 @@ def test_torch_export_pt2(tmp_path, tiny_cnn):
     program = torch.export.export(tiny_cnn, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: batch},))
     torch.export.save(program, str(path))
     model = load_model(path)
-    assert isinstance(model, ExportedModule) and not model.training
+    assert isinstance(model, torch.fx.GraphModule) and not model.training
     assert model.cpu().train().eval() is model  # callers may switch modes freely
     _same_outputs(model, tiny_cnn)
+    torch.fx.symbolic_trace(model)  # the passes trace models with fx: a loaded .pt2 must be traceable
     bad = tmp_path / "bad.pt2"
     bad.write_bytes(b"\x00" * 100)
     with pytest.raises(ModelLoadError, match="not a readable torch.export program"):
         load_model(bad)
 
 
-def test_static_batch_pt2_is_caught_by_check_fits(tmp_path, tiny_cnn):
+def test_static_batch_pt2(tmp_path, tiny_cnn):
     path = tmp_path / "static.pt2"
     torch.export.save(torch.export.export(tiny_cnn, (torch.zeros(1, 1, 8, 8),)), str(path))
     model = load_model(path)
+    check_fits(model, Dataset(np.zeros((4, 1, 8, 8))))  # the guard is dropped; convolutions take any batch
+    wrapped = ExportedModule(torch.export.load(str(path)).module())
     with pytest.raises(DataError, match="dynamic batch dimension"):
-        check_fits(model, Dataset(np.zeros((4, 1, 8, 8))))
+        check_fits(wrapped, Dataset(np.zeros((4, 1, 8, 8))))
 
 
 def test_pickled_module_refused_by_default_and_loaded_when_trusted(pickled_model_file, tiny_cnn):

@@ -1,0 +1,156 @@
+"""`compress quantize` end to end, and that the CLI passes every option through to the library unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compress.cli.quantize import OBSERVER_CHOICES, TARGET_CHOICES
+
+
+def _onnx_run(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+@pytest.mark.onnx
+def test_quantize_state_dict_end_to_end(cli, tmp_path, calib_npz, state_dict_file, tiny_arch, tiny_cnn, digits_like):
+    result = cli("quantize", state_dict_file, "--arch", tiny_arch, "--calib", calib_npz, "--eval", calib_npz,
+                 "-o", "out")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert (out / "model.onnx").is_file() and (out / "model_fp32.onnx").is_file()
+    assert "ONNX int8" in result.stdout and "wrote out" in result.stdout
+
+    report = json.loads((out / "report.json").read_text())
+    for key in ("fp32", "int8", "parity", "float_ops", "artifacts"):
+        assert key in report
+    for key in ("accuracy", "top1_agreement"):
+        assert key in report["int8"]
+    assert "accuracy" in report["fp32"]
+    assert {"max_abs_lsb", "within_1lsb_fraction"} <= set(report["parity"])
+    assert isinstance(report["float_ops"], list)
+    for artifact in report["artifacts"]:
+        assert {"path", "format", "bytes"} <= set(artifact)
+        path = Path(artifact["path"])
+        path = path if path.is_absolute() else out / path
+        assert path.stat().st_size == artifact["bytes"], artifact
+
+    # The report's numbers, recomputed here with onnxruntime and torch directly.
+    x, y = digits_like
+    fp32 = _onnx_run(out / "model_fp32.onnx", x)
+    int8 = _onnx_run(out / "model.onnx", x)
+    with torch.no_grad():
+        np.testing.assert_allclose(fp32, tiny_cnn(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-4)
+    assert report["fp32"]["accuracy"] == pytest.approx(np.mean(fp32.argmax(1) == y))
+    assert report["int8"]["accuracy"] == pytest.approx(np.mean(int8.argmax(1) == y))
+    assert report["int8"]["top1_agreement"] == pytest.approx(np.mean(fp32.argmax(1) == int8.argmax(1)))
+
+    # The output directory looks like a mkdir'd one (not the private temp dir it was staged in) and is marked.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    assert json.loads((out / ".compress-output").read_text())["written_by"] == "compress quantize"
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
+
+
+def _fake_pipeline(monkeypatch, calls: list):
+    """Replace the pipeline by a recorder that writes a tiny, complete output (CLI mechanics only)."""
+    import compress.pipeline
+
+    def fake(model, calib, out_dir, options=None, *, eval_data=None, train_data=None, progress=True):
+        calls.append({"model": model, "calib": calib, "options": options, "eval": eval_data, "train": train_data,
+                      "progress": progress})
+        (Path(out_dir) / "model.onnx").write_bytes(b"int8")
+        report = {"artifacts": [{"path": str(Path(out_dir) / "model.onnx"), "format": "onnx", "bytes": 4}]}
+        (Path(out_dir) / "report.json").write_text(json.dumps(report))
+        return report
+
+    monkeypatch.setattr(compress.pipeline, "quantize_model", fake)
+    monkeypatch.setattr(compress.pipeline, "render_summary", lambda report: "SUMMARY")
+
+
+def test_options_reach_the_library_unchanged(cli, monkeypatch, tmp_path, calib_npz, write_npz, state_dict_file,
+                                             tiny_arch, digits_like):
+    from compress.pipeline import QuantizeOptions, Target
+    from compress.quant.spec import ObserverKind
+
+    calls: list = []
+    _fake_pipeline(monkeypatch, calls)
+    x, y = digits_like
+    train = write_npz("train.npz", x=x[:20], y=y[:20])
+    result = cli("quantize", state_dict_file, "--arch", tiny_arch, "--calib", calib_npz, "--eval", calib_npz,
+                 "--qat", "--train", train, "--epochs", "2", "--lr", "0.01", "--per-tensor", "--observer", "mse",
+                 "--target", "arm", "--batch-size", "8", "-o", "out")
+    assert result.exit_code == 0, result.output
+    (call,) = calls
+    assert call["options"] == QuantizeOptions(per_tensor=True, observer=ObserverKind.MSE, target=Target.ARM, qat=True,
+                                              epochs=2, lr=0.01, batch_size=8)
+    np.testing.assert_array_equal(call["calib"].x, x)
+    np.testing.assert_array_equal(call["train"].y, y[:20])
+    assert len(call["eval"]) == len(x)
+    assert call["progress"] is False  # not a terminal
+
+    calls.clear()
+    result = cli("quantize", state_dict_file, "--arch", tiny_arch, "--calib", calib_npz, "-o", "plain")
+    assert result.exit_code == 0, result.output
+    assert calls[0]["options"] == QuantizeOptions() and calls[0]["eval"] is None and calls[0]["train"] is None
+
+
+def test_force_replaces_a_previous_output_and_report_paths_point_at_it(cli, monkeypatch, tmp_path, calib_npz,
+                                                                       state_dict_file, tiny_arch):
+    calls: list = []
+    _fake_pipeline(monkeypatch, calls)
+    args = ["quantize", state_dict_file, "--arch", tiny_arch, "--calib", calib_npz, "-o", "out"]
+    assert cli(*args).exit_code == 0
+    (tmp_path / "out" / "stale.txt").write_text("from the first run")
+    assert cli(*args).exit_code != 0  # exists, no --force
+    assert cli(*args, "--force").exit_code == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [".compress-output", "model.onnx", "report.json"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["artifacts"][0]["path"] == str((out / "model.onnx").resolve())
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+
+
+def test_cli_choices_match_the_library_enums():
+    from compress.pipeline import Target
+    from compress.quant.spec import ObserverKind
+
+    assert OBSERVER_CHOICES == tuple(k.value for k in ObserverKind)
+    assert TARGET_CHOICES == tuple(t.value for t in Target)
+
+
+def test_version_and_help(cli):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        expected = version("edge-compress")
+    except PackageNotFoundError:
+        expected = "0+unknown"
+    result = cli("--version")
+    assert result.exit_code == 0 and result.stdout.strip() == f"compress {expected}"
+    result = cli()
+    assert result.exit_code == 0 and "quantize" in result.stdout and "demo" in result.stdout
+    result = cli("quantize", "--help")
+    assert result.exit_code == 0 and "--trust-pickle" in result.stdout and "--observer" in result.stdout
+
+
+def test_module_entry_point_runs(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "compress.cli", "quantize", "absent.pt", "--calib", "c.npz",
+                           "-o", "out"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert proc.stderr.strip().splitlines() == ["error: model file 'absent.pt' not found; check the path"]
