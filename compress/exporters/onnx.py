@@ -168,13 +168,19 @@ class _RecordingMixin:
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
         self.records[n] = summarize(result)
+        # Tensors computed from constants only (torch.arange(seq_len), masks, x.new_ones(...)) are folded
+        # into initializers, so ops with no ONNX counterpart can still appear in that part of a model.
+        if n.op in ("call_function", "call_method") and isinstance(result, torch.Tensor) and all(
+                i in self.consts or (i.op != "placeholder" and is_python_record(self.records.get(i)))
+                for i in n.all_input_nodes):
+            self.consts[n] = result.detach().clone()
         return result
 
 
 class _ShapeRecorder(_RecordingMixin, ShapeProp):
     def __init__(self, gm):
         super().__init__(gm)
-        self.records = {}
+        self.records, self.consts = {}, {}
         # fx's extra traceback imports torch._dynamo (seconds) just to decorate an error we re-raise anyway.
         self.extra_traceback = False
 
@@ -182,14 +188,14 @@ class _ShapeRecorder(_RecordingMixin, ShapeProp):
 class _ProbeRecorder(_RecordingMixin, fx.Interpreter):
     def __init__(self, gm):
         super().__init__(gm)
-        self.records = {}
+        self.records, self.consts = {}, {}
         # fx's extra traceback imports torch._dynamo (seconds) just to decorate an error we re-raise anyway.
         self.extra_traceback = False
 
 
-def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> tuple[dict, dict | None]:
+def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> tuple[dict, dict | None, dict]:
     """Run the graph on the example inputs (ShapeProp) and, for dynamic batch, on one more batch row."""
-    probe = None
+    probe = probe_consts = None
     if dynamic_batch:
         bigger = tuple(torch.cat([x, x[:1]]) if isinstance(x, torch.Tensor) and x.dim() > 0 else x
                        for x in example_inputs)
@@ -202,7 +208,7 @@ def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> t
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); its shapes are fixed, so export with "
                 "OnnxExportConfig(dynamic_batch=False)"
             ) from exc
-        probe = recorder.records
+        probe, probe_consts = recorder.records, recorder.consts
     recorder = _ShapeRecorder(gm)
     try:
         # ShapeProp prints the traceback of a failing node to stderr; the ExportError below says it in one line.
@@ -212,7 +218,12 @@ def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> t
         cause = exc.__cause__ or exc
         raise ExportError(f"the model failed on the example inputs ({type(cause).__name__}: "
                           f"{str(cause).splitlines()[0] if str(cause) else ''}); pass inputs the model accepts") from exc
-    return recorder.records, probe
+    consts = recorder.consts
+    if probe_consts is not None:
+        # A "constant" that changes with the batch size is not one (e.g. torch.arange(x.size(0))).
+        consts = {n: t for n, t in consts.items() if n in probe_consts and probe_consts[n].shape == t.shape
+                  and torch.equal(probe_consts[n], t)}
+    return recorder.records, probe, consts
 
 
 # -- emitting -------------------------------------------------------------------------------------------
@@ -247,6 +258,8 @@ def _emit(ctx: ExportContext, node: fx.Node):
         # size(), .shape, int arithmetic on them: a Python constant, read from the recorded run.
         probe = ctx.probe.get(node) if ctx.probe is not None else rec
         return PyValue(rec, batch_dependent=probe != rec)
+    if node in ctx.consts:
+        return TensorValue(ctx.b.const(ctx.consts[node].cpu().numpy(), f"{node.name}/folded"))
     if node.op == "get_attr":
         value = ctx.gm
         for part in node.target.split("."):
@@ -331,9 +344,10 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
     in_names = list(config.input_names or [n.target.lstrip("*") for n in placeholders])
     if len(in_names) != len(placeholders):
         raise ConfigError(f"input_names has {len(in_names)} names but the model takes {len(placeholders)} inputs")
-    records, probe = _record(gm, example_inputs, config.dynamic_batch)
+    records, probe, consts = _record(gm, example_inputs, config.dynamic_batch)
     builder = GraphBuilder(config.opset)
     ctx = ExportContext(gm, builder, records, probe, config.activation_dtype is ActivationDType.UINT8)
+    ctx.consts = consts
     graph_inputs, graph_outputs, output_scales, renamed = [], [], [], {}
     for node in gm.graph.nodes:
         if node.op == "placeholder":

@@ -196,6 +196,8 @@ class ExportContext:
         self.probe = probe
         self.unsigned = unsigned
         self.env: dict[fx.Node, Any] = {}
+        # Tensors computed only from constants, folded into initializers (filled by the exporter).
+        self.consts: dict[fx.Node, torch.Tensor] = {}
 
     # -- looking up values -----------------------------------------------------------------------------
     def value(self, arg):

@@ -263,3 +263,23 @@ def test_export_restores_training_mode(tmp_path):
     model = nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)).train()
     export_onnx(model, (torch.randn(2, 3),), tmp_path / "m.onnx")
     assert model.training and model[1].training
+
+
+def test_constants_computed_in_forward_are_folded(tmp_path):
+    class Positions(nn.Module):
+        def forward(self, x):
+            return x + torch.arange(x.shape[-1]).float() * 0.5
+
+    x = torch.randn(2, 3, 6)
+    info = export_onnx(Positions(), (x,), tmp_path / "m.onnx")
+    got = run(tmp_path / "m.onnx", torch.zeros(4, 3, 6))
+    np.testing.assert_allclose(got, np.broadcast_to(np.arange(6) * 0.5, (4, 3, 6)))
+    assert info.op_histogram == {"Add": 1}
+
+    class BatchPositions(nn.Module):
+        def forward(self, x):  # depends on the batch size: cannot be a constant in a dynamic-batch graph
+            return x + torch.arange(x.shape[0]).float().reshape(-1, 1)
+
+    with pytest.raises(ExportError, match="arange"):
+        export_onnx(BatchPositions(), (torch.randn(2, 3),), tmp_path / "m.onnx")
+    export_onnx(BatchPositions(), (torch.randn(2, 3),), tmp_path / "m.onnx", OnnxExportConfig(dynamic_batch=False))
