@@ -345,6 +345,8 @@ def _pool(em: Emitter, node: fx.Node, kind: str, k, s, p, ceil_mode: bool, count
             x = _pad(em, x, pads, node.name)  # zeros (int8: the zero point) are ≤ every input here
         padding = L.Padding.VALID
     plan = em.plan_output(node, fuse_act=kind == "AVERAGE_POOL_2D")
+    if kind == "AVERAGE_POOL_2D" and x.is_int8 and plan.quant is not None and padding is L.Padding.VALID:
+        return _avg_pool_as_depthwise(em, node, x, k, s, plan)
     int8 = x.is_int8 and (kind == "MAX_POOL_2D" or plan.quant is not None)
     if not int8:
         x = em.to_float(x)
@@ -355,6 +357,27 @@ def _pool(em: Emitter, node: fx.Node, kind: str, k, s, p, ceil_mode: bool, count
           2 if int8 else 1)
     if int8 and plan.quant is not None:
         out = em.quantize(out, plan.quant, f"{node.name}_requant")
+    _finish(em, node, out, plan)
+
+
+def _avg_pool_as_depthwise(em: Emitter, node: fx.Node, x: TValue, k, s, plan) -> None:
+    """Int8 average pooling as a depthwise conv with weights 1/(kh·kw): one rounding, onto the output grid.
+
+    AVERAGE_POOL_2D int8 keeps the input grid, so reaching the model's output grid would round twice (up to
+    1 LSB, then amplified downstream). The weight 1/(kh·kw) is exact in int8: code 127 at scale 1/(127·kh·kw).
+    """
+    c = x.shape[1]
+    s_w = np.full(c, 1.0 / (127.0 * k[0] * k[1]))
+    w_t = em.const(f"{node.name}_weight", np.full((1, k[0], k[1], c), 127, np.int8), TensorType.INT8,
+                   QuantParams.per_channel(s_w, 0, 3))
+    b_t = em.const(f"{node.name}_bias", np.zeros(c, np.int32), TensorType.INT32,
+                   QuantParams.per_channel(x.quant.scale[0] * s_w, 0, 0))
+    out = em.tensor(node.name, _meta_shape(node), L.NCHW_TO_NHWC, TensorType.INT8, plan.quant,
+                    nonnegative=x.nonnegative)
+    em.op("DEPTHWISE_CONV_2D", [x.tensor, w_t, b_t], [out.tensor],
+          Options("DepthwiseConv2DOptions", {"Padding": _PAD[L.Padding.VALID], "StrideW": s[1], "StrideH": s[0],
+                                             "DepthMultiplier": 1, "DilationWFactor": 1, "DilationHFactor": 1,
+                                             "FusedActivationFunction": ACT_CODE[plan.act]}), 3)
     _finish(em, node, out, plan)
 
 

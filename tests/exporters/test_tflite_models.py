@@ -1,0 +1,161 @@
+"""Whole nets through export_tflite and verify_tflite in LiteRT: reference architectures, a transformer-shaped
+block, random small graphs (hypothesis), and the error paths."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+pytest.importorskip("ai_edge_litert")
+pytestmark = pytest.mark.tflite
+
+from compress.errors import ConfigError, ExportError  # noqa: E402
+from compress.exporters.tflite import TFLiteExportConfig, export_tflite  # noqa: E402
+from compress.exporters.verify_tflite import verify_tflite  # noqa: E402
+from compress.models import DemoCNN, MobileNetV2, ResNet18, randomize_bn  # noqa: E402
+from compress.passes import calibrate, convert, prepare  # noqa: E402
+
+
+def _int8(model, batches):
+    return convert(calibrate(prepare(model, batches[0]), batches, progress=False))
+
+
+def _check(model, batches, path, config=None):
+    info = export_tflite(model, batches[0][:1], path, config)
+    report = verify_tflite(path, model, batches, info=info)
+    assert report.passed, report.summary()
+    return info, report
+
+
+@pytest.mark.parametrize("int8_io", [False, True])
+def test_demo_cnn_int8_matches_torch_simulation(tmp_path, int8_io):
+    torch.manual_seed(0)
+    m = randomize_bn(DemoCNN()).eval()
+    batches = [torch.randn(4, 1, 8, 8) for _ in range(3)]
+    info, report = _check(_int8(m, batches), batches, tmp_path / "d.tflite", TFLiteExportConfig(int8_io=int8_io))
+    assert report.max_abs_lsb <= 1.0 + 1e-3
+    # No transpose pairs around convolutions: only the input transpose.
+    assert info.op_counts.get("TRANSPOSE", 0) == 1
+
+
+def test_demo_cnn_float_and_nhwc_input(tmp_path):
+    torch.manual_seed(0)
+    m = randomize_bn(DemoCNN()).eval()
+    batches = [torch.randn(2, 1, 8, 8) for _ in range(2)]
+    info, _ = _check(m, batches, tmp_path / "f.tflite")
+    assert info.op_counts["TRANSPOSE"] == 1 and "BatchNorm" not in str(info.op_counts)
+    info, _ = _check(m, batches, tmp_path / "n.tflite", TFLiteExportConfig(nhwc_input=True))
+    assert "TRANSPOSE" not in info.op_counts and info.inputs[0]["shape"] == [1, 8, 8, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", [ResNet18, MobileNetV2])
+def test_reference_nets_export_and_match(tmp_path, net):
+    torch.manual_seed(0)
+    m = randomize_bn(net(num_classes=10)).eval()
+    batches = [torch.randn(1, 3, 64, 64) for _ in range(3)]
+    info, _ = _check(m, batches, tmp_path / "f.tflite")
+    assert info.op_counts["TRANSPOSE"] == 1
+    info, report = _check(_int8(m, batches), batches, tmp_path / "q.tflite")
+    assert report.within_1lsb_fraction >= 0.99
+    assert info.op_counts["TRANSPOSE"] == 1 and info.op_counts["DEQUANTIZE"] == 1
+
+
+class TinyAttention(nn.Module):
+    """A BERT-shaped block from plain ops: embedding, single-head attention, LayerNorm, GELU FFN, first token."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16, ffn: int = 32, classes: int = 3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ffn_in, self.act, self.ffn_out = nn.Linear(dim, ffn), nn.GELU(), nn.Linear(ffn, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.emb(ids)
+        scores = torch.matmul(self.q(x), self.k(x).transpose(-2, -1)) * self.scale
+        a = torch.matmul(torch.softmax(scores, dim=-1), self.v(x))
+        x = self.norm1(x + a)
+        x = self.norm2(x + self.ffn_out(self.act(self.ffn_in(x))))
+        return self.head(torch.tanh(x[:, 0]))
+
+
+def test_transformer_shaped_block_float_and_int8(tmp_path):
+    torch.manual_seed(0)
+    m = TinyAttention().eval()
+    ids = [torch.randint(0, 50, (1, 8)) for _ in range(6)]
+    info, _ = _check(m, ids, tmp_path / "f.tflite")
+    assert {"BATCH_MATMUL", "GATHER", "GELU", "RSQRT", "SOFTMAX", "STRIDED_SLICE"} <= set(info.op_counts)
+    # k.transpose(-2, -1) becomes BATCH_MATMUL(adj_y), not a TRANSPOSE.
+    assert "TRANSPOSE" not in info.op_counts
+    q = convert(calibrate(prepare(m, ids[0]), ids, progress=False))
+    _check(q, ids, tmp_path / "q.tflite")
+
+
+class RandomNet(nn.Module):
+    """conv (± depthwise, ± ReLU) → optional residual add or channel concat → pool → linear."""
+
+    def __init__(self, cin, c, k, stride, pad, depthwise, relu, merge, pool):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, c, k, stride, pad)
+        self.dw = nn.Conv2d(c, c, 3, 1, 1, groups=c) if depthwise else nn.Conv2d(c, c, 3, 1, 1)
+        self.relu, self.merge, self.pool_kind = relu, merge, pool
+        self.pool = {"max": nn.MaxPool2d(2, ceil_mode=False), "avg": nn.AvgPool2d(2), "gap": nn.AdaptiveAvgPool2d(1)}[pool]
+        self.fc = nn.LazyLinear(5)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if self.relu:
+            x = torch.relu(x)
+        y = self.dw(x)
+        if self.merge == "add":
+            y = y + x
+        elif self.merge == "cat":
+            y = torch.cat([y, x], 1)
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+@pytest.mark.slow
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cin=st.integers(1, 4), c=st.integers(2, 6), k=st.sampled_from([1, 3, 5]), stride=st.integers(1, 2),
+       pad=st.integers(0, 2), depthwise=st.booleans(), relu=st.booleans(),
+       merge=st.sampled_from(["none", "add", "cat"]), pool=st.sampled_from(["max", "avg", "gap"]),
+       size=st.integers(8, 12), seed=st.integers(0, 2**16))
+def test_random_graphs_match_in_litert(tmp_path, cin, c, k, stride, pad, depthwise, relu, merge, pool, size, seed):
+    torch.manual_seed(seed)
+    m = RandomNet(cin, c, k, stride, pad, depthwise, relu, merge, pool)
+    batches = [torch.randn(2, cin, size, size) for _ in range(3)]
+    m(batches[0])  # materialize the lazy linear
+    m.eval()
+    _check(m, batches, tmp_path / "f.tflite")
+    _check(_int8(m, batches), batches, tmp_path / "q.tflite")
+
+
+def test_unconverted_model_is_refused(tmp_path):
+    m = prepare(nn.Sequential(nn.Linear(4, 2)), torch.randn(1, 4))
+    with pytest.raises(ExportError, match="convert"):
+        export_tflite(m, torch.randn(1, 4), tmp_path / "x.tflite")
+
+
+def test_int8_io_needs_a_quantized_model(tmp_path):
+    with pytest.raises(ConfigError, match="int8_io"):
+        export_tflite(nn.Sequential(nn.Linear(4, 2)), torch.randn(1, 4), tmp_path / "x.tflite",
+                      TFLiteExportConfig(int8_io=True))
+
+
+def test_verification_detects_a_wrong_reference(tmp_path):
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 3)).eval()
+    info = export_tflite(m, torch.randn(1, 4), tmp_path / "m.tflite")
+    other = nn.Sequential(nn.Linear(4, 3)).eval()
+    report = verify_tflite(tmp_path / "m.tflite", other, [np.ones((2, 4), np.float32)], info=info)
+    assert not report.passed and report.max_rel_diff > 1e-4
