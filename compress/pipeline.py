@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import ConfigError, DataError
+from compress.errors import ConfigError, DataError, ExportError
 from compress.passes import QATConfig, calibrate, convert, prepare, train_qat
 from compress.quant.config import QuantConfig
 from compress.quant.spec import WEIGHT_INT8, WEIGHT_INT8_PER_TENSOR, ObserverKind
@@ -117,15 +117,25 @@ def quantize_model(
     evaluation = eval_data if eval_data is not None else calib
 
     t0 = time.perf_counter()
+    prepared = prepare(model, example, options.quant_config(), qat=options.qat)
+    if prepared.compress_info.capture != "fx":
+        why = next((f.reason for f in prepared.compress_info.float_ops if f.op == "*"), "")
+        raise ExportError(
+            f"{type(model).__name__} cannot be captured as a graph ({why}); ONNX export needs a torch.fx-traceable "
+            "model: move data-dependent `if`/loops out of forward(), or quantize the layers with compress.passes "
+            "in Python and deploy the simulated model"
+        )
+    prepare_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     fp32_path = out_dir / "model_fp32.onnx"
     fp32_info = export_onnx(model, example, fp32_path, OnnxExportConfig(opset=options.opset))
     timings["export_fp32_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    prepared = prepare(model, example, options.quant_config(), qat=options.qat)
     calibrate(prepared, calib, batch_size=options.batch_size, max_batches=options.max_calib_batches,
               progress=progress)
-    timings["calibrate_s"] = time.perf_counter() - t0
+    timings["calibrate_s"] = time.perf_counter() - t0 + prepare_s
     history = None
     if options.qat:
         t0 = time.perf_counter()
