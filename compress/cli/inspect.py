@@ -22,18 +22,27 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _support_lookup():
-    """``module -> quant class name | None``, or None when the layer registry is not available."""
+    """``module -> what the quantizer does with it`` (rich markup), or None when the layer registry is missing."""
     try:
-        from compress.layers.registry import quant_class_for
+        from compress.layers import registry
     except ImportError:
         return None
+    from torch import nn
 
-    def lookup(module) -> str | None:
-        try:
-            cls = quant_class_for(module)
-        except TypeError:  # a registry keyed by type rather than instance
-            cls = quant_class_for(type(module))
-        return None if cls is None else getattr(cls, "__name__", str(cls))
+    quantized_output = getattr(registry, "QUANTIZABLE_FLOAT_OPS", frozenset())
+    preserving = getattr(registry, "QPARAM_PRESERVING_OPS", frozenset())
+
+    def lookup(module) -> str:
+        cls = registry.quant_class_for(module)
+        if cls is not None:
+            return cls.__name__
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            return "folded into conv"
+        if type(module) in quantized_output:
+            return "int8 output"
+        if type(module) in preserving:
+            return "int8 passthrough"
+        return "[yellow]stays float[/]"
 
     return lookup
 
@@ -101,11 +110,7 @@ def inspect_command(model: str, arch: str | None, trust_pickle: bool, input_shap
     table.add_column("int8 as")
     for name, m in leaves:
         n_params = sum(p.numel() for p in m.parameters(recurse=False))
-        if lookup is None:
-            support = "?"
-        else:
-            quant = lookup(m)
-            support = quant if quant is not None else "[yellow]stays float[/]"
+        support = "?" if lookup is None else lookup(m)
         row = [name, type(m).__name__, f"{n_params:,}"]
         if shape is not None:
             row.append(out_shapes.get(name, "–"))
@@ -124,5 +129,6 @@ def inspect_command(model: str, arch: str | None, trust_pickle: bool, input_shap
         console.print("quantizer support table unavailable in this build (compress.layers.registry missing)",
                       style="yellow", soft_wrap=True)
     else:
-        console.print("layers marked 'stays float' run in fp32 between int8 neighbours; they are listed in "
+        console.print("Quant* = int8 weights and outputs; 'int8 output' = float op with a quantized output; "
+                      "'int8 passthrough' = runs on int8 values as they are; 'stays float' = listed in "
                       "report.json's float_ops", highlight=False, soft_wrap=True)

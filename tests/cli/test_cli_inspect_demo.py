@@ -16,12 +16,28 @@ def test_inspect_lists_layers_params_and_output_shapes(cli, state_dict_file, tin
     rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
             for line in result.stdout.splitlines() if line.count("│") >= 5}
     # Hand-derived: 3×3 conv 1→4 channels, no bias = 36 weights; padding 1 keeps 8×8; fc 8→10 with bias = 90.
-    assert rows["stem.0"][:3] == ["Conv2d", "36", "[2, 4, 8, 8]"]
-    assert rows["pool"][:3] == ["MaxPool2d", "0", "[2, 4, 4, 4]"]
-    assert rows["fc"][:3] == ["Linear", "90", "[2, 10]"]
+    assert rows["stem.0"] == ["Conv2d", "36", "[2, 4, 8, 8]", "QuantConv2d"]
+    assert rows["pool"] == ["MaxPool2d", "0", "[2, 4, 4, 4]", "int8 passthrough"]
+    assert rows["fc"] == ["Linear", "90", "[2, 10]", "QuantLinear"]
+    assert rows["bn1"][3] == "folded into conv"
     total = sum(p.numel() for p in tiny_cnn.parameters())
     assert f"parameters: {total:,}" in result.stdout
     assert "add" in result.stdout  # the residual + found by tracing
+
+
+def test_inspect_marks_unsupported_layers_as_float(cli, tmp_path):
+    (tmp_path / "prelu_net.py").write_text(
+        "import torch\n"
+        "def build():\n"
+        "    return torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.PReLU(), torch.nn.Linear(4, 2))\n"
+    )
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.PReLU(), torch.nn.Linear(4, 2))
+    torch.save(net.state_dict(), tmp_path / "p.pt")
+    result = cli("inspect", "p.pt", "--arch", "prelu_net.py:build")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "PReLU" in line)
+    assert "stays float" in row
 
 
 def test_inspect_pt2_without_arch(cli, tmp_path, tiny_cnn):
