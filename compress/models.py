@@ -13,7 +13,7 @@ from torch import nn
 class DemoCNN(nn.Module):
     """The demo's digit classifier: conv+BN+ReLU stem, one residual block, pooling, linear head (8×8 input)."""
 
-    def __init__(self, num_classes: int = 10, width: int = 16):
+    def __init__(self, num_classes: int = 10, width: int = 40):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
