@@ -1,5 +1,6 @@
-"""Exporters: ONNX (QDQ int8 or fp32, pinned opset) and verification of exported files against the torch
-simulation. onnx / onnxruntime are imported only when an export or a verification runs."""
+"""Exporters: ONNX (QDQ int8 or fp32, pinned opset), TFLite (flatbuffer written directly, float or full int8),
+and verification of exported files against the torch simulation in the real runtime. onnx, onnxruntime,
+flatbuffers, tflite and ai_edge_litert are imported only when an export or a verification runs."""
 
 from compress.exporters.onnx import (
     ActivationDType,
@@ -8,7 +9,9 @@ from compress.exporters.onnx import (
     export_onnx,
     trace_for_export,
 )
+from compress.exporters.tflite import TFLiteExportConfig, TFLiteExportInfo, export_tflite
 from compress.exporters.verify import OutputParity, ParityReport, VerifyConfig, verify_onnx
+from compress.exporters.verify_tflite import verify_tflite
 
 __all__ = [
     "ActivationDType",
@@ -16,8 +19,12 @@ __all__ = [
     "OnnxExportInfo",
     "OutputParity",
     "ParityReport",
+    "TFLiteExportConfig",
+    "TFLiteExportInfo",
     "VerifyConfig",
     "export_onnx",
+    "export_tflite",
     "trace_for_export",
     "verify_onnx",
+    "verify_tflite",
 ]

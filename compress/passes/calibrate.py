@@ -15,16 +15,24 @@ from compress.quant.fake import Quantizer, QuantState
 def iter_inputs(data, batch_size: int = 32) -> Iterator[tuple[torch.Tensor, ...]]:
     """Model inputs from what users have: a Dataset (``.batches()``), tensors, arrays or (x, y) tuples.
 
-    A tuple/list batch is taken as ``(inputs, labels)``: its first element is the model input.
+    A tuple/list batch is taken as ``(inputs, labels)``: its first element is the model input — a tensor, or
+    a tuple/list of tensors for a model with several inputs (``((a, b), y)`` or ``((a, b),)``).
     """
     source: Iterable = data.batches(batch_size) if hasattr(data, "batches") else data
     for batch in source:
         x = batch[0] if isinstance(batch, tuple | list) else batch
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
-        if not isinstance(x, torch.Tensor):
-            raise DataError(f"a calibration batch is a {type(x).__name__}; yield tensors, arrays or (x, y) tuples")
-        yield (x,)
+        inputs = tuple(x) if isinstance(x, tuple | list) else (x,)
+        converted = []
+        for t in inputs:
+            if isinstance(t, np.ndarray):
+                t = torch.from_numpy(t)
+            if not isinstance(t, torch.Tensor):
+                raise DataError(
+                    f"a calibration batch holds a {type(t).__name__}; yield tensors, arrays, (x, y) tuples, or "
+                    "((x1, x2), y) for models with several inputs"
+                )
+            converted.append(t)
+        yield tuple(converted)
 
 
 def _progress(total: int | None, description: str, enabled: bool):

@@ -101,6 +101,9 @@ def prepare(
     config = config or QuantConfig()
     example_inputs = _as_tuple(example_inputs)
     model = copy.deepcopy(model).train(qat)
+    if g.QuantTracer().is_leaf_module(model, ""):
+        # A bare torch layer would be traced into its functional form; as a child it stays a module node.
+        model = nn.Sequential(model)
     try:
         gm = g.trace(model)
     except CompressError as exc:

@@ -188,3 +188,25 @@ def test_prepared_model_is_a_graph_module_with_leaf_quant_layers():
     gm = prepare(_demo(), _data(1))
     assert isinstance(gm, fx.GraphModule)
     assert any(n.target == "conv1" for n in gm.graph.nodes)
+
+
+def test_bare_torch_layer_is_prepared_as_a_module():
+    gm = prepare(nn.Conv2d(2, 3, 3), torch.randn(1, 2, 6, 6))
+    assert any(isinstance(m, QuantConv2d) for m in gm.modules())
+
+
+class _TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 3), nn.Linear(5, 3)
+
+    def forward(self, x, z):
+        return self.a(x) + self.b(z)
+
+
+def test_calibrate_accepts_several_inputs_per_batch():
+    x, z = torch.randn(8, 4), torch.randn(8, 5)
+    gm = prepare(_TwoInputs(), (x[:1], z[:1]))
+    calibrate(gm, [((x, z), None), ((x, z),)], progress=False)
+    q = convert(gm)
+    assert q(x, z).shape == (8, 3)
