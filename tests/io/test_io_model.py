@@ -46,8 +46,8 @@ def test_mismatched_arch_lists_missing_unexpected_and_shape_mismatches(state_dic
     assert "missing keys layer1.0.conv1.weight" in message
     assert "unexpected keys stem.0.weight" in message
     assert "more)" in message and "\n" not in message
-    with pytest.raises(ModelLoadError, match=r"shape mismatch .* stem\.0\.weight \[4, 1, 3, 3\] vs \[16, 1, 3, 3\]"):
-        load_model(state_dict_file, arch="compress.models:DemoCNN")
+    with pytest.raises(ModelLoadError, match=r"shape mismatch .* stem\.0\.weight \[4, 1, 3, 3\] vs \[8, 1, 3, 3\]"):
+        load_model(state_dict_file, arch="compress.models:DemoCNN(width=8)")
 
 
 def test_arch_from_a_python_file_with_kwargs(tmp_path, tiny_cnn):
