@@ -47,6 +47,7 @@ class QuantizeOptions:
     opset: int = 17
     max_calib_batches: int | None = None
     latency_runs: int = 50
+    formats: tuple = ("onnx",)
 
     def __post_init__(self):
         for name, enum in (("observer", ObserverKind), ("target", Target)):
@@ -58,6 +59,14 @@ class QuantizeOptions:
                 raise ConfigError(f"unknown {name} {value!r}; choose one of: {choices}") from None
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be ≥ 1, got {self.batch_size}")
+        formats = (self.formats,) if isinstance(self.formats, str) else tuple(self.formats)
+        try:
+            formats = tuple(dict.fromkeys(Format(f) for f in formats))
+        except ValueError:
+            raise ConfigError(f"unknown format in {self.formats!r}; choose from: onnx, tflite") from None
+        if not formats:
+            raise ConfigError("formats must name at least one of: onnx, tflite")
+        object.__setattr__(self, "formats", formats)
 
     def quant_config(self) -> QuantConfig:
         weight = WEIGHT_INT8_PER_TENSOR if self.per_tensor else WEIGHT_INT8
@@ -66,6 +75,7 @@ class QuantizeOptions:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["observer"], d["target"] = self.observer.value, self.target.value
+        d["formats"] = [f.value for f in self.formats]
         return d
 
 
@@ -79,19 +89,21 @@ def quantize_model(
     train_data=None,
     progress: bool = True,
 ) -> dict:
-    """Quantize ``model`` to int8, export ONNX, verify it in onnxruntime and write ``report.json``.
+    """Quantize ``model`` to int8, export it, verify every file in its runtime and write ``report.json``.
 
     Args:
         model: the trained float model.
         calib: calibration :class:`compress.io.Dataset` (representative inputs; labels unused).
-        out_dir: directory for ``model.onnx`` (int8), ``model_fp32.onnx`` and ``report.json``.
+        out_dir: directory for ``model.onnx`` (int8), ``model_fp32.onnx`` (and ``model.tflite`` /
+            ``model_fp32.tflite`` with the tflite format) and ``report.json``.
         options: see :class:`QuantizeOptions`.
         eval_data: labelled Dataset for accuracy (defaults to the calibration set, for parity only).
         train_data: labelled Dataset for QAT (required when ``options.qat``).
         progress: progress bars.
 
     Returns:
-        The report (also written to ``out_dir/report.json``).
+        The report (also written to ``out_dir/report.json``). Top-level ``fp32`` / ``int8`` / ``parity`` are
+        the ONNX figures (the first format); each format also has its own section under ``formats``.
 
     Example:
         >>> from compress.io import Dataset
@@ -101,9 +113,6 @@ def quantize_model(
         >>> report["parity"]["within_1lsb_fraction"] > 0.99
         True
     """
-    from compress.exporters.onnx import ActivationDType, OnnxExportConfig, export_onnx
-    from compress.exporters.verify import verify_onnx
-
     options = options or QuantizeOptions()
     if options.qat and train_data is None:
         raise DataError("QAT needs labelled training data; pass --train DATA (an .npz with x and y)")
@@ -121,21 +130,13 @@ def quantize_model(
     if prepared.compress_info.capture != "fx":
         why = next((f.reason for f in prepared.compress_info.float_ops if f.op == "*"), "")
         raise ExportError(
-            f"{type(model).__name__} cannot be captured as a graph ({why}); ONNX export needs a torch.fx-traceable "
+            f"{type(model).__name__} cannot be captured as a graph ({why}); export needs a torch.fx-traceable "
             "model: move data-dependent `if`/loops out of forward(), or quantize the layers with compress.passes "
             "in Python and deploy the simulated model"
         )
-    prepare_s = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    fp32_path = out_dir / "model_fp32.onnx"
-    fp32_info = export_onnx(model, example, fp32_path, OnnxExportConfig(opset=options.opset))
-    timings["export_fp32_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
     calibrate(prepared, calib, batch_size=options.batch_size, max_batches=options.max_calib_batches,
               progress=progress)
-    timings["calibrate_s"] = time.perf_counter() - t0 + prepare_s
+    timings["calibrate_s"] = time.perf_counter() - t0
     history = None
     if options.qat:
         t0 = time.perf_counter()
@@ -144,20 +145,8 @@ def quantize_model(
         timings["qat_s"] = time.perf_counter() - t0
     int8_model = convert(prepared)
 
-    t0 = time.perf_counter()
-    dtype = ActivationDType.UINT8 if options.target is Target.X86 else ActivationDType.INT8
-    int8_path = out_dir / "model.onnx"
-    int8_info = export_onnx(int8_model, example, int8_path, OnnxExportConfig(opset=options.opset,
-                                                                             activation_dtype=dtype))
-    timings["export_int8_s"] = time.perf_counter() - t0
-
-    eval_x = evaluation.x[:512]
-    parity = verify_onnx(int8_path, int8_model, _batches(eval_x, options.batch_size), info=int8_info)
-    fp32_logits = _onnx_predict(fp32_path, evaluation.x, options.batch_size)
-    int8_logits = _onnx_predict(int8_path, evaluation.x, options.batch_size)
-
     info = prepared.compress_info
-    report = {
+    report: dict = {
         "version": REPORT_VERSION,
         "model": {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
                   "input_shape": list(example[0].shape)},
@@ -165,24 +154,144 @@ def quantize_model(
         "capture": info.capture,
         "quantized_layers": info.quantized_layers,
         "float_ops": [asdict(f) for f in info.float_ops],
-        "fp32": _summary(fp32_path, fp32_logits, evaluation, eval_x, options.latency_runs),
-        "int8": _summary(int8_path, int8_logits, evaluation, eval_x, options.latency_runs),
-        "parity": parity.to_dict(),
-        "onnx": {"opset": int8_info.opset, "activation_dtype": int8_info.activation_dtype.value,
-                 "fp32_opset": fp32_info.opset},
-        "artifacts": [
-            {"path": "model.onnx", "format": "onnx-qdq-int8", "bytes": int8_path.stat().st_size},
-            {"path": "model_fp32.onnx", "format": "onnx-fp32", "bytes": fp32_path.stat().st_size},
-        ],
+        "formats": {},
+        "artifacts": [],
         "timings": timings,
     }
-    if _is_classifier(fp32_logits, int8_logits):
-        report["int8"]["top1_agreement"] = float(np.mean(fp32_logits.argmax(-1) == int8_logits.argmax(-1)))
-    report["int8"]["size_ratio"] = report["int8"]["bytes"] / report["fp32"]["bytes"]
+    int8_outputs = {}
+    for fmt in options.formats:
+        backend = _BACKENDS[fmt]
+        section, int8_outputs[fmt] = _run_backend(backend, model, int8_model, example, out_dir, options,
+                                                  evaluation, timings)
+        report["formats"][fmt.value] = section
+        report["artifacts"] += section.pop("artifacts")
+    primary = report["formats"][options.formats[0].value]
+    report.update(fp32=primary["fp32"], int8=primary["int8"], parity=primary["parity"])
+    if "onnx" in report["formats"]:
+        report["onnx"] = report["formats"]["onnx"]["export"]
+    if Format.ONNX in int8_outputs and Format.TFLITE in int8_outputs:
+        lsb = report["formats"]["onnx"]["export"].get("output_lsb")
+        diff = np.abs(int8_outputs[Format.ONNX] - int8_outputs[Format.TFLITE])
+        cross = {"max_abs_diff": float(diff.max())}
+        if lsb:
+            cross["within_1lsb_fraction"] = float(np.mean(diff <= lsb * 1.001))
+            cross["max_abs_lsb"] = float(diff.max() / lsb)
+        report["formats"]["tflite"]["int8_vs_onnx_int8"] = cross
     if history is not None:
         report["qat"] = {"epochs": options.epochs, "loss_per_epoch": history}
     write_json_atomic(out_dir / "report.json", report)
     return report
+
+
+class Format(str, Enum):
+    """Artifact formats :func:`quantize_model` writes."""
+
+    ONNX = "onnx"
+    TFLITE = "tflite"
+
+
+@dataclass(frozen=True)
+class _Backend:
+    """How one format is exported, verified and run (the pipeline treats all formats alike)."""
+
+    fmt: Format
+    runtime: str
+    suffix: str
+    export: object  # (model, example, path, options, quantized) -> export info
+    verify: object  # (path, int8_model, batches, info) -> ParityReport
+    runner: object  # (path, threads) -> callable(batch ndarray) -> ndarray
+
+
+def _run_backend(backend: _Backend, model, int8_model, example, out_dir: Path, options: QuantizeOptions,
+                 evaluation, timings: dict) -> tuple[dict, np.ndarray]:
+    paths = {kind: out_dir / f"{stem}{backend.suffix}" for kind, stem in (("fp32", "model_fp32"), ("int8", "model"))}
+    infos = {}
+    for kind, src in (("fp32", model), ("int8", int8_model)):
+        t0 = time.perf_counter()
+        infos[kind] = backend.export(src, example, paths[kind], options, kind == "int8")
+        timings[f"export_{backend.fmt.value}_{kind}_s"] = time.perf_counter() - t0
+    eval_x = evaluation.x[:512]
+    parity = backend.verify(paths["int8"], int8_model, _batches(eval_x, options.batch_size), infos["int8"])
+    logits = {kind: _predict(backend.runner(paths[kind], 1), evaluation.x, options.batch_size)
+              for kind in ("fp32", "int8")}
+    section: dict = {"runtime": backend.runtime, "parity": parity.to_dict(), "artifacts": []}
+    for kind in ("fp32", "int8"):
+        path = paths[kind]
+        run = backend.runner(path, 1)
+        summary = {"bytes": path.stat().st_size, "latency_ms_median": _median_latency_ms(run, eval_x, options),
+                   "latency_threads": 1}
+        if evaluation.y is not None and logits[kind].ndim == 2:
+            summary["accuracy"] = float(np.mean(logits[kind].argmax(-1) == evaluation.y))
+        section[kind] = summary
+        fmt_name = f"{backend.fmt.value}-{'int8' if kind == 'int8' else 'fp32'}"
+        section["artifacts"].append({"path": path.name, "format": fmt_name, "bytes": summary["bytes"]})
+    if _is_classifier(logits["fp32"], logits["int8"]):
+        section["int8"]["top1_agreement"] = float(np.mean(logits["fp32"].argmax(-1) == logits["int8"].argmax(-1)))
+    section["int8"]["size_ratio"] = section["int8"]["bytes"] / section["fp32"]["bytes"]
+    section["export"] = _export_summary(infos["int8"])
+    return section, logits["int8"]
+
+
+def _export_summary(info) -> dict:
+    d = info.to_dict()
+    keep = {k: d[k] for k in ("opset", "activation_dtype", "schema_version", "op_histogram", "op_counts")
+            if k in d}
+    if isinstance(keep.get("activation_dtype"), Enum):
+        keep["activation_dtype"] = keep["activation_dtype"].value
+    scales = [s for s in getattr(info, "output_scales", []) or [] if s is not None]
+    if scales:
+        first = scales[0]
+        keep["output_lsb"] = float(first[0] if isinstance(first, tuple | list) else first)
+    return keep
+
+
+def _export_onnx(model, example, path, options: QuantizeOptions, quantized: bool):
+    from compress.exporters.onnx import ActivationDType, OnnxExportConfig, export_onnx
+
+    dtype = ActivationDType.UINT8 if options.target is Target.X86 else ActivationDType.INT8
+    return export_onnx(model, example, path, OnnxExportConfig(opset=options.opset, activation_dtype=dtype))
+
+
+def _verify_onnx(path, int8_model, batches, info):
+    from compress.exporters.verify import verify_onnx
+
+    return verify_onnx(path, int8_model, batches, info=info)
+
+
+def _onnx_runner(path: Path, threads: int):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, {name: x})[0]
+
+
+def _export_tflite(model, example, path, options: QuantizeOptions, quantized: bool):
+    from compress.exporters.tflite import TFLiteExportConfig, export_tflite
+
+    return export_tflite(model, example, path, TFLiteExportConfig())
+
+
+def _verify_tflite(path, int8_model, batches, info):
+    from compress.exporters.verify_tflite import verify_tflite
+
+    return verify_tflite(path, int8_model, batches, info=info)
+
+
+def _tflite_runner(path: Path, threads: int):
+    from compress.exporters.verify_tflite import load_interpreter, run_tflite
+
+    interpreter = load_interpreter(path, threads)
+    return lambda x: run_tflite(interpreter, (x,))[0]
+
+
+_BACKENDS = {
+    Format.ONNX: _Backend(Format.ONNX, "onnxruntime", ".onnx", _export_onnx, _verify_onnx, _onnx_runner),
+    Format.TFLITE: _Backend(Format.TFLITE, "litert", ".tflite", _export_tflite, _verify_tflite, _tflite_runner),
+}
 
 
 def _is_classifier(*logits: np.ndarray) -> bool:
@@ -193,44 +302,22 @@ def _batches(x: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
 
 
-def _session(path: Path, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+def _predict(run, x: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([run(b) for b in _batches(x, batch_size)])
 
 
-def _onnx_predict(path: Path, x: np.ndarray, batch_size: int) -> np.ndarray:
-    sess = _session(path)
-    name = sess.get_inputs()[0].name
-    outs = [sess.run(None, {name: b})[0] for b in _batches(x, batch_size)]
-    return np.concatenate(outs)
-
-
-def _median_latency_ms(path: Path, x: np.ndarray, runs: int) -> float:
+def _median_latency_ms(run, eval_x: np.ndarray, options: QuantizeOptions) -> float:
     # One sample at a time (the edge case: batch 1). Sequential sessions in one process are fine; it is
-    # *interleaving* multi-threaded sessions that distorts (see compress bench for paired comparisons).
-    sess = _session(path)
-    name = sess.get_inputs()[0].name
-    feed = {name: x[:1]}
+    # *interleaving* multi-threaded sessions that distorts (compress bench does paired, isolated runs).
+    x = eval_x[:1]
     for _ in range(5):
-        sess.run(None, feed)
+        run(x)
     times = []
-    for _ in range(runs):
+    for _ in range(options.latency_runs):
         t = time.perf_counter()
-        sess.run(None, feed)
+        run(x)
         times.append(time.perf_counter() - t)
     return float(np.median(times) * 1e3)
-
-
-def _summary(path: Path, logits: np.ndarray, data, eval_x: np.ndarray, runs: int) -> dict:
-    out = {"bytes": path.stat().st_size, "latency_ms_median": _median_latency_ms(path, eval_x, runs),
-           "latency_threads": 1}
-    if data.y is not None and logits.ndim == 2:
-        out["accuracy"] = float(np.mean(logits.argmax(-1) == data.y))
-    return out
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -248,23 +335,30 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def render_summary(report: dict):
-    """A rich Table: fp32 vs int8 accuracy, size, latency, parity — what the CLI prints."""
+    """A rich Table: fp32 vs int8 accuracy, size, latency and parity per runtime — what the CLI prints."""
     from rich.table import Table
 
     table = Table(title=f"compress quantize — {report['model']['class']}", title_justify="left")
-    for col in ("", "accuracy", "top-1 agree", "size", "latency (1 thr)"):
+    for col in ("", "accuracy", "top-1 agree", "size", "latency (1 thr)", "parity vs torch"):
         table.add_column(col, justify="right" if col else "left")
-    for key, label in (("fp32", "ONNX fp32"), ("int8", "ONNX int8")):
-        r = report[key]
-        acc = f"{100 * r['accuracy']:.2f}%" if "accuracy" in r else "–"
-        agree = f"{100 * r['top1_agreement']:.2f}%" if "top1_agreement" in r else "–"
-        table.add_row(label, acc, agree, _human_bytes(r["bytes"]), f"{r['latency_ms_median']:.3f} ms")
-    p = report["parity"]
-    table.caption = (
-        f"int8 size {100 * report['int8']['size_ratio']:.0f}% of fp32 · parity vs torch simulation: "
-        f"{100 * p['within_1lsb_fraction']:.2f}% within 1 LSB, max {p['max_abs_lsb']:.0f} LSB · "
-        f"float ops: {len(report['float_ops'])}"
-    )
+    runtime_names = {"onnx": "ONNX Runtime", "tflite": "LiteRT"}
+    for fmt, section in report["formats"].items():
+        p = section["parity"]
+        for kind in ("fp32", "int8"):
+            r = section[kind]
+            acc = f"{100 * r['accuracy']:.2f}%" if "accuracy" in r else "–"
+            agree = f"{100 * r['top1_agreement']:.2f}%" if "top1_agreement" in r else "–"
+            size = _human_bytes(r["bytes"])
+            if kind == "int8":
+                size += f" ({100 * r['size_ratio']:.0f}%)"
+                parity = f"{100 * p['within_1lsb_fraction']:.1f}% ≤1 LSB" if "within_1lsb_fraction" in p else "–"
+            else:
+                parity = ""
+            table.add_row(f"{runtime_names.get(fmt, fmt)} {kind}", acc, agree, size,
+                          f"{r['latency_ms_median']:.3f} ms", parity)
+    ops = report["float_ops"]
+    table.caption = (f"ops left in float: {len(ops)}" + (": " + ", ".join(f"{f['name']} ({f['op']})" for f in ops[:5])
+                                                         if ops else ""))
     return table
 
 
