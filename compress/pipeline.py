@@ -339,9 +339,9 @@ def render_summary(report: dict):
     from rich.table import Table
 
     table = Table(title=f"compress quantize — {report['model']['class']}", title_justify="left")
-    for col in ("", "accuracy", "top-1 agree", "size", "latency (1 thr)", "parity vs torch"):
-        table.add_column(col, justify="right" if col else "left")
-    runtime_names = {"onnx": "ONNX Runtime", "tflite": "LiteRT"}
+    for col in ("runtime", "accuracy", "agree", "size", "latency", "parity"):
+        table.add_column(col, justify="left" if col == "runtime" else "right", no_wrap=True)
+    runtime_names = {"onnx": "onnxruntime", "tflite": "LiteRT"}
     for fmt, section in report["formats"].items():
         p = section["parity"]
         for kind in ("fp32", "int8"):
@@ -351,14 +351,17 @@ def render_summary(report: dict):
             size = _human_bytes(r["bytes"])
             if kind == "int8":
                 size += f" ({100 * r['size_ratio']:.0f}%)"
-                parity = f"{100 * p['within_1lsb_fraction']:.1f}% ≤1 LSB" if "within_1lsb_fraction" in p else "–"
+                parity = f"{100 * p['within_1lsb_fraction']:.1f}%" if "within_1lsb_fraction" in p else "–"
             else:
                 parity = ""
             table.add_row(f"{runtime_names.get(fmt, fmt)} {kind}", acc, agree, size,
                           f"{r['latency_ms_median']:.3f} ms", parity)
     ops = report["float_ops"]
-    table.caption = (f"ops left in float: {len(ops)}" + (": " + ", ".join(f"{f['name']} ({f['op']})" for f in ops[:5])
-                                                         if ops else ""))
+    table.caption = (
+        "agree: top-1 agreement with fp32 · latency: median, batch 1, 1 thread · parity: int8 outputs within "
+        "1 LSB of the torch simulation · ops left in float: "
+        + (", ".join(f"{f['name']} ({f['op']})" for f in ops[:5]) if ops else "none")
+    )
     return table
 
 

@@ -28,7 +28,7 @@ def test_quantize_state_dict_end_to_end(cli, tmp_path, calib_npz, state_dict_fil
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
     assert (out / "model.onnx").is_file() and (out / "model_fp32.onnx").is_file()
-    assert "ONNX int8" in result.stdout and "wrote out" in result.stdout
+    assert "onnxruntime int8" in result.stdout and "wrote out" in result.stdout
 
     report = json.loads((out / "report.json").read_text())
     for key in ("fp32", "int8", "parity", "float_ops", "artifacts"):
