@@ -29,6 +29,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 import compress.exporters.onnx_ops  # noqa: F401  (fills the op table)
+import compress.exporters.onnx_ops_seq  # noqa: F401  (attention, LSTM / GRU)
 from compress.errors import ConfigError, ExportError, require
 from compress.exporters.onnx_graph import (
     FUNCTION_OPS,
@@ -38,6 +39,7 @@ from compress.exporters.onnx_graph import (
     ExportContext,
     GraphBuilder,
     PyValue,
+    TensorRecord,
     TensorValue,
     onnx_elem_type,
     summarize,
@@ -45,10 +47,12 @@ from compress.exporters.onnx_graph import (
 )
 from compress.exporters.onnx_ops import is_python_record
 from compress.exporters.onnx_ops_quant import is_quant_module
+from compress.exporters.onnx_ops_seq import RECURRENT_RTOL
 from compress.layers.base import QuantLayerMixin
 from compress.quant.fake import Quantizer
 
 MIN_OPSET, MAX_OPSET = 13, 21
+_MS_DOMAIN = "com.microsoft"
 # protobuf cannot serialise a message over 2 GiB, and we never write external data.
 _PROTOBUF_LIMIT = 2**31 - 1
 
@@ -108,6 +112,10 @@ class OnnxExportInfo:
 
     ``output_scales[i]`` is ``(scale, zero_point)`` of the quantizer feeding graph output i (the torch
     quantizer's own zero point, in its signed/unsigned code range), or None for a float output.
+    ``output_tolerances[i]`` is None when output i is meant to be bit-faithful to the simulation (≤ 1 LSB),
+    or the relative tolerance (max |diff| / max |reference|) it is verified with when an approximated op
+    (a quantized LSTM / GRU, see :mod:`compress.exporters.onnx_ops_seq`) lies upstream; ``approximations``
+    says which ops and why.
     """
 
     path: str
@@ -119,6 +127,8 @@ class OnnxExportInfo:
     op_histogram: dict[str, int]
     input_names: list[str] = field(default_factory=list)
     output_names: list[str] = field(default_factory=list)
+    output_tolerances: list[float | None] = field(default_factory=list)
+    approximations: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -284,6 +294,32 @@ def _flatten_outputs(value) -> list:
     return [value]
 
 
+def _output_leaves(ctx: ExportContext, arg) -> list[tuple]:
+    """(value, record, probe record, fx node) of every tensor the model returns, in order; None outputs
+    (attention weights with need_weights=False, unused states) are left out."""
+    leaves: list[tuple] = []
+
+    def walk(value, rec, probe_rec, node):
+        if isinstance(value, tuple) and isinstance(rec, tuple | list):
+            for i, v in enumerate(value):
+                walk(v, rec[i], probe_rec[i] if isinstance(probe_rec, tuple | list) else rec[i], node)
+        elif isinstance(value, PyValue) and value.value is None:
+            return
+        else:
+            if not isinstance(rec, TensorRecord):
+                raise ExportError(f"model output from fx node {node.name!r} is not a tensor ({value!r}); "
+                                  "return only tensors")
+            leaves.append((value, rec, probe_rec if isinstance(probe_rec, TensorRecord) else rec, node))
+
+    for a in _flatten_outputs(arg):
+        if isinstance(a, fx.Node):
+            probe = ctx.probe.get(a) if ctx.probe is not None else None
+            walk(ctx.env[a], ctx.records[a], probe if probe is not None else ctx.records[a], a)
+        elif a is not None:
+            raise ExportError(f"the model returns a Python constant ({a!r}); return only tensors")
+    return leaves
+
+
 def _value_info(helper, name: str, dtype, shape, dyn: set[int], batch_param: str):
     dims = [batch_param if (i in dyn and i == 0) else (f"{name}_dim{i}" if i in dyn else d)
             for i, d in enumerate(shape)]
@@ -348,7 +384,7 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
     builder = GraphBuilder(config.opset)
     ctx = ExportContext(gm, builder, records, probe, config.activation_dtype is ActivationDType.UINT8)
     ctx.consts = consts
-    graph_inputs, graph_outputs, output_scales, renamed = [], [], [], {}
+    graph_inputs, graph_outputs, output_scales, renamed, leaves = [], [], [], {}, []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             name = builder.reserve(in_names[placeholders.index(node)])
@@ -357,13 +393,13 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
             graph_inputs.append(_value_info(helper, name, x.dtype, tuple(x.shape), dyn, "batch"))
             ctx.env[node] = TensorValue(name)
         elif node.op == "output":
-            values = _flatten_outputs(ctx.value(node.args[0]))
-            out_nodes = _flatten_outputs(node.args[0])
+            leaves = _output_leaves(ctx, node.args[0])
+            values = [leaf[0] for leaf in leaves]
             names = list(config.output_names or (["output"] if len(values) == 1 else
                                                  [f"output_{i}" for i in range(len(values))]))
             if len(names) != len(values):
                 raise ConfigError(f"output_names has {len(names)} names but the model returns {len(values)} outputs")
-            for value, out_node, name in zip(values, out_nodes, names, strict=True):
+            for (value, rec, probe_rec, _), name in zip(leaves, names, strict=True):
                 if not isinstance(value, TensorValue):
                     raise ExportError(f"model output {name!r} is not a tensor ({value!r}); return only tensors")
                 builder.reserve(name)
@@ -374,9 +410,8 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
                     builder.nodes[-1].output[0] = name
                 else:
                     renamed[value.name] = name
-                shape = ctx.shape(out_node)
-                graph_outputs.append(_value_info(helper, name, ctx.dtype(out_node), shape,
-                                                 ctx.dyn_dims(out_node), "batch"))
+                dyn = {i for i, (a, b) in enumerate(zip(rec.shape, probe_rec.shape, strict=False)) if a != b}
+                graph_outputs.append(_value_info(helper, name, rec.dtype, rec.shape, dyn, "batch"))
                 qp = value.qparams
                 output_scales.append((qp.scale, qp.source_zero_point) if qp is not None else None)
         else:
@@ -385,10 +420,14 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
     graph = helper.make_graph(builder.nodes, type(gm).__name__, graph_inputs, graph_outputs, builder.initializers)
     opsets = [helper.make_opsetid("", config.opset)]
     # Pin both the opset and the IR version; make_model alone would pick the newest the onnx package knows.
-    proto = helper.make_model(graph, opset_imports=opsets, producer_name="compress",
-                              ir_version=helper.find_min_ir_version_for(opsets))
+    ir_version = helper.find_min_ir_version_for(opsets)
+    expected = {"": config.opset}
+    if any(n.domain == _MS_DOMAIN for n in builder.nodes):
+        opsets.append(helper.make_opsetid(_MS_DOMAIN, 1))  # onnxruntime contrib ops (DynamicQuantizeLSTM)
+        expected[_MS_DOMAIN] = 1
+    proto = helper.make_model(graph, opset_imports=opsets, producer_name="compress", ir_version=ir_version)
     written = {o.domain: o.version for o in proto.opset_import}
-    if written != {"": config.opset}:
+    if written != expected:
         raise ExportError(f"internal error: the model declares opsets {written}, expected {config.opset}; "
                           "please report this")
     try:
@@ -399,8 +438,22 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
     info = OnnxExportInfo(path="", opset=config.opset, bytes=0, activation_dtype=config.activation_dtype,
                           output_scales=output_scales, node_count=len(builder.nodes),
                           op_histogram=builder.histogram(), input_names=in_names,
-                          output_names=[o.name for o in graph_outputs])
+                          output_names=[o.name for o in graph_outputs],
+                          output_tolerances=_output_tolerances(gm, ctx.approximate, leaves),
+                          approximations=[f"{n.name}: {why}" for n, why in ctx.approximate.items()])
     return proto, info
+
+
+def _output_tolerances(gm: fx.GraphModule, approximate: dict, leaves: list[tuple]) -> list[float | None]:
+    """Per graph output: RECURRENT_RTOL when an approximated node lies upstream, else None (bit-faithful)."""
+    tainted: set[fx.Node] = set()
+    result: list[float | None] = []
+    for node in gm.graph.nodes:
+        if node in approximate or any(i in tainted for i in node.all_input_nodes):
+            tainted.add(node)
+        if node.op == "output":
+            result = [RECURRENT_RTOL if leaf[3] in tainted else None for leaf in leaves]
+    return result
 
 
 def _write_atomic(proto, path: Path) -> None:

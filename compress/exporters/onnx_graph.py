@@ -198,6 +198,10 @@ class ExportContext:
         self.env: dict[fx.Node, Any] = {}
         # Tensors computed only from constants, folded into initializers (filled by the exporter).
         self.consts: dict[fx.Node, torch.Tensor] = {}
+        # Nodes whose ONNX form computes close to, but not exactly, what the simulation does (a recurrent
+        # layer's hidden state stays float in ONNX LSTM), with the reason; outputs downstream are compared
+        # in float by verify_onnx.
+        self.approximate: dict[fx.Node, str] = {}
 
     # -- looking up values -----------------------------------------------------------------------------
     def value(self, arg):

@@ -94,7 +94,11 @@ def _check_weight_quant(layer: nn.Module, where: str) -> Quantizer:
 
 def weight_codes(layer: nn.Module, weight: torch.Tensor, where: str) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(int8 codes, float32 scale [] or [C], per-channel axis or None) of the layer's quantized weight."""
-    wq = _check_weight_quant(layer, where)
+    return quantizer_codes(_check_weight_quant(layer, where), weight, where)
+
+
+def quantizer_codes(wq: Quantizer, weight: torch.Tensor, where: str) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(int8 codes, float32 scale [] or [C], per-channel axis or None) of ``weight`` under the frozen ``wq``."""
     with torch.no_grad():
         fq = wq(weight.detach())  # the simulation's own fake-quantized weight
         scale = wq.scale.detach().float()
