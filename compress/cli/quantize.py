@@ -71,7 +71,7 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     inputs = [Path(model), *_spec_files(calib), *_spec_files(eval_spec), *_spec_files(train_spec)]
     check_output_dir(out, inputs=inputs, force=force)
 
-    from compress.io import check_fits, load_data, load_model
+    from compress.io import check_fits, load_data, load_model, match_model_dtype
     from compress.pipeline import QuantizeOptions, Target, quantize_model, render_summary
     from compress.quant.spec import ObserverKind
 
@@ -83,7 +83,7 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     datasets = {}
     for role, spec in (("calib", calib), ("eval", eval_spec), ("train", train_spec)):
         if spec is not None:
-            datasets[role] = load_data(spec)
+            datasets[role] = match_model_dtype(net, load_data(spec))
             check_fits(net, datasets[role])
 
     with staged_output(out, kind="quantize") as staging:

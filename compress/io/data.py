@@ -35,7 +35,8 @@ def _shape(shape: tuple[int, ...] | torch.Size) -> str:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Inputs ``x`` (float32 ``[N, ...]``), optional integer labels ``y`` (int64 ``[N]``) and where they came from.
+    """Inputs ``x`` (float32 ``[N, ...]``, or int64 for integer inputs such as token ids), optional integer labels
+    ``y`` (int64 ``[N]``) and where they came from.
 
     The constructor validates and converts: ``x`` of any real dtype is cast to float32, integral ``y`` to
     int64; empty sets, NaN/inf, fractional or negative labels and length mismatches raise
@@ -123,6 +124,10 @@ def _as_inputs(x: Any, source: str) -> np.ndarray:
         raise DataError(f"data x from {source} is a scalar; save inputs as an array [N, ...] (N samples)")
     if x.shape[0] == 0:
         raise DataError(f"data from {source} is empty (x has shape {_shape(x.shape)}); give at least one sample")
+    if np.issubdtype(x.dtype, np.integer):
+        # Kept as int64: token ids for embeddings. match_model_dtype() turns them into float32 for models that
+        # take real-valued input (e.g. uint8 images for a conv net).
+        return np.ascontiguousarray(x, dtype=np.int64)
     with np.errstate(over="ignore"):
         x32 = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x32).all():
@@ -335,6 +340,30 @@ def _first_layer_hint(model: nn.Module) -> str:
     return "check the input shape the model was trained with"
 
 
+def match_model_dtype(model: nn.Module, dataset: Dataset) -> Dataset:
+    """Integer inputs stay integer when the model takes them (token ids), else become float32 (images).
+
+    Example:
+        >>> import numpy as np
+        >>> match_model_dtype(nn.Linear(3, 2), Dataset(np.zeros((4, 3), np.uint8))).x.dtype
+        dtype('float32')
+        >>> match_model_dtype(nn.Embedding(5, 2), Dataset(np.zeros((4, 3), np.uint8))).x.dtype
+        dtype('int64')
+    """
+    if not np.issubdtype(dataset.x.dtype, np.integer):
+        return dataset
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.from_numpy(dataset.x[:1]))
+        return dataset
+    except Exception:  # the model rejects integer input: it wants real values
+        return Dataset(dataset.x.astype(np.float32), dataset.y, source=dataset.source)
+    finally:
+        model.train(was_training)
+
+
 def check_fits(model: nn.Module, dataset: Dataset, *, max_samples: int = 2) -> torch.Tensor:
     """Run a couple of samples through ``model`` and turn a shape error into a one-line :class:`DataError`.
 
@@ -357,7 +386,7 @@ def check_fits(model: nn.Module, dataset: Dataset, *, max_samples: int = 2) -> t
     xb, _ = next(dataset.batches(max(1, min(max_samples, len(dataset)))))
     param = next(model.parameters(), None)
     if param is not None and param.is_floating_point():
-        xb = xb.to(device=param.device, dtype=param.dtype)
+        xb = xb.to(device=param.device, dtype=param.dtype if xb.is_floating_point() else xb.dtype)
     was_training = model.training
     model.eval()
     try:

@@ -71,6 +71,11 @@ def trace(model: nn.Module) -> fx.GraphModule:
         graph = tracer.trace(model)
     except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError... on dynamic code
         raise CompressError(f"torch.fx could not trace {type(model).__name__}: {exc}".splitlines()[0]) from exc
+    for node in graph.nodes:
+        if isinstance(node.type, str):
+            # PEP 563 string annotations ("torch.Tensor") become graph globals fx cannot pickle: torch.save of
+            # the prepared / converted model would fail.
+            node.type = None
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 

@@ -243,3 +243,17 @@ def test_check_fits_turns_shape_errors_into_data_error(tiny_cnn):
     assert "stem.0 (Conv2d) takes [N, 1, H, W]" in message
     with pytest.raises(DataError, match=r"Linear\) takes \[N, \.\.\., 6\]"):
         check_fits(nn.Sequential(nn.Linear(6, 2)), Dataset(np.zeros((2, 5))))
+
+
+def test_integer_inputs_follow_the_model():
+    import numpy as np
+    from torch import nn
+
+    from compress.io.data import Dataset, match_model_dtype
+
+    ids = Dataset(np.arange(12).reshape(4, 3) % 5)
+    assert ids.x.dtype == np.int64
+    assert match_model_dtype(nn.Embedding(5, 2), ids).x.dtype == np.int64
+    images = Dataset(np.full((4, 3), 200, np.uint8))
+    fitted = match_model_dtype(nn.Linear(3, 2), images)
+    assert fitted.x.dtype == np.float32 and fitted.x[0, 0] == 200.0

@@ -210,3 +210,12 @@ def test_calibrate_accepts_several_inputs_per_batch():
     calibrate(gm, [((x, z), None), ((x, z),)], progress=False)
     q = convert(gm)
     assert q(x, z).shape == (8, 3)
+
+
+def test_converted_model_survives_torch_save(tmp_path):
+    # models.py uses `from __future__ import annotations`: string annotations used to break fx pickling
+    gm = convert(calibrate(prepare(_demo(), _data(1)), [_data()], progress=False))
+    torch.save(gm, tmp_path / "q.pt")
+    loaded = torch.load(tmp_path / "q.pt", weights_only=False)
+    x = _data(4, seed=9)
+    assert torch.equal(loaded(x), gm(x))
