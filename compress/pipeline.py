@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from compress.errors import ConfigError, DataError, ExportError
+from compress.io.data import match_model_dtype
 from compress.passes import QATConfig, calibrate, convert, prepare, train_qat
 from compress.quant.config import QuantConfig
 from compress.quant.spec import WEIGHT_INT8, WEIGHT_INT8_PER_TENSOR, ObserverKind
@@ -122,6 +123,8 @@ def quantize_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     model = model.cpu().eval()
+    calib, eval_data, train_data = (d if d is None else match_model_dtype(model, d) for d in (calib, eval_data,
+                                                                                          train_data))
     example = (torch.from_numpy(calib.x[:1]),)
     evaluation = eval_data if eval_data is not None else calib
 
