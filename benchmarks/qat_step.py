@@ -48,7 +48,7 @@ def measure_train_step(kind: str, arch: str, resolution: int, batch: int, warmup
         raise ValueError(f"unknown kind {kind!r}; one of {sorted(PREPARERS)}")
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    model = build_net(arch, seed).train()
+    model = build_net(arch, seed, reestimate_bn=False).train()  # training sets its own statistics
     x = torch.randn(batch, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed))
     y = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(seed + 1))
     t0 = time.perf_counter()

@@ -27,10 +27,10 @@ GOALS = (
 OFFICIAL_MODEL = "resnet18"
 
 
-def _ratio(model_result: dict, goal: Goal) -> dict | None:
+def _ratio(model_result: dict, goal: Goal, key: str = "ratios") -> dict | None:
     if goal.section == "latency":
-        return model_result.get("latency", {}).get(str(goal.threads), {}).get("ratios", {}).get(goal.ratio)
-    return model_result.get("qat", {}).get("ratios", {}).get(goal.ratio)
+        return model_result.get("latency", {}).get(str(goal.threads), {}).get(key, {}).get(goal.ratio)
+    return model_result.get("qat", {}).get(key, {}).get(goal.ratio)
 
 
 def evaluate_goals(models: dict) -> list[dict]:
@@ -49,6 +49,9 @@ def evaluate_goals(models: dict) -> list[dict]:
                 # The verdict could flip within the spread of the rounds: say so instead of hiding it.
                 near = r["low"] <= goal.limit <= r["high"]
                 row.update(status=status, ratio=r["ratio"], noise=r["noise"], within_noise=near)
+            by_min = _ratio(result, goal, "ratios_min")
+            row["min_ratio"] = None if by_min is None else by_min["ratio"]
+            row["min_noise"] = None if by_min is None else by_min["noise"]
             rows.append(row)
     return rows
 
@@ -99,18 +102,25 @@ def render_markdown(report: dict) -> str:
         "",
         "## Goals",
         "",
-        "| goal | model | measured ratio | limit | status |",
-        "|---|---|---|---|---|",
+        "The verdict uses the ratio of per-round medians; the ratio of per-round minima is shown beside it "
+        "because contention from other processes only adds time, so minima are the steadier figure on a busy "
+        "machine.",
+        "",
+        "| goal | model | ratio (medians) | ratio (minima) | limit | status |",
+        "|---|---|---|---|---|---|",
     ]
     for g in report["goals"]:
         measured = "–" if g["ratio"] is None else f"{g['ratio']:.3f} ± {g['noise']:.3f}"
+        by_min = "–" if g.get("min_ratio") is None else f"{g['min_ratio']:.3f} ± {g['min_noise']:.3f}"
         flag = " (limit within noise)" if g.get("within_noise") else ""
-        lines.append(f"| {g['text']} | {g['model']} | {measured} | ≤ {g['limit']:.3f} | **{g['status']}**{flag} |")
+        lines.append(f"| {g['text']} | {g['model']} | {measured} | {by_min} | ≤ {g['limit']:.3f} "
+                     f"| **{g['status']}**{flag} |")
     for arch, res in report["models"].items():
         lines += ["", f"## {arch} ({'×'.join(map(str, res['input_shape']))}, random weights)", ""]
         lines += ["| contender | threads | median ms | p90 ms | min ms | vs fp32 | speed-up | vs peer | size MB "
                   "| load ms | peak RSS MB | top-1 agree | max abs diff |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        # "vs fp32" / "vs peer": paired ratios of per-round medians (see the goals note for minima).
         ref = res["accuracy"].get("fp32", {})
         acc_note = (f"Accuracy proxy: {ref.get('inputs')} inputs, fp32 picks {ref.get('distinct_top1')} distinct "
                     f"classes, fp32 logit range {ref.get('logit_range', float('nan')):.3g}.")
@@ -135,10 +145,12 @@ def render_markdown(report: dict) -> str:
             lines += ["", f"QAT training step (forward + backward + SGD), batch {cfg['batch']}, "
                       f"{cfg['resolution']}², {cfg['threads']} threads, {qat['comparison']['rounds']} rounds × "
                       f"{cfg['steps']} steps:", "",
-                      "| contender | median step ms | min step ms | vs float |", "|---|---|---|---|"]
+                      "| contender | median step ms | min step ms | vs float (medians) | vs float (minima) |",
+                      "|---|---|---|---|---|"]
             for name, c in qat["comparison"]["contenders"].items():
                 lines.append(f"| {LABELS.get(name, name)} | {_ms(c['pooled']['median'])} | {_ms(c['pooled']['min'])} "
-                             f"| {_r(qat['ratios'].get(f'{name}/float'))} |")
+                             f"| {_r(qat['ratios'].get(f'{name}/float'))} "
+                             f"| {_r(qat.get('ratios_min', {}).get(f'{name}/float'))} |")
             for name, err in qat.get("errors", {}).items():
                 lines.append(f"| {LABELS.get(name, name)} | not measured: {err} | | |")
     lines.append("")

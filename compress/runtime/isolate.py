@@ -22,6 +22,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from compress import errors
@@ -163,6 +164,19 @@ def run_isolated(
     return result
 
 
+class Statistic(str, Enum):
+    """Which per-round statistic a paired ratio compares.
+
+    ``median`` is the default. ``min`` is the contention-robust companion: other processes only ever add
+    time, so on a busy machine the per-round minima of many runs track the undisturbed speed more closely.
+    """
+
+    MEDIAN = "median"
+    MIN = "min"
+    MEAN = "mean"
+    P90 = "p90"
+
+
 @dataclass(frozen=True)
 class Contender:
     """One thing to measure: a display name, a measurement function and its keyword arguments.
@@ -192,7 +206,17 @@ class Comparison:
 
     def medians(self, name: str) -> list[float]:
         """Per-round median latency (seconds) of one contender."""
-        return [float(r["latency"]["median"]) for r in self._get(name)]
+        return self.per_round(name, Statistic.MEDIAN)
+
+    def per_round(self, name: str, statistic: Statistic | str = Statistic.MEDIAN) -> list[float]:
+        """One latency statistic (seconds) per round for one contender."""
+        key = _statistic(statistic).value
+        out = []
+        for r in self._get(name):
+            if key not in r["latency"]:
+                raise ConfigError(f"{name!r} results have no latency.{key}; use statistic='median'")
+            out.append(float(r["latency"][key]))
+        return out
 
     def pooled(self, name: str) -> LatencyStats:
         """Statistics over all timed runs of all rounds (per-round medians when raw samples are absent)."""
@@ -201,9 +225,15 @@ class Comparison:
             samples.extend(r.get("samples_s") or [r["latency"]["median"]])
         return LatencyStats.from_seconds(samples)
 
-    def ratio(self, numerator: str, denominator: str) -> PairedRatio:
-        """Latency ratio numerator/denominator, paired round by round (< 1: the numerator is faster)."""
-        return paired_ratio(self.medians(numerator), self.medians(denominator))
+    def ratio(self, numerator: str, denominator: str,
+              statistic: Statistic | str = Statistic.MEDIAN) -> PairedRatio:
+        """Latency ratio numerator/denominator, paired round by round (< 1: the numerator is faster).
+
+        Args:
+            numerator, denominator: contender names.
+            statistic: the per-round statistic compared (default the median; ``"min"`` on busy machines).
+        """
+        return paired_ratio(self.per_round(numerator, statistic), self.per_round(denominator, statistic))
 
     def _get(self, name: str) -> list[dict]:
         if name not in self.results:
@@ -218,11 +248,20 @@ class Comparison:
             out["contenders"][name] = {
                 "pooled": self.pooled(name).to_dict(),
                 "round_medians_s": self.medians(name),
+                "round_mins_s": [float(r["latency"]["min"]) if "min" in r["latency"] else None
+                                 for r in self.results[name]],
                 "session_create_s": [r.get("session_create_s") for r in self.results[name]],
                 "peak_rss_bytes": max((r.get("peak_rss_bytes") or 0) for r in self.results[name]) or None,
                 "file_bytes": first.get("file_bytes"),
             }
         return out
+
+
+def _statistic(value: Statistic | str) -> Statistic:
+    try:
+        return Statistic(value)
+    except ValueError:
+        raise ConfigError(f"unknown statistic {value!r}; use one of {[m.value for m in Statistic]}") from None
 
 
 def compare_interleaved(

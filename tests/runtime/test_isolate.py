@@ -183,3 +183,26 @@ def test_unknown_measurement_names_raise_config_error(name):
 def test_kwargs_must_be_json(helper):
     with pytest.raises(ConfigError, match="JSON"):
         run_isolated(f"{helper}:sleepy", {"delay_ms": object()})
+
+
+def test_min_statistic_resists_contention_that_only_adds_time():
+    # Another process steals the CPU for a random share of the runs; stolen time only ever adds latency.
+    rng = np.random.default_rng(11)
+    true_ms = {"ours": 12.0, "fp32": 36.0}
+
+    def run(fn, kwargs):
+        base = true_ms[kwargs["name"]] / 1000
+        busy = rng.uniform(0.2, 0.8)  # how contended this process's time slice is
+        samples = base * (1 + rng.normal(0, 0.005, 200).clip(0)) + \
+            (rng.random(200) < busy) * rng.exponential(2 * base, 200)
+        return {"latency": {"median": float(np.median(samples)), "min": float(samples.min())},
+                "samples_s": samples.tolist()}
+
+    cs = [Contender("ours", "f", {"name": "ours"}), Contender("fp32", "f", {"name": "fp32"})]
+    c = compare_interleaved(cs, rounds=5, runner=run)
+    by_min = c.ratio("ours", "fp32", statistic="min")
+    assert by_min.ratio == pytest.approx(1 / 3, rel=0.02)
+    assert by_min.noise < c.ratio("ours", "fp32").noise
+    assert c.to_dict()["contenders"]["ours"]["round_mins_s"] == c.per_round("ours", "min")
+    with pytest.raises(ConfigError, match="unknown statistic"):
+        c.ratio("ours", "fp32", statistic="mode")
