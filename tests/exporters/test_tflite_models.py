@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -130,6 +130,8 @@ class RandomNet(nn.Module):
        pad=st.integers(0, 2), depthwise=st.booleans(), relu=st.booleans(),
        merge=st.sampled_from(["none", "add", "cat"]), pool=st.sampled_from(["max", "avg", "gap"]),
        size=st.integers(8, 12), seed=st.integers(0, 2**16))
+# Found by this test: XNNPACK's int8 → int8 requantization before a concat was 1 LSB off (2 at the output).
+@example(cin=4, c=6, k=5, stride=2, pad=0, depthwise=True, relu=True, merge="cat", pool="avg", size=9, seed=15)
 def test_random_graphs_match_in_litert(tmp_path, cin, c, k, stride, pad, depthwise, relu, merge, pool, size, seed):
     torch.manual_seed(seed)
     m = RandomNet(cin, c, k, stride, pad, depthwise, relu, merge, pool)

@@ -226,3 +226,28 @@ def test_unsupported_op_names_op_and_node(tmp_path):
     with pytest.raises(ExportError, match=r"cumsum.*fx node.*supported: .*Conv2d"):
         export_tflite(m, torch.randn(1, 4), tmp_path / "x.tflite")
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_int8_requantization_is_exact_under_xnnpack(tmp_path):
+    """cat of two int8 inputs on other grids: every code requantized with one exact rounding.
+
+    XNNPACK's int8 → int8 convert uses an 8-bit fixed-point scale ratio (0.6037 runs as 155/256), one LSB off
+    for large codes; the exporter requantizes through float instead. All 256 codes of each input are checked.
+    """
+    m = Fn2(lambda a, b: torch.cat([a, b], 1)).eval()
+    g = torch.Generator().manual_seed(3)
+    calib = [(torch.randn(1, 1, 16, 16, generator=g) * 2, torch.randn(1, 1, 16, 16, generator=g) * 5)
+             for _ in range(4)]
+    q = _calibrated(m, calib)
+    export_tflite(q, calib[0], tmp_path / "q.tflite", TFLiteExportConfig(int8_io=True))
+    codes = np.arange(-128, 128, dtype=np.int8).reshape(1, 1, 16, 16)
+    got, ins, out = _run(tmp_path / "q.tflite", [codes, codes])
+    s_o, z_o = out["quantization"]
+    assert got.shape == (1, 2, 16, 16)  # int8 io keeps the torch layout at the edges
+    requantized = [(i, d["quantization"]) for i, d in enumerate(ins) if not np.isclose(d["quantization"][0], s_o)]
+    assert requantized  # the narrower input's grid differs from the output's
+    for i, (s_i, z_i) in requantized:
+        exact = (codes[0, 0].astype(np.float64) - z_i) * s_i / s_o
+        want = np.clip(np.round(exact) + z_o, -128, 127)
+        not_tie = np.abs(exact - np.floor(exact) - 0.5) > 1e-4
+        np.testing.assert_array_equal(got[0, i][not_tie], want[not_tie])
