@@ -129,9 +129,10 @@ def _train_loop(model, train, opt, sched, loss_fn, bar, epochs, steps_per_epoch,
 
 
 def run_demo(out_dir: str | Path, *, epochs: int = 6, qat: bool = False, progress: bool = True) -> dict:
-    """Train the demo CNN on the bundled digits, quantize it, export and verify int8 ONNX into ``out_dir``.
+    """Train the demo CNN on the bundled digits, quantize it, export and verify int8 ONNX and TFLite into ``out_dir``.
 
-    Besides the pipeline's artifacts (``model.onnx``, ``model_fp32.onnx``, ``report.json``) it writes
+    Besides the pipeline's artifacts (``model.onnx``, ``model_fp32.onnx``, ``model.tflite``,
+    ``model_fp32.tflite``, ``report.json``) it writes
     ``demo_cnn.pt`` (the trained float state dict) and ``calib.npz`` / ``test.npz`` (the data it used), so
     ``compress quantize out/demo_cnn.pt --arch compress.models:DemoCNN --calib out/calib.npz -o ...``
     reproduces the quantization step.
@@ -162,7 +163,8 @@ def run_demo(out_dir: str | Path, *, epochs: int = 6, qat: bool = False, progres
     torch_accuracy = _accuracy(model, test)
 
     calib = Dataset(train.x[:CALIB_SAMPLES], train.y[:CALIB_SAMPLES], source="digits-calib")
-    options = QuantizeOptions(qat=qat)  # QAT epochs / lr: the pipeline's defaults
+    # Both formats: the table shows onnxruntime and LiteRT rows side by side. QAT epochs / lr: the defaults.
+    options = QuantizeOptions(qat=qat, formats=("onnx", "tflite"))
     report = quantize_model(
         model, calib, out_dir, options, eval_data=test, train_data=train if qat else None, progress=progress
     )

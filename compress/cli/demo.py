@@ -1,4 +1,4 @@
-"""``compress demo``: train the bundled digits CNN, quantize it, print fp32 vs int8 (see compress.demo)."""
+"""``compress demo``: train the bundled digits CNN, quantize it, print fp32 vs int8 per runtime (compress.demo)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ DEFAULT_OUT = Path("demo-out")
 @debug_option
 @handle_errors
 def demo_command(out: Path, epochs: int, qat: bool, force: bool) -> None:
-    """Train a small CNN on the bundled 8×8 digits, quantize it to int8 ONNX and compare with fp32."""
+    """Train a small CNN on the bundled 8×8 digits, quantize it to int8 ONNX and TFLite, compare with fp32."""
     check_output_dir(out, inputs=[], force=force, replaceable_kind="demo")
 
     from compress.demo import run_demo

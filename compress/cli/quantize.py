@@ -1,4 +1,4 @@
-"""``compress quantize MODEL -o OUTDIR --calib DATA``: int8 ONNX + report.json from a float model."""
+"""``compress quantize MODEL -o OUTDIR --calib DATA``: int8 ONNX (and TFLite) + report.json from a float model."""
 
 from __future__ import annotations
 
@@ -17,10 +17,27 @@ from compress.cli._common import (
 )
 from compress.errors import ConfigError
 
-# Literal copies of compress.quant.spec.ObserverKind / compress.pipeline.Target values, so `compress --help`
-# does not import torch; tests/cli checks they stay equal to the enums.
+# Literal copies of compress.quant.spec.ObserverKind / compress.pipeline.Target / Format values, so
+# `compress --help` does not import torch; tests/cli checks they stay equal to the enums.
 OBSERVER_CHOICES = ("minmax", "moving_average", "percentile", "mse")
 TARGET_CHOICES = ("x86", "arm")
+FORMAT_CHOICES = ("onnx", "tflite")
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"onnx,tflite"`` → ``("onnx", "tflite")``; unknown or empty names raise :class:`ConfigError`.
+
+    Example:
+        >>> parse_formats("tflite, onnx")
+        ('tflite', 'onnx')
+    """
+    names = [part.strip().lower() for part in text.split(",")]
+    unknown = [n for n in names if n not in FORMAT_CHOICES]
+    if unknown or not names:
+        bad = ", ".join(repr(n) for n in unknown) or repr(text)
+        raise ConfigError(f"unknown format {bad} in --format {text!r}; choose from {', '.join(FORMAT_CHOICES)} "
+                          "(comma-separated, e.g. --format onnx,tflite)")
+    return tuple(dict.fromkeys(names))
 
 
 def _spec_files(spec: str | None) -> list[Path]:
@@ -33,7 +50,8 @@ def _spec_files(spec: str | None) -> list[Path]:
 @click.command("quantize")
 @click.argument("model", metavar="MODEL")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
-              help="Output directory (model.onnx, model_fp32.onnx, report.json). Must not exist unless --force.")
+              help="Output directory (model.onnx, model_fp32.onnx, report.json; model.tflite and "
+                   "model_fp32.tflite with --format tflite). Must not exist unless --force.")
 @click.option("--calib", required=True, metavar="DATA",
               help="Calibration data: .npz with x (and optional y), or MODULE:CALLABLE returning batches.")
 @click.option("--eval", "eval_spec", metavar="DATA", help="Evaluation data with labels y: accuracy in the report.")
@@ -46,6 +64,9 @@ def _spec_files(spec: str | None) -> list[Path]:
               help="How activation ranges are calibrated.")
 @click.option("--target", type=click.Choice(TARGET_CHOICES), default="x86", show_default=True,
               help="x86: uint8 activations (fastest in onnxruntime on x86); arm: int8 activations.")
+@click.option("--format", "formats", metavar="FORMATS", default="onnx", show_default=True,
+              help="Files to write, comma-separated: onnx, tflite (e.g. onnx,tflite). Each is verified in its "
+                   "runtime (onnxruntime, LiteRT).")
 @click.option("--arch", metavar="MODULE:CALLABLE",
               help="Builds the model a state dict is loaded into, e.g. compress.models:DemoCNN or nets.py:build.")
 @click.option("--trust-pickle", is_flag=True,
@@ -56,12 +77,14 @@ def _spec_files(spec: str | None) -> list[Path]:
 @handle_errors
 def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, qat: bool, train_spec: str | None,
                      epochs: int | None, lr: float | None, per_tensor: bool, observer: str, target: str,
-                     arch: str | None, trust_pickle: bool, force: bool, batch_size: int | None) -> None:
-    """Quantize MODEL to int8 ONNX, verify it against the torch simulation, and write a report.
+                     formats: str, arch: str | None, trust_pickle: bool, force: bool,
+                     batch_size: int | None) -> None:
+    """Quantize MODEL to int8 ONNX (and TFLite), verify each file against the torch simulation, write a report.
 
     MODEL is a state dict (.pt/.pth/.safetensors, with --arch), a torch.export program (.pt2), or a pickled
     module (.pt, only with --trust-pickle).
     """
+    format_names = parse_formats(formats)
     if not qat:
         given = [flag for flag, value in (("--train", train_spec), ("--epochs", epochs), ("--lr", lr)) if value is not None]
         if given:
@@ -77,7 +100,8 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
 
     extra = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     options = QuantizeOptions(
-        per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat, **extra
+        per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat,
+        formats=format_names, **extra
     )
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     datasets = {}

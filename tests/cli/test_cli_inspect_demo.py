@@ -82,6 +82,7 @@ def test_demo_replaces_its_own_output_but_nothing_else(cli, monkeypatch, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.onnx
+@pytest.mark.tflite
 def test_demo_end_to_end(cli, tmp_path):
     result = cli("demo", "-o", "d")
     assert result.exit_code == 0, result.output
@@ -91,6 +92,13 @@ def test_demo_end_to_end(cli, tmp_path):
     # The bar for PTQ: int8 within 0.5 percentage points of fp32 on the held-out split.
     assert report["int8"]["accuracy"] >= report["fp32"]["accuracy"] - 0.005
     assert (out / "model.onnx").stat().st_size <= 0.45 * (out / "model_fp32.onnx").stat().st_size
+    # The TFLite rows: LiteRT int8 within 0.5 pp of fp32, parity per the contract, the same bar on size.
+    tfl = report["formats"]["tflite"]
+    assert tfl["int8"]["accuracy"] >= tfl["fp32"]["accuracy"] - 0.005
+    assert tfl["parity"]["within_1lsb_fraction"] >= 0.99
+    assert tfl["int8_vs_onnx_int8"]["within_1lsb_fraction"] >= 0.99
+    assert (out / "model.tflite").stat().st_size <= 0.45 * (out / "model_fp32.tflite").stat().st_size
+    assert "LiteRT int8" in result.stdout
     test = np.load(out / "test.npz")
     assert len(test["y"]) == report["demo"]["test_samples"]
     # The saved float weights reload through the documented --arch route.
