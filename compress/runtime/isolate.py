@@ -86,7 +86,10 @@ def _child_main(request_path: str, result_path: str) -> int:
         cpus = request.get("cpus")
         if cpus:
             os.sched_setaffinity(0, set(cpus))
-        result = {"ok": True, "result": resolve_function(request["fn"])(**request["kwargs"])}
+        value = resolve_function(request["fn"])(**request["kwargs"])
+        if isinstance(value, dict):
+            value.setdefault("isolated_pid", os.getpid())
+        result = {"ok": True, "result": value}
     except CompressError as exc:
         result = {"ok": False, "compress_error": type(exc).__name__, "message": str(exc)}
     except BaseException as exc:  # report everything: the parent turns it into an exception with context
@@ -113,7 +116,7 @@ def run_isolated(
         cpus: pin the child to these CPU ids (Linux), or None to leave scheduling to the OS.
 
     Returns:
-        The function's return value, with ``"isolated_pid"`` added when it is a dict.
+        The function's return value, with ``"isolated_pid"`` (the child's pid) added when it is a dict.
 
     Raises:
         CompressError (or the child's own subclass) for user errors in the child and for timeouts;
@@ -158,10 +161,7 @@ def run_isolated(
             raise cls(outcome["message"])
         raise RuntimeError(f"measurement {fn_name!r} failed in its subprocess: {outcome['message']}\n"
                            + outcome.get("traceback", ""))
-    result = outcome["result"]
-    if isinstance(result, dict):
-        result.setdefault("isolated_pid", result.get("pid"))
-    return result
+    return outcome["result"]
 
 
 class Statistic(str, Enum):
