@@ -27,6 +27,7 @@ from torch import nn
 
 from compress.errors import ModelLoadError, UnsafePickleError
 from compress.io._callables import SpecError, resolve_callable
+from compress.io.pt2 import raise_exported_program
 
 __all__ = ["ExportedModule", "build_arch", "load_model"]
 
@@ -200,49 +201,6 @@ class ExportedModule(nn.Module):
         return self
 
 
-def _plain_graph_module(program: Any) -> nn.Module | None:
-    """The exported graph as a plain ``torch.fx.GraphModule`` (positional tensors in, tensor(s) out).
-
-    ``ExportedProgram.module()`` wraps its graph in pytree (un)flattening code that torch.fx cannot trace
-    and refuses ``.eval()``; the graph inside is ordinary fx (aten ops, ``get_attr`` weights). We keep that
-    graph, drop the shape-guard submodule (shape errors still surface from the ops themselves), and return a
-    single output as a tensor rather than a 1-tuple. Returns None for signatures this does not cover
-    (keyword inputs, nested outputs); those get the :class:`ExportedModule` wrapper instead.
-    """
-    import torch.fx as fx
-
-    spec = program.call_spec
-    in_spec, out_spec = spec.in_spec, spec.out_spec
-    def children(tree_spec) -> list:
-        # torch 2.13 deprecates .children_specs in favour of .children()
-        getter = getattr(tree_spec, "children", None)
-        return list(getter()) if callable(getter) else list(tree_spec.children_specs)
-
-    try:
-        args_spec, kwargs_spec = children(in_spec)
-        flat_inputs = all(c.is_leaf() for c in children(args_spec)) and kwargs_spec.num_children == 0
-        single_out = out_spec.is_leaf()
-        flat_outs = single_out or all(c.is_leaf() for c in children(out_spec))
-    except (AttributeError, ValueError):
-        return None
-    if not (flat_inputs and flat_outs):
-        return None
-    gm = program.module()
-    graph = gm.graph
-    for node in list(graph.nodes):
-        if node.op == "call_module" and node.target == "_guards_fn" and not node.users:
-            graph.erase_node(node)
-    output = next(n for n in graph.nodes if n.op == "output")
-    results = output.args[0]
-    if single_out and isinstance(results, (tuple, list)) and len(results) == 1:
-        output.args = (results[0],)
-    graph._codegen = fx.graph.CodeGen()  # plain positional code instead of pytree flatten/unflatten
-    graph.eliminate_dead_code()
-    plain = fx.GraphModule(gm, graph, class_name="ExportedGraph")
-    plain.recompile()
-    return plain
-
-
 def _load_pt2(path: Path) -> nn.Module:
     # torch.export.load logs a full traceback before re-raising on a bad file; our one-line error says it all.
     export_log = logging.getLogger("torch.export")
@@ -257,7 +215,8 @@ def _load_pt2(path: Path) -> nn.Module:
         ) from exc
     finally:
         export_log.setLevel(level)
-    return _plain_graph_module(program) or ExportedModule(program.module(), source=path.name)
+    # aten ops → nn.Conv2d / nn.Linear / torch functions: the vocabulary prepare and the exporters read.
+    return raise_exported_program(program, source=path.name)
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
