@@ -48,7 +48,7 @@ from compress.exporters.onnx_graph import (
 from compress.exporters.onnx_ops import is_python_record
 from compress.exporters.onnx_ops_quant import is_quant_module
 from compress.exporters.onnx_ops_seq import RECURRENT_RTOL
-from compress.layers.base import QuantLayerMixin
+from compress.passes.graph import QuantTracer
 from compress.quant.fake import Quantizer
 
 MIN_OPSET, MAX_OPSET = 13, 21
@@ -138,14 +138,8 @@ class OnnxExportInfo:
 
 
 # -- tracing --------------------------------------------------------------------------------------------
-class ExportTracer(fx.Tracer):
-    """torch.fx tracer that keeps compress quant layers and quantizers as single (leaf) call_module nodes."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, Quantizer | QuantLayerMixin) or type(m).__module__.startswith(("compress.layers",
-                                                                                           "compress.quant")):
-            return True
-        return super().is_leaf_module(m, module_qualified_name)
+# One tracer for the whole package: the passes' QuantTracer keeps compress modules as leaf nodes.
+ExportTracer = QuantTracer
 
 
 def trace_for_export(model: nn.Module) -> fx.GraphModule:

@@ -15,12 +15,12 @@ from torch import fx, nn
 
 from compress.errors import CompressError
 from compress.layers.base import QuantLayerMixin
+from compress.layers.registry import QPARAM_PRESERVING_OPS
 from compress.quant.fake import Quantizer
 
 # Ops whose output lies on the input's integer grid: no new quantizer, the exporter repeats the input's Q/DQ.
-PRESERVING_MODULES: tuple[type[nn.Module], ...] = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
-)
+# The module list lives in the layer registry (inspect reads it too); functions and methods are graph-only.
+PRESERVING_MODULES: tuple[type[nn.Module], ...] = tuple(QPARAM_PRESERVING_OPS)
 PRESERVING_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
     F.max_pool1d, F.max_pool2d, F.dropout, operator.getitem, torch.chunk, torch.split,
@@ -55,7 +55,9 @@ class QuantTracer(fx.Tracer):
     """fx tracer that keeps compress layers and quantizers as single nodes (leaves)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if isinstance(m, QuantLayerMixin | Quantizer):
+        # Every compress module is one node: quant layers, quantizers, and our float helper modules alike.
+        if isinstance(m, QuantLayerMixin | Quantizer) or type(m).__module__.startswith(("compress.layers",
+                                                                                         "compress.quant")):
             return True
         return super().is_leaf_module(m, qualname)
 
