@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="untimed warm-up runs per measurement process")
     p.add_argument("--no-qat", action="store_true", help="skip the QAT training-step comparison")
     p.add_argument("--qat-models", help="models for the QAT comparison (default: resnet18)")
+    # One torch thread by default: on a shared machine, OpenMP threads spin-waiting for a descheduled peer
+    # made single steps up to 10x slower (measured here), which swamps the QAT/float ratio we want.
+    p.add_argument("--qat-threads", type=int, default=1, help="torch threads for the training step (default 1)")
     p.add_argument("--build-dir", type=Path, default=HERE / "_build", help="where ONNX files are written")
     p.add_argument("--results-dir", type=Path, default=HERE / "results", help="root of the results tree")
     p.add_argument("--no-save", action="store_true", help="print the Markdown only, write no results")
@@ -55,14 +58,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.models = (a.models or ("resnet18" if a.quick else "resnet18,mobilenetv2")).split(",")
     a.qat_models = (a.qat_models or "resnet18").split(",")
     a.threads = [int(t) for t in a.threads.split(",")]
-    if any(t < 1 for t in a.threads):
-        p.error("--threads must be positive integers, e.g. 1,2")
+    if any(t < 1 for t in a.threads) or a.qat_threads < 1:
+        p.error("--threads and --qat-threads must be positive integers, e.g. --threads 1,2")
     a.rounds = a.rounds or (3 if a.quick else 7)
     a.runs = a.runs or (15 if a.quick else 50)
     a.warmup = a.warmup if a.warmup is not None else (3 if a.quick else 10)
     # The first training steps are slow (allocator, oneDNN primitive cache): warm up at least 2.
     a.qat = {"resolution": 64 if a.quick else 112, "batch": 32, "warmup": 2 if a.quick else 3,
-             "steps": 3 if a.quick else 6, "rounds": 2 if a.quick else 3, "threads": os.cpu_count() or 1}
+             "steps": 3 if a.quick else 6, "rounds": 2 if a.quick else 3, "threads": a.qat_threads}
     return a
 
 
