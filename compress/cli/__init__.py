@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from compress.cli._common import CompressGroup, _version
+from compress.cli.bench import bench_command
 from compress.cli.demo import demo_command
 from compress.cli.export import export_command
 from compress.cli.inspect import inspect_command
@@ -31,3 +32,4 @@ main.add_command(quantize_command)
 main.add_command(export_command)
 main.add_command(inspect_command)
 main.add_command(demo_command)
+main.add_command(bench_command)
