@@ -30,6 +30,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,25 @@ _DTYPES = {torch.float32: TensorType.FLOAT32, torch.int64: TensorType.INT64, tor
            torch.bool: TensorType.BOOL}
 
 
+class Int8Kernels(str, Enum):
+    """Which int8 kernels an int8 file asks LiteRT for.
+
+    ``XNNPACK`` (default): int8 where XNNPACK (LiteRT's CPU delegate) has an int8 kernel; HARD_SWISH, GELU,
+    BATCH_MATMUL and a standalone RELU / RELU6 have none there, so they run in float between DEQUANTIZE and
+    QUANTIZE and the whole graph stays one XNNPACK partition. Their int8 versions fall back to LiteRT's
+    builtin kernels, one partition break each: a hard-swish CNN measured 2.4× *slower* in int8 than in
+    float that way (benchmarks/results/*/tflite-latest.md). ``BUILTIN``: every op that has a TFLite int8
+    kernel uses it (for int8-only targets: microcontrollers, NPUs).
+    """
+
+    XNNPACK = "xnnpack"
+    BUILTIN = "builtin"
+
+
+#: The int8 TFLite ops the XNNPACK delegate of ai-edge-litert 2.3 rejects (measured op by op).
+XNNPACK_FLOAT_OPS = frozenset({"HARD_SWISH", "GELU", "BATCH_MATMUL", "RELU", "RELU6"})
+
+
 @dataclass(frozen=True)
 class TFLiteExportConfig:
     """Options of :func:`export_tflite`. Whether the model is int8 is read from the graph.
@@ -57,6 +77,7 @@ class TFLiteExportConfig:
         int8_io: int8 input and output tensors (on the model's input/output quantizer grids) instead of float32
             with QUANTIZE / DEQUANTIZE at the edges. Only for quantized models.
         nhwc_input: declare 4-D inputs as NHWC (feed ``x.permute(0, 2, 3, 1)``): saves the input TRANSPOSE.
+        int8_kernels: :class:`Int8Kernels` — which ops of an int8 model use int8 kernels.
         description: the model's description string.
 
     Example:
@@ -66,7 +87,15 @@ class TFLiteExportConfig:
 
     int8_io: bool = False
     nhwc_input: bool = False
+    int8_kernels: Int8Kernels = Int8Kernels.XNNPACK
     description: str = "compress tflite exporter"
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "int8_kernels", Int8Kernels(self.int8_kernels))
+        except ValueError:
+            raise ConfigError(f"unknown int8_kernels {self.int8_kernels!r}; choose one of: "
+                              f"{', '.join(k.value for k in Int8Kernels)}") from None
 
 
 @dataclass
@@ -150,7 +179,8 @@ def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike,
     with torch.no_grad():
         ShapeProp(gm).propagate(*example_inputs)
     writer = ModelWriter(config.description)
-    em = Emitter(gm, writer, quantized)
+    float_ops = XNNPACK_FLOAT_OPS if config.int8_kernels is Int8Kernels.XNNPACK else frozenset()
+    em = Emitter(gm, writer, quantized, float_ops)
     inputs, outputs = _walk(em, gm, example_inputs, config)
     data = writer.serialize([v.tensor for v in inputs], [v.tensor for v in outputs])
     path = Path(path)
@@ -304,4 +334,4 @@ def read_file_identifier(path: str | os.PathLike) -> bytes:
         return f.read(8)[4:8]
 
 
-__all__ = ["FILE_IDENTIFIER", "TFLiteExportConfig", "TFLiteExportInfo", "export_tflite", "read_file_identifier"]
+__all__ = ["FILE_IDENTIFIER", "XNNPACK_FLOAT_OPS", "Int8Kernels", "TFLiteExportConfig", "TFLiteExportInfo", "export_tflite", "read_file_identifier"]

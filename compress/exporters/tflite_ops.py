@@ -25,7 +25,7 @@ from torch import fx, nn
 from compress.errors import ExportError
 from compress.exporters import tflite_layout as L
 from compress.exporters.tflite_graph import ACT_CODE, Const, Emitter, TValue, same_grid
-from compress.exporters.tflite_schema import Options, QuantParams, TensorType
+from compress.exporters.tflite_schema import Options, QuantParams, TensorType, numpy_dtype
 from compress.layers.base import FusedActivation, QuantLayerMixin
 
 _PAD = {L.Padding.SAME: 0, L.Padding.VALID: 1}
@@ -117,12 +117,37 @@ def _pad(em: Emitter, x: TValue, pads_nhwc, name: str, lowest: bool = False) -> 
     if not lowest:
         em.op("PAD", [x.tensor, paddings], [out.tensor], Options("PadOptions"), version)
     else:
-        if x.is_int8:
-            c_t = em.const(f"{name}_padvalue", np.array([-128], np.int8), TensorType.INT8, x.quant)
-        else:
-            c_t = em.const(f"{name}_padvalue", np.array([-3.0e38], np.float32), TensorType.FLOAT32)
-        em.op("PADV2", [x.tensor, paddings, c_t], [out.tensor], Options("PadV2Options"), version)
+        _pad_lowest(em, x, out, pads_nhwc, name)
     return out
+
+
+def _pad_lowest(em: Emitter, x: TValue, out: TValue, pads_nhwc, name: str) -> None:
+    """Pad H and W with the lowest value (max pooling) as two CONCATENATIONs with constant borders.
+
+    PADV2 would say it in one op, but XNNPACK has no PADV2 kernel: the pad fell back to LiteRT's builtin
+    kernels and split the graph into two delegate partitions; concatenation stays inside XNNPACK.
+    """
+    n, c, h, w = x.shape
+    dtype = numpy_dtype(x.dtype)
+    lowest = -128 if x.is_int8 else -3.0e38
+    axes = [axis for axis in (1, 2) if any(pads_nhwc[axis])]
+    cur, nhwc = x.tensor, [n, h, w, c]
+    for i, axis in enumerate(axes):
+        before, after = pads_nhwc[axis]
+        parts = []
+        for size, side in ((before, "before"), (0, "input"), (after, "after")):
+            if side == "input":
+                parts.append(cur)
+            elif size:
+                shape = list(nhwc)
+                shape[axis] = size
+                parts.append(em.const(f"{name}_pad{axis}_{side}", np.full(shape, lowest, dtype), x.dtype, x.quant))
+        nhwc[axis] += before + after
+        nxt = out.tensor if i == len(axes) - 1 else em.w.add_tensor(f"{name}_pad{axis}", nhwc, x.dtype,
+                                                                     quant=x.quant)
+        em.op("CONCATENATION", parts, [nxt],
+              Options("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0}), 2 if x.is_int8 else 1)
+        cur = nxt
 
 
 def conv2d(em: Emitter, node: fx.Node) -> None:
@@ -409,6 +434,10 @@ def _unary(em: Emitter, node: fx.Node, op_name: str, int8_ok: bool = True, optio
     fixed = _FIXED_GRID.get(op_name)
     if fixed is not None and not same_grid(fixed, plan.quant):
         int8_ok = False  # a second rounding onto the model's grid would cost up to 1 LSB: run it in float
+    if op_name in em.float_ops:
+        int8_ok = False  # no int8 kernel in XNNPACK: float inside the delegate beats a partition break
+        if plan.quant is None and x.is_int8 and op_name in ("RELU", "RELU6"):
+            plan.quant = x.quant  # a grid-preserving clamp: back onto the input's grid
     if em.quantized and int8_ok and x.is_int8 and (plan.quant is not None or op_name in ("RELU", "RELU6")):
         out_q = plan.quant or x.quant
         out = em.like(x, node.name, quant=out_q)
@@ -526,7 +555,8 @@ def matmul(em: Emitter, node: fx.Node) -> None:
     a = em.torch_order(a)
     b = b if adj_y else em.torch_order(b)
     plan = em.plan_output(node, fuse_act=False)
-    int8 = em.quantized and plan.quant is not None and a.is_int8 and b.is_int8
+    int8 = (em.quantized and plan.quant is not None and a.is_int8 and b.is_int8
+            and "BATCH_MATMUL" not in em.float_ops)
     if not int8:
         a, b = em.to_float(a), em.to_float(b)
     out_shape = _meta_shape(node)

@@ -39,6 +39,44 @@ def load_interpreter(path, num_threads: int = 1):
     return it
 
 
+def xnnpack_delegation(path, num_threads: int = 1) -> dict:
+    """Which operators of ``path`` LiteRT hands to XNNPACK, and which fall back to its builtin kernels.
+
+    LiteRT replaces each delegated run of operators by one ``DELEGATE`` node; an operator is delegated when
+    it lies between a delegate node's inputs and outputs. Every fallback splits the graph (one more
+    partition) and runs a builtin kernel, on its own thread pool.
+
+    Returns:
+        ``{"partitions": number of XNNPACK partitions, "operators": count, "fallback": [op names]}``.
+
+    Example:
+        >>> import tempfile, os
+        >>> from compress.exporters.tflite import export_tflite
+        >>> p = os.path.join(tempfile.mkdtemp(), "m.tflite")
+        >>> _ = export_tflite(nn.Linear(4, 2).eval(), torch.randn(1, 4), p)
+        >>> xnnpack_delegation(p)["fallback"]
+        []
+    """
+    it = load_interpreter(path, num_threads)
+    ops = it._get_ops_details()  # the model's operators, then the delegate nodes LiteRT added
+    model_ops = [o for o in ops if o["op_name"] != "DELEGATE"]
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    producer = {int(t): i for i, o in enumerate(model_ops) for t in o["outputs"]}
+    delegated: set[int] = set()
+    for d in delegates:
+        boundary = {int(t) for t in d["inputs"]}
+        stack = [int(t) for t in d["outputs"]]
+        while stack:
+            t = stack.pop()
+            i = producer.get(t)
+            if t in boundary or i is None or i in delegated:
+                continue
+            delegated.add(i)
+            stack.extend(int(x) for x in model_ops[i]["inputs"] if x >= 0)
+    fallback = [o["op_name"] for i, o in enumerate(model_ops) if i not in delegated]
+    return {"partitions": len(delegates), "operators": len(model_ops), "fallback": fallback}
+
+
 def run_tflite(it, batch: tuple[np.ndarray, ...], nhwc_input: bool = False) -> list[np.ndarray]:
     """Run one batch through a loaded interpreter; int8 inputs/outputs are (de)quantized with the file's qparams.
 

@@ -14,7 +14,8 @@ pytest.importorskip("ai_edge_litert")
 pytestmark = pytest.mark.tflite
 
 from compress.errors import ExportError  # noqa: E402
-from compress.exporters.tflite import TFLiteExportConfig, export_tflite  # noqa: E402
+from compress.exporters.tflite import XNNPACK_FLOAT_OPS, Int8Kernels, TFLiteExportConfig, export_tflite  # noqa: E402
+from compress.exporters.verify_tflite import xnnpack_delegation  # noqa: E402
 from compress.passes import calibrate, convert, prepare  # noqa: E402
 from compress.passes.graph import upstream_quantizer  # noqa: E402
 from compress.quant import reference as R  # noqa: E402
@@ -175,8 +176,15 @@ INT8_OP = {"avg_pool": "DEPTHWISE_CONV_2D"}
 INT8_SKIP = {"reshape_squeeze", "strided_slice", "transpose"}  # grid-preserving: covered through other cases
 
 
-@pytest.mark.parametrize("name", sorted(set(CASES) - {"layernorm"}))
-def test_int8_op_within_one_lsb_of_numpy(name, tmp_path):
+# Ops XNNPACK has no int8 kernel for run in float by default; their int8 kernels are checked with BUILTIN too.
+_BUILTIN_CASES = {"hardswish": "HARD_SWISH", "gelu": "GELU", "batch_matmul": "BATCH_MATMUL", "relu": "RELU",
+                  "relu6": "RELU6"}
+INT8_CASES = [(name, Int8Kernels.XNNPACK) for name in sorted(set(CASES) - {"layernorm"})] + [
+    (name, Int8Kernels.BUILTIN) for name in sorted(_BUILTIN_CASES)]
+
+
+@pytest.mark.parametrize("name, kernels", INT8_CASES)
+def test_int8_op_within_one_lsb_of_numpy(name, kernels, tmp_path):
     factory, shapes, fn, op = CASES[name]
     torch.manual_seed(0)
     inner = factory().eval()
@@ -184,7 +192,7 @@ def test_int8_op_within_one_lsb_of_numpy(name, tmp_path):
     m = nn.Sequential(inner) if type(inner).__module__.startswith("torch.nn") else inner
     calib = [_inputs(shapes, s) for s in range(4)]
     q = _calibrated(m, calib)
-    info = export_tflite(q, calib[0], tmp_path / "q.tflite", TFLiteExportConfig(int8_io=True))
+    info = export_tflite(q, calib[0], tmp_path / "q.tflite", TFLiteExportConfig(int8_io=True, int8_kernels=kernels))
     xs = _inputs(shapes, 7)
     from ai_edge_litert.interpreter import Interpreter
 
@@ -251,3 +259,30 @@ def test_int8_requantization_is_exact_under_xnnpack(tmp_path):
         want = np.clip(np.round(exact) + z_o, -128, 127)
         not_tie = np.abs(exact - np.floor(exact) - 0.5) > 1e-4
         np.testing.assert_array_equal(got[0, i][not_tie], want[not_tie])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_op_runs_in_one_xnnpack_partition(name, tmp_path):
+    """Float and int8 files: LiteRT hands every operator to XNNPACK (no builtin fallback, no graph split)."""
+    factory, shapes, _, _ = CASES[name]
+    torch.manual_seed(0)
+    inner = factory().eval()
+    m = nn.Sequential(inner) if type(inner).__module__.startswith("torch.nn") else inner
+    models = {"fp32": m}
+    if name != "layernorm":
+        models["int8"] = _calibrated(m, [_inputs(shapes, s) for s in range(4)])
+    for kind, model in models.items():
+        export_tflite(model, _inputs(shapes, 0), tmp_path / f"{kind}.tflite")
+        d = xnnpack_delegation(tmp_path / f"{kind}.tflite")
+        assert d["fallback"] == [] and d["partitions"] == 1, (kind, d)
+
+
+def test_builtin_int8_kernels_fall_back_out_of_xnnpack(tmp_path):
+    """The delegation check sees a fallback: BUILTIN int8 hard-swish leaves XNNPACK and splits the graph."""
+    factory, shapes, _, _ = CASES["hardswish"]
+    torch.manual_seed(0)
+    q = _calibrated(nn.Sequential(factory().eval()), [_inputs(shapes, s) for s in range(4)])
+    export_tflite(q, _inputs(shapes, 0), tmp_path / "b.tflite", TFLiteExportConfig(int8_kernels="builtin"))
+    d = xnnpack_delegation(tmp_path / "b.tflite")
+    assert d["fallback"] == ["HARD_SWISH"] and d["partitions"] == 2, d
+    assert "HARD_SWISH" in XNNPACK_FLOAT_OPS
