@@ -1,18 +1,11 @@
-"""Raise a ``torch.export`` program (a graph of aten ops) to the module-level fx graph the passes read.
+"""Raise a ``torch.export`` program (aten ops, weights lifted to inputs) to the module-level fx graph we read.
 
-``torch.export`` records ``aten.conv2d(x, weight, ...)`` with the weights lifted to graph inputs; our passes
-and exporters reason about ``nn.Conv2d`` / ``nn.Linear`` / ``nn.BatchNorm2d`` modules and torch-level
-functions (``operator.add``, ``torch.flatten``...), see docs/architecture.md "The converted model". This module
-rebuilds that vocabulary from the aten graph:
-
-* weight ops become modules holding the weights (named after the original parameters, e.g. ``layer1.0.conv1``);
-* lifted parameters, buffers and constants become module attributes: the only placeholders left are the
-  user's inputs;
-* elementwise / shape / activation ops become the torch functions the exporters know;
-* ops whose inputs are all constants are evaluated once (``weight.t()`` feeding ``addmm``, lifted tensors);
-* in-place ops (``relu_``) become their out-of-place forms, later readers of the mutated tensor read the result.
-
-Anything else raises :class:`~compress.errors.ModelLoadError` naming the aten op and the supported ones.
+The passes and exporters reason about ``nn.Conv2d`` / ``nn.Linear`` / ``nn.BatchNorm2d`` modules and torch
+functions (docs/architecture.md, "The converted model"). Weight ops become modules holding the weights, named
+after the original parameters (``layer1.0.conv1``); other lifted tensors become attributes, so the only
+placeholders are the user's inputs; ops over constants only (``weight.t()`` feeding ``addmm``) are evaluated
+once; in-place ops become out-of-place, and later readers of the mutated tensor read the result. Any other op
+raises :class:`~compress.errors.ModelLoadError` naming it and the supported ones.
 """
 
 from __future__ import annotations
@@ -51,6 +44,7 @@ class _Multi:
 
     outputs: dict[int, Any]
     op: str
+    fix: str  # what to do when the graph reads another output
 
 
 _Handler = Callable[["_Raiser", fx.Node, dict[str, Any]], Any]
@@ -109,11 +103,6 @@ def raise_exported_program(ep: torch.export.ExportedProgram, *, source: str = ""
     return _Raiser(ep, source or "the torch.export program").run()
 
 
-def _sanitize(path: str) -> str:
-    parts = [re.sub(r"\W", "_", p) or "_" for p in path.split(".")]
-    return ".".join(parts)
-
-
 class _Raiser:
     def __init__(self, ep: torch.export.ExportedProgram, source: str):
         self.ep, self.source = ep, source
@@ -127,14 +116,11 @@ class _Raiser:
     def run(self) -> fx.GraphModule:
         self._check_signature()
         placeholders = [n for n in self.ep.graph.nodes if n.op == "placeholder"]
-        specs = self.ep.graph_signature.input_specs
-        if len(specs) != len(placeholders):
-            raise ModelLoadError(f"{self.source}: its graph signature does not match its graph; {_EVAL_HINT}")
-        for node, spec in zip(placeholders, specs, strict=True):
+        for node, spec in zip(placeholders, self.ep.graph_signature.input_specs, strict=True):
             self.env[node] = self._input(node, spec)
         for node in self.ep.graph.nodes:
             if node.op == "get_attr":
-                self.env[node] = _Const(self._get_attr(node.target), node.target)
+                self.env[node] = _Const(operator.attrgetter(node.target)(self.ep.graph_module), node.target)
             elif node.op in ("call_function", "call_method", "call_module"):
                 self.env[node] = self._call(node)
             elif node.op == "output":
@@ -159,21 +145,13 @@ class _Raiser:
     def _input(self, node: fx.Node, spec) -> Any:
         kind = spec.kind.name
         if kind == "USER_INPUT":
-            new = self.graph.placeholder(node.name)
-            new.meta = {k: v for k, v in node.meta.items() if k in ("val", "tensor_meta")}
-            return new
+            return self.graph.placeholder(node.name)
         if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
             store = self.ep.state_dict if spec.target in self.ep.state_dict else self.ep.constants
             value = store[spec.target]
             return _Const(value.detach(), spec.target, isinstance(value, nn.Parameter) or kind == "PARAMETER")
         raise ModelLoadError(f"{self.source} has a {kind.lower()} input ({spec.target}), which only runs inside "
                              "torch; export a model whose inputs are tensors")
-
-    def _get_attr(self, target: str) -> Any:
-        value: Any = self.ep.graph_module
-        for part in target.split("."):
-            value = getattr(value, part)
-        return value
 
     def _output(self, node: fx.Node) -> None:
         values = node.args[0] if isinstance(node.args[0], (tuple, list)) else (node.args[0],)
@@ -192,18 +170,15 @@ class _Raiser:
         self.graph.output(result)
 
     def _class_name(self) -> str:
-        for node in self.ep.graph.nodes:
-            stack = node.meta.get("nn_module_stack") or {}
-            for path, type_name in stack.values():
-                if path == "":
-                    name = str(type_name).rsplit(".", 1)[-1]
-                    return name if name.isidentifier() else "ExportedGraph"
-        return "ExportedGraph"
+        """The exported model's class (``ResNet18``), which reports and messages show."""
+        stacks = (n.meta.get("nn_module_stack") or {} for n in self.ep.graph.nodes)
+        names = [str(kind).rsplit(".", 1)[-1] for stack in stacks for path, kind in stack.values() if path == ""]
+        return names[0] if names and names[0].isidentifier() else "ExportedGraph"
 
     def value(self, v: Any) -> Any:
         """``v`` as something the new graph can consume: a node, a get_attr node for a tensor, or a literal."""
         if isinstance(v, _Multi):
-            raise ModelLoadError(f"{self.source}: the outputs of aten.{v.op} are used as one value; re-export with "
+            raise ModelLoadError(f"{self.source}: the outputs of {v.op} are used as one value; re-export with "
                                  "torch.export.export (no custom decompositions)")
         if isinstance(v, _Const):
             if not isinstance(v.value, torch.Tensor):
@@ -211,7 +186,7 @@ class _Raiser:
             if id(v) not in self.attrs:
                 path = self._free_path(v.source or "constant")
                 tensor = v.value.detach().clone()
-                parent, _, name = self._parent(path)
+                parent, name = self._parent(path)
                 if v.is_param:
                     parent.register_parameter(name, nn.Parameter(tensor, requires_grad=tensor.is_floating_point()))
                 else:
@@ -235,7 +210,7 @@ class _Raiser:
         path = self.shared.get(full_key) if full_key else None
         if path is None:
             path = self._free_path(self._module_name(node, mod, weight))
-            parent, _, name = self._parent(path)
+            parent, name = self._parent(path)
             parent.add_module(name, mod.eval())
             if full_key:
                 self.shared[full_key] = path
@@ -252,7 +227,8 @@ class _Raiser:
         return node.name
 
     def _free_path(self, wanted: str) -> str:
-        wanted = _sanitize(wanted)
+        """``wanted`` (made of identifiers), or ``wanted_1``, ``wanted_2``... when something lives there."""
+        wanted = ".".join(re.sub(r"\W", "_", p) or "_" for p in wanted.split("."))
         path, i = wanted, 1
         while not self._is_free(path):
             path, i = f"{wanted}_{i}", i + 1
@@ -260,30 +236,28 @@ class _Raiser:
 
     def _is_free(self, path: str) -> bool:
         obj: Any = self.root
-        *parents, last = path.split(".")
-        for part in parents:
+        for part in path.split("."):
+            if not isinstance(obj, nn.Module):
+                return False
             obj = getattr(obj, part, None)
             if obj is None:
                 return True
-            if not isinstance(obj, nn.Module):
-                return False
-        return not hasattr(obj, last)
+        return False
 
-    def _parent(self, path: str) -> tuple[nn.Module, str, str]:
+    def _parent(self, path: str) -> tuple[nn.Module, str]:
+        """The module that will own ``path`` (containers created on the way) and the attribute name."""
         *parents, last = path.split(".")
         obj = self.root
         for part in parents:
             if not hasattr(obj, part):
                 obj.add_module(part, nn.Module())
             obj = getattr(obj, part)
-        return obj, ".".join(parents), last
+        return obj, last
 
     # --- one aten node -----------------------------------------------------------------------------------
     def _call(self, node: fx.Node) -> Any:
         target = node.target
-        resolve = lambda n: self.env[n]  # noqa: E731
-        args = fx.node.map_arg(node.args, resolve)
-        kwargs = fx.node.map_arg(node.kwargs, resolve)
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: self.env[n])
         if target is operator.getitem:
             return self._getitem(node, *args)
         if node.op == "call_function" and target in _SYMBOLIC_FUNCTIONS:
@@ -291,7 +265,7 @@ class _Raiser:
                 return _Const(target(*[a.value if isinstance(a, _Const) else a for a in args]))
             return self.fn(target, node, *args)
         if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
-            self._unsupported(node, str(getattr(target, "__name__", target)))
+            self._unsupported(node, str(getattr(target, "__name__", target)), prefix="")
         name = target.overloadpacket.__name__
         if name in _DROPPED:
             return None
@@ -310,16 +284,14 @@ class _Raiser:
         return result
 
     def _fold(self, target, args, kwargs, in_place: bool, node: fx.Node) -> _Const:
-        sources = [c for c in pytree.tree_leaves((args, kwargs), is_leaf=lambda x: isinstance(x, _Const))
-                   if isinstance(c, _Const)]
-        unwrap = lambda x: x.value if isinstance(x, _Const) else x  # noqa: E731
-        args, kwargs = pytree.tree_map(unwrap, (args, kwargs), is_leaf=lambda x: isinstance(x, _Const))
+        consts = [c for c in pytree.tree_leaves((args, kwargs), is_leaf=_is_value) if isinstance(c, _Const)]
+        args, kwargs = pytree.tree_map(lambda x: x.value if isinstance(x, _Const) else x, (args, kwargs),
+                                       is_leaf=_is_value)
         if in_place and args and isinstance(args[0], torch.Tensor):
             args = (args[0].clone(), *args[1:])  # never write into the program's own tensors
         with torch.no_grad():
-            out = target(*args, **kwargs)
-        first = sources[0] if sources else None
-        result = _Const(out, first.source if first else "", bool(first and first.is_param and out is not None))
+            first = consts[0] if consts else _Const(None)
+            result = _Const(target(*args, **kwargs), first.source, first.is_param)
         if in_place and isinstance(node.args[0], fx.Node):
             self.env[node.args[0]] = result
         return result
@@ -327,28 +299,26 @@ class _Raiser:
     def _getitem(self, node: fx.Node, source: Any, index: Any) -> Any:
         if isinstance(source, _Multi):
             if index not in source.outputs:
-                raise ModelLoadError(f"{self.source}: node {node.name!r} reads output {index} of aten.{source.op} "
-                                     f"(training statistics); {_EVAL_HINT}")
+                raise ModelLoadError(f"{self.source}: node {node.name!r} reads output {index} of {source.op}, "
+                                     f"which has no module-level equivalent; {source.fix}")
             return source.outputs[index]
         if isinstance(source, _Const):
             return _Const(source.value[index], source.source)
-        if isinstance(source, (tuple, list)):
-            return source[index]
         return self.fn(operator.getitem, node, source, index)
 
-    def _unsupported(self, node: fx.Node, op: str) -> None:
-        stack = node.meta.get("nn_module_stack") or {}
-        where = ""
-        if stack:
-            path, type_name = list(stack.values())[-1]
-            where = f" in {path or 'the top module'} ({str(type_name).rsplit('.', 1)[-1]})"
+    def _unsupported(self, node: fx.Node, op: str, prefix: str = "aten.") -> None:
+        path, kind = list((node.meta.get("nn_module_stack") or {"": ("", "")}).values())[-1]
+        where = f" in {path or 'the top module'} ({str(kind).rsplit('.', 1)[-1]})" if kind else ""
         raise ModelLoadError(
-            f"{self.source}: aten.{op} at node {node.name!r}{where} has no module-level equivalent; supported aten "
+            f"{self.source}: {prefix}{op} at node {node.name!r}{where} has no module-level equivalent; supported aten "
             f"ops: {', '.join(n.removeprefix('aten.') for n in supported_aten_ops())}. Save model.state_dict() and "
             "load it with --arch MODULE:CALLABLE instead (unsupported layers then stay float), or export without it"
         )
 
-    def const(self, node: fx.Node, value: Any, what: str) -> _Const:
+    def const(self, node: fx.Node, value: Any, what: str, optional: bool = False) -> _Const | None:
+        """``value`` as a constant tensor (a weight); None for a missing optional one."""
+        if optional and value is None:
+            return None
         if not isinstance(value, _Const) or not isinstance(value.value, torch.Tensor):
             raise ModelLoadError(f"{self.source}: the {what} of aten node {node.name!r} is computed at run time; "
                                  "only parameters can be raised to layers: export with the weights as parameters")
@@ -360,13 +330,10 @@ def _is_value(x: Any) -> bool:
 
 
 def _plain_structure(tree: Any) -> bool:
-    if isinstance(tree, fx.Node) or tree is None or isinstance(tree, (int, float, bool)):
-        return True
-    if type(tree) in (tuple, list):
-        return all(_plain_structure(t) for t in tree)
-    if type(tree) is dict:
-        return all(_plain_structure(t) for t in tree.values())
-    return False
+    """Whether fx's generated code can return ``tree`` (not e.g. a namedtuple or a dataclass)."""
+    if type(tree) in (tuple, list, dict):
+        return all(_plain_structure(t) for t in (tree.values() if isinstance(tree, dict) else tree))
+    return tree is None or isinstance(tree, (fx.Node, int, float, bool))
 
 
 def _all_constant(args: Any, kwargs: Any) -> bool:
@@ -398,156 +365,134 @@ def _tuple(value: Any, n: int) -> tuple:
     return value * n if len(value) == 1 else value
 
 # --- the aten → torch vocabulary ---------------------------------------------------------------------------
-# Each handler gets the raiser, the aten node and its arguments by schema name (nodes already rebuilt,
-# constants as _Const) and returns the new value.
+# A handler gets the raiser, the aten node and its arguments by schema name (nodes already rebuilt, constants
+# as _Const) and returns the new value.
 
 
 def _param(tensor: torch.Tensor) -> nn.Parameter:
-    return nn.Parameter(tensor.detach().clone().float() if not tensor.is_floating_point() else tensor.detach().clone())
+    return nn.Parameter(tensor.detach().clone())
 
 
-def _conv_module(r: _Raiser, node: fx.Node, a: dict, w: _Const, padding: Any) -> fx.Node:
-    weight = w.value
-    if weight.dim() not in (3, 4) or a.get("transposed"):
-        r._unsupported(node, "convolution (transposed or 3-d)")
-    n = weight.dim() - 2
-    bias = a["bias"] if a["bias"] is None else r.const(node, a["bias"], "bias")
-    groups = int(a["groups"])
-    cls = nn.Conv1d if n == 1 else nn.Conv2d
-    padding = padding if isinstance(padding, str) else _tuple(padding, n)
-    hyper = (_tuple(a["stride"], n), padding, _tuple(a["dilation"], n), groups)
-    mod = cls(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=hyper[0], padding=padding,
-              dilation=hyper[2], groups=groups, bias=bias is not None)
-    mod.weight = _param(weight)
-    if bias is not None:
-        mod.bias = _param(bias.value)
-    return r.module(mod, node, a["input"], weight=w, key=(hyper, id(bias)))
+def _weighted(r: _Raiser, node: fx.Node, mod: nn.Module, x: Any, w: _Const, b: _Const | None, key: tuple,
+              weight: torch.Tensor | None = None) -> fx.Node:
+    mod.weight = _param(w.value if weight is None else weight)
+    if b is not None:
+        mod.bias = _param(b.value.reshape(mod.bias.shape))
+    return r.module(mod, node, x, weight=w, key=(*key, id(b)))
 
 
-@_handles("conv1d", "conv2d")
+@_handles("conv1d", "conv2d", "convolution", "_convolution")
 def _conv(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    return _conv_module(r, node, a, r.const(node, a["weight"], "weight"), a["padding"])
+    w, b = r.const(node, a["weight"], "weight"), r.const(node, a["bias"], "bias", optional=True)
+    n = w.value.dim() - 2
+    if n not in (1, 2) or a.get("transposed") or any(int(p) != 0 for p in a.get("output_padding") or ()):
+        r._unsupported(node, f"{node.target.overloadpacket.__name__} (transposed or 3-d)")
+    groups, padding = int(a["groups"]), a["padding"]
+    hyper = dict(stride=_tuple(a["stride"], n), padding=padding if isinstance(padding, str) else _tuple(padding, n),
+                 dilation=_tuple(a["dilation"], n), groups=groups, bias=b is not None)
+    cls = nn.Conv1d if n == 1 else nn.Conv2d
+    mod = cls(w.value.shape[1] * groups, w.value.shape[0], tuple(w.value.shape[2:]), **hyper)
+    return _weighted(r, node, mod, a["input"], w, b, tuple(hyper.items()))
 
 
-@_handles("convolution", "_convolution")
-def _convolution(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    if a["transposed"] or any(int(p) != 0 for p in a["output_padding"] or ()):
-        r._unsupported(node, "convolution (transposed)")
-    return _conv_module(r, node, a, r.const(node, a["weight"], "weight"), a["padding"])
-
-
-def _linear_module(r: _Raiser, node: fx.Node, x: Any, weight: torch.Tensor, bias: torch.Tensor | None,
-                   w: _Const, b: Any) -> fx.Node:
-    mod = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    mod.weight = _param(weight)
-    if bias is not None:
-        mod.bias = _param(bias.reshape(-1))
-    return r.module(mod, node, x, weight=w, key=(id(b), tuple(weight.shape)))
+def _linear(r: _Raiser, node: fx.Node, x: Any, w: _Const, b: _Const | None, weight: torch.Tensor) -> fx.Node:
+    mod = nn.Linear(weight.shape[1], weight.shape[0], bias=b is not None)
+    return _weighted(r, node, mod, x, w, b, (tuple(weight.shape),), weight)
 
 
 @_handles("linear")
-def _linear(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
+def _linear_op(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
     w = r.const(node, a["weight"], "weight")
-    b = a["bias"] if a["bias"] is None else r.const(node, a["bias"], "bias")
-    return _linear_module(r, node, a["input"], w.value, b.value if b else None, w, b)
+    return _linear(r, node, a["input"], w, r.const(node, a["bias"], "bias", optional=True), w.value)
 
 
 @_handles("addmm")
 def _addmm(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    w = r.const(node, a["mat2"], "weight")  # [in, out]: linear's weight transposed
-    b = r.const(node, a["self"], "bias")
-    weight, bias = w.value.t() * a["alpha"], b.value * a["beta"]
-    if bias.numel() != weight.shape[0]:
-        r._unsupported(node, "addmm (with a bias that is not one value per output)")
-    return _linear_module(r, node, a["mat1"], weight, bias, w, b)
+    w, b = r.const(node, a["mat2"], "weight"), r.const(node, a["self"], "bias")  # mat2: linear's weight, transposed
+    if b.value.numel() != w.value.shape[1] or a["alpha"] != 1 or a["beta"] != 1:
+        r._unsupported(node, "addmm (with alpha/beta or a bias that is not one value per output)")
+    return _linear(r, node, a["mat1"], w, b, w.value.t())
 
 
 @_handles("mm", "matmul", "bmm")
 def _matmul(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    x, other = (a["self"], a.get("mat2", a.get("other")))
+    x, other = a["self"], a.get("mat2", a.get("other"))
     if isinstance(other, _Const) and other.value.dim() == 2 and not isinstance(x, _Const):
-        return _linear_module(r, node, x, other.value.t(), None, other, None)  # x @ W: a linear layer
+        return _linear(r, node, x, other, None, other.value.t())  # x @ W with a constant W: a linear layer
     return r.fn(torch.matmul, node, x, other)
 
 
-@_handles("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm", "_batch_norm_impl_index")
+@_handles("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm")
 def _batch_norm(r: _Raiser, node: fx.Node, a: dict) -> Any:
     if a.get("training"):
         raise ModelLoadError(f"{r.source}: BatchNorm node {node.name!r} uses batch statistics: the model was "
                              f"exported in training mode; {_EVAL_HINT}")
-    mean = r.const(node, a["running_mean"], "running mean")
-    var = r.const(node, a["running_var"], "running variance")
-    rank = _rank(node)
+    mean, var = r.const(node, a["running_mean"], "running mean"), r.const(node, a["running_var"], "running var")
+    w, b = r.const(node, a["weight"], "weight", optional=True), r.const(node, a["bias"], "bias", optional=True)
+    rank, eps = _rank(node), float(a["eps"])
     if rank not in (2, 3, 4):
         r._unsupported(node, f"{node.target.overloadpacket.__name__} (on a {rank}-d input)")
-    weight = a["weight"] if a["weight"] is None else r.const(node, a["weight"], "weight")
-    bias = a["bias"] if a["bias"] is None else r.const(node, a["bias"], "bias")
     cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
-    mod = cls(mean.value.numel(), eps=float(a["eps"]), momentum=float(a["momentum"]),
-              affine=weight is not None or bias is not None)
+    mod = cls(mean.value.numel(), eps=eps, momentum=float(a["momentum"]), affine=w is not None or b is not None)
     mod.running_mean.copy_(mean.value)
     mod.running_var.copy_(var.value)
     if mod.affine:
-        mod.weight = _param(weight.value if weight else torch.ones_like(mean.value))
-        mod.bias = _param(bias.value if bias else torch.zeros_like(mean.value))
-    out = r.module(mod, node, a["input"], weight=weight or mean, key=(id(mean), float(a["eps"])))
-    name = node.target.overloadpacket.__name__
-    return out if name == "batch_norm" else _Multi({0: out}, name)
+        mod.weight = _param(w.value if w else torch.ones_like(mean.value))
+        mod.bias = _param(b.value if b else torch.zeros_like(mean.value))
+    out = r.module(mod, node, a["input"], weight=w or mean, key=(id(mean), id(b), eps))
+    if node.target.overloadpacket.__name__ == "batch_norm":
+        return out
+    return _Multi({0: out}, str(node.target), _EVAL_HINT)  # outputs 1, 2: the batch statistics of training
 
 
 @_handles("layer_norm", "native_layer_norm")
 def _layer_norm(r: _Raiser, node: fx.Node, a: dict) -> Any:
-    weight = a["weight"] if a["weight"] is None else r.const(node, a["weight"], "weight")
-    bias = a["bias"] if a["bias"] is None else r.const(node, a["bias"], "bias")
-    mod = nn.LayerNorm(list(a["normalized_shape"]), eps=float(a["eps"]), elementwise_affine=weight is not None,
-                       bias=bias is not None)
-    if weight is not None:
-        mod.weight = _param(weight.value)
-    if bias is not None:
-        mod.bias = _param(bias.value)
-    out = r.module(mod, node, a["input"], weight=weight, key=(id(bias), float(a["eps"])))
-    return out if node.target.overloadpacket.__name__ == "layer_norm" else _Multi({0: out}, "native_layer_norm")
+    w, b = r.const(node, a["weight"], "weight", optional=True), r.const(node, a["bias"], "bias", optional=True)
+    mod = nn.LayerNorm(list(a["normalized_shape"]), eps=float(a["eps"]), elementwise_affine=w is not None,
+                       bias=b is not None)
+    if w is not None:
+        mod.weight = _param(w.value)
+    if b is not None:
+        mod.bias = _param(b.value)
+    out = r.module(mod, node, a["input"], weight=w, key=(id(b), float(a["eps"])))
+    if node.target.overloadpacket.__name__ == "layer_norm":
+        return out
+    return _Multi({0: out}, str(node.target), "use only the normalized output")
 
 
 @_handles("embedding")
 def _embedding(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    w = r.const(node, a["weight"], "weight")
-    pad = int(a["padding_idx"])
-    mod = nn.Embedding(w.value.shape[0], w.value.shape[1], padding_idx=None if pad < 0 else pad)
-    mod.weight = _param(w.value)
-    return r.module(mod, node, a["indices"], weight=w, key=(pad,))
+    w, pad = r.const(node, a["weight"], "weight"), int(a["padding_idx"])
+    mod = nn.Embedding(*w.value.shape, padding_idx=None if pad < 0 else pad)
+    return _weighted(r, node, mod, a["indices"], w, None, (pad,))
 
 
 def _pool(cls: type[nn.Module], multi: bool = False) -> _Handler:
     def handler(r: _Raiser, node: fx.Node, a: dict) -> Any:
         n = 2 if cls.__name__.endswith("2d") else 1
         kernel = _tuple(a["kernel_size"], n)
-        stride = _tuple(a["stride"], n) if a["stride"] else kernel
-        extra = {"dilation": _tuple(a["dilation"], n)} if "dilation" in a else {}
-        if "count_include_pad" in a:
-            extra["count_include_pad"] = bool(a["count_include_pad"])
-        if a.get("divisor_override") is not None:
-            extra["divisor_override"] = a["divisor_override"]
-        mod = cls(kernel, stride, _tuple(a["padding"], n), ceil_mode=bool(a["ceil_mode"]), **extra)
+        extra = {k: a[k] for k in ("dilation", "count_include_pad", "divisor_override") if a.get(k) is not None}
+        mod = cls(kernel, _tuple(a["stride"], n) if a["stride"] else kernel, _tuple(a["padding"], n),
+                  ceil_mode=bool(a["ceil_mode"]), **extra)
         out = r.module(mod, node, a["self"])
-        return _Multi({0: out}, node.target.overloadpacket.__name__) if multi else out
+        fix = "use only the pooled values (return_indices=False)"
+        return _Multi({0: out}, str(node.target), fix) if multi else out
 
     return handler
 
 
-_handles("max_pool2d")(_pool(nn.MaxPool2d))
+for _name, _cls in (("max_pool2d", nn.MaxPool2d), ("max_pool1d", nn.MaxPool1d), ("avg_pool2d", nn.AvgPool2d),
+                    ("avg_pool1d", nn.AvgPool1d)):
+    _handles(_name)(_pool(_cls))
 _handles("max_pool2d_with_indices")(_pool(nn.MaxPool2d, multi=True))
-_handles("max_pool1d")(_pool(nn.MaxPool1d))
-_handles("avg_pool2d")(_pool(nn.AvgPool2d))
-_handles("avg_pool1d")(_pool(nn.AvgPool1d))
 
 
 @_handles("adaptive_avg_pool2d", "_adaptive_avg_pool2d", "adaptive_avg_pool1d")
 def _adaptive_pool(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    one_d = node.target.overloadpacket.__name__.endswith("1d")
-    size = _tuple(a["output_size"], 1 if one_d else 2)
-    mod = nn.AdaptiveAvgPool1d(size[0]) if one_d else nn.AdaptiveAvgPool2d(size[0] if len(set(size)) == 1 else size)
-    return r.module(mod, node, a["self"])
+    if node.target.overloadpacket.__name__.endswith("1d"):
+        return r.module(nn.AdaptiveAvgPool1d(_tuple(a["output_size"], 1)[0]), node, a["self"])
+    size = _tuple(a["output_size"], 2)
+    return r.module(nn.AdaptiveAvgPool2d(size[0] if size[0] == size[1] else size), node, a["self"])
 
 
 @_handles("mean")
@@ -563,22 +508,20 @@ def _mean(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
     return r.fn(torch.mean, node, a["self"], dim=dims, keepdim=bool(a["keepdim"]))
 
 
-def _binary(fn: Callable, scaled: bool = False, swap: bool = False) -> _Handler:
+def _binary(fn: Callable, swap: bool = False) -> _Handler:
     def handler(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
         x, other = a["self"], a["other"]
-        alpha = a.get("alpha", 1)
-        if scaled and alpha not in (None, 1):
-            other = _Const(other.value * alpha, other.source) if isinstance(other, _Const) else r.fn(
-                operator.mul, node, other, alpha)
+        if a.get("alpha", 1) != 1:
+            other = _Const(other.value * a["alpha"]) if isinstance(other, _Const) else r.fn(
+                operator.mul, node, other, a["alpha"])
         return r.fn(fn, node, *((other, x) if swap else (x, other)))
 
     return handler
 
 
-_handles("add")(_binary(operator.add, scaled=True))
-_handles("sub")(_binary(operator.sub, scaled=True))
-_handles("rsub")(_binary(operator.sub, scaled=True, swap=True))
-_handles("mul")(_binary(operator.mul))
+for _name, _fn in (("add", operator.add), ("sub", operator.sub), ("mul", operator.mul)):
+    _handles(_name)(_binary(_fn))
+_handles("rsub")(_binary(operator.sub, swap=True))
 
 
 @_handles("div")
@@ -588,9 +531,9 @@ def _div(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
     return r.fn(operator.truediv, node, a["self"], a["other"])
 
 
-def _unary(fn: Callable, **fixed: str) -> _Handler:
-    """``fn(x, **{kwarg: a[schema_name]})`` for the arguments named in ``fixed``."""
-    return lambda r, node, a: r.fn(fn, node, a["self"], **{k: a[v] for k, v in fixed.items()})
+def _unary(fn: Callable, **named: str) -> _Handler:
+    """``fn(x, kwarg=<schema argument>)`` for each ``kwarg=schema_name`` in ``named``."""
+    return lambda r, node, a: r.fn(fn, node, a["self"], **{k: a[v] for k, v in named.items()})
 
 
 for _name, _fn in (("relu", torch.relu), ("relu6", F.relu6), ("sigmoid", torch.sigmoid), ("tanh", torch.tanh),
@@ -599,105 +542,68 @@ for _name, _fn in (("relu", torch.relu), ("relu6", F.relu6), ("sigmoid", torch.s
 _handles("softmax", "_softmax")(_unary(torch.softmax, dim="dim"))
 _handles("log_softmax", "_log_softmax")(_unary(torch.log_softmax, dim="dim"))
 _handles("leaky_relu")(_unary(F.leaky_relu, negative_slope="negative_slope"))
-
-
-@_handles("gelu")
-def _gelu(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    approximate = a["approximate"] or "none"
-    return r.fn(F.gelu, node, a["self"], approximate=approximate) if approximate != "none" else r.fn(
-        F.gelu, node, a["self"])
+_handles("gelu")(lambda r, node, a: r.fn(F.gelu, node, a["self"], **(
+    {"approximate": a["approximate"]} if a["approximate"] not in (None, "none") else {})))
 
 
 @_handles("hardtanh", "clamp", "clamp_min")
 def _clamp(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    low = a.get("min_val", a.get("min"))
-    high = a.get("max_val", a.get("max"))
+    low, high = a.get("min_val", a.get("min")), a.get("max_val", a.get("max"))
     if low == 0 and high is None:
         return r.fn(torch.relu, node, a["self"])
     if low == 0 and high == 6:
-        return r.fn(F.relu6, node, a["self"])
-    if low is None or high is None or isinstance(low, _Const) or isinstance(high, _Const):
+        return r.fn(F.relu6, node, a["self"])  # ReLU6: MobileNet's nn.ReLU6 exports as hardtanh(0, 6)
+    if not all(isinstance(v, (int, float)) for v in (low, high)):
         r._unsupported(node, f"{node.target.overloadpacket.__name__} (min={low}, max={high})")
     return r.fn(F.hardtanh, node, a["self"], float(low), float(high))
 
 
-@_handles("cat", "concat", "concatenate")
-def _cat(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    return r.fn(torch.cat, node, list(a["tensors"]), dim=int(a["dim"]))
-
-
-def _same_leading(inp: Any, out: Any, k: int) -> bool:
-    return [str(d) for d in inp.shape[:k]] == [str(d) for d in out.shape[:k]]
-
-
 @_handles("view", "_unsafe_view", "reshape", "view_copy")
 def _reshape(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    src = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
-    out = node.meta.get("val")
+    src, out = (node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None), node.meta.get("val")
     if isinstance(src, torch.Tensor) and isinstance(out, torch.Tensor) and 1 <= out.dim() < src.dim():
         k = out.dim() - 1
-        if _same_leading(src, out, k):
-            # x.view(x.size(0), -1): a flatten, which keeps working when the batch size differs from export's.
+        if [str(d) for d in src.shape[:k]] == [str(d) for d in out.shape[:k]]:
+            # x.view(x.size(0), -1) is a flatten: written so, it keeps working for batch sizes other than export's.
             return r.fn(torch.flatten, node, a["self"], k)
-    return r.fn(torch.reshape, node, a["self"], list(a.get("size") or a.get("shape")))
-
-
-@_handles("flatten")
-def _flatten(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    return r.fn(torch.flatten, node, a["self"], int(a["start_dim"]), int(a["end_dim"]))
-
-
-@_handles("permute")
-def _permute(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    return r.fn(torch.permute, node, a["self"], list(a["dims"]))
+    return r.fn(torch.reshape, node, a["self"], list(a["size"] if "size" in a else a["shape"]))
 
 
 @_handles("transpose", "t")
 def _transpose(r: _Raiser, node: fx.Node, a: dict) -> Any:
-    if "dim0" not in a and _rank(node) is not None and _rank(node) < 2:
-        return a["self"]
+    if "dim0" not in a and (_rank(node) or 2) < 2:
+        return a["self"]  # .t() of a vector
     return r.fn(torch.transpose, node, a["self"], int(a.get("dim0", 0)), int(a.get("dim1", 1)))
-
-
-@_handles("unsqueeze")
-def _unsqueeze(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    return r.fn(torch.unsqueeze, node, a["self"], int(a["dim"]))
 
 
 @_handles("squeeze")
 def _squeeze(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    dim = a.get("dim")
-    if dim is None:
-        return r.fn(torch.squeeze, node, a["self"])
-    dims = list(dim) if isinstance(dim, (list, tuple)) else [dim]
-    return r.fn(torch.squeeze, node, a["self"], dims[0] if len(dims) == 1 else tuple(dims))
+    dims = a.get("dim")
+    dims = [] if dims is None else list(dims) if isinstance(dims, (list, tuple)) else [dims]
+    return r.fn(torch.squeeze, node, a["self"], *([dims[0]] if len(dims) == 1 else [tuple(dims)] if dims else []))
 
 
 @_handles("select", "slice")
-def _index(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    dim = int(a["dim"])
+def _index(r: _Raiser, node: fx.Node, a: dict) -> Any:
     rank = _rank(node)
-    dim = dim % rank if rank else dim
+    dim = int(a["dim"]) % rank if rank else int(a["dim"])
     if "index" in a:
         key: Any = a["index"]
-    elif a["start"] in (None, 0) and a["step"] == 1 and (a["end"] is None or a["end"] == sys.maxsize):
-        return a["self"]  # x[:] on a dynamic dimension: nothing to slice
+    elif a["start"] in (None, 0) and a["step"] == 1 and a["end"] in (None, sys.maxsize):
+        return a["self"]  # x[:] over a whole (dynamic) dimension
     else:
         key = slice(a["start"], a["end"], None if a["step"] == 1 else a["step"])
     return r.fn(operator.getitem, node, a["self"], (*[slice(None)] * dim, key))
 
 
-@_handles("contiguous", "clone", "alias", "detach", "lift_fresh_copy", "dropout", "feature_dropout",
-          "alpha_dropout")
-def _identity(r: _Raiser, node: fx.Node, a: dict) -> Any:
-    return a.get("self", a.get("input"))  # inference: dropout is the identity, copies change nothing
-
-
-@_handles("_to_copy", "to")
-def _to(r: _Raiser, node: fx.Node, a: dict) -> Any:
-    return a["self"] if a.get("dtype") is None else r.method("to", node, a["self"], a["dtype"])
-
-
-@_handles("sym_size")
-def _size(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    return r.method("size", node, a["self"], int(a["dim"]))
+_handles("flatten")(lambda r, node, a: r.fn(torch.flatten, node, a["self"], int(a["start_dim"]), int(a["end_dim"])))
+_handles("permute")(lambda r, node, a: r.fn(torch.permute, node, a["self"], list(a["dims"])))
+_handles("unsqueeze")(lambda r, node, a: r.fn(torch.unsqueeze, node, a["self"], int(a["dim"])))
+_handles("cat", "concat", "concatenate")(lambda r, node, a: r.fn(torch.cat, node, list(a["tensors"]),
+                                                                  dim=int(a["dim"])))
+_handles("sym_size")(lambda r, node, a: r.method("size", node, a["self"], int(a["dim"])))
+_handles("_to_copy", "to")(lambda r, node, a: a["self"] if a.get("dtype") is None else r.method(
+    "to", node, a["self"], a["dtype"]))
+# Inference: dropout is the identity and copies change nothing.
+_handles("contiguous", "clone", "alias", "detach", "lift_fresh_copy", "dropout", "feature_dropout",
+         "alpha_dropout")(lambda r, node, a: a["self"] if "self" in a else a["input"])
