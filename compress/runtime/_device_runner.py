@@ -231,8 +231,8 @@ class _TorchSession:
 class _SyntheticSession:
     """A stand-in model with a known delay distribution (tests of the statistics through real processes).
 
-    The artifact is JSON: ``{"uniform_ms": [low, high], "seed": 0}``; every run busy-waits for the next delay
-    drawn from that distribution (a busy wait, because sleeping overshoots by the scheduler's granularity).
+    The artifact is JSON: ``{"uniform_ms": [low, high], "seed": 0}``; every run waits for the next delay drawn
+    from that distribution.
     """
 
     version = "synthetic"
@@ -248,10 +248,14 @@ class _SyntheticSession:
         self.inputs = []
 
     def bind(self, _feeds):
-        rng, low, high, clock = self.rng, self.low, self.high, time.perf_counter
+        rng, low, high, clock, sleep = self.rng, self.low, self.high, time.perf_counter, time.sleep
 
         def run():
             end = clock() + rng.uniform(low, high)
+            # Sleep through most of the delay, spin the last 0.3 ms: a process woken from sleep is scheduled
+            # at once even on a busy machine, whereas a long spin is descheduled and overshoots by a time slice.
+            if end - clock() > 3e-4:
+                sleep(end - clock() - 3e-4)
             while clock() < end:
                 pass
 
