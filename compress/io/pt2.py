@@ -364,6 +364,7 @@ def _tuple(value: Any, n: int) -> tuple:
     value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
     return value * n if len(value) == 1 else value
 
+
 # --- the aten → torch vocabulary ---------------------------------------------------------------------------
 # A handler gets the raiser, the aten node and its arguments by schema name (nodes already rebuilt, constants
 # as _Const) and returns the new value.
@@ -542,8 +543,13 @@ for _name, _fn in (("relu", torch.relu), ("relu6", F.relu6), ("sigmoid", torch.s
 _handles("softmax", "_softmax")(_unary(torch.softmax, dim="dim"))
 _handles("log_softmax", "_log_softmax")(_unary(torch.log_softmax, dim="dim"))
 _handles("leaky_relu")(_unary(F.leaky_relu, negative_slope="negative_slope"))
-_handles("gelu")(lambda r, node, a: r.fn(F.gelu, node, a["self"], **(
-    {"approximate": a["approximate"]} if a["approximate"] not in (None, "none") else {})))
+
+
+@_handles("gelu")
+def _gelu(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
+    if a["approximate"] in (None, "none"):
+        return r.fn(F.gelu, node, a["self"])
+    return r.fn(F.gelu, node, a["self"], approximate=a["approximate"])
 
 
 @_handles("hardtanh", "clamp", "clamp_min")
@@ -578,9 +584,11 @@ def _transpose(r: _Raiser, node: fx.Node, a: dict) -> Any:
 
 @_handles("squeeze")
 def _squeeze(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    dims = a.get("dim")
-    dims = [] if dims is None else list(dims) if isinstance(dims, (list, tuple)) else [dims]
-    return r.fn(torch.squeeze, node, a["self"], *([dims[0]] if len(dims) == 1 else [tuple(dims)] if dims else []))
+    dim = a.get("dim")  # squeeze.default: none; squeeze.dim: an int; squeeze.dims: a list
+    if dim is None:
+        return r.fn(torch.squeeze, node, a["self"])
+    dims = tuple(dim) if isinstance(dim, (list, tuple)) else (dim,)
+    return r.fn(torch.squeeze, node, a["self"], dims[0] if len(dims) == 1 else dims)
 
 
 @_handles("select", "slice")
