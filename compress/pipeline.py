@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import ConfigError, DataError, ExportError
+from compress.errors import ConfigError, DataError, ExportError, VerificationError
 from compress.io.data import match_model_dtype
 from compress.passes import QATConfig, calibrate, convert, prepare, train_qat
 from compress.quant.config import QuantConfig
@@ -183,6 +183,14 @@ def quantize_model(
     if history is not None:
         report["qat"] = {"epochs": options.epochs, "loss_per_epoch": history}
     write_json_atomic(out_dir / "report.json", report)
+    failed = {fmt: sec["parity"] for fmt, sec in report["formats"].items() if not sec["parity"].get("passed", True)}
+    if failed:
+        fmt, p = next(iter(failed.items()))
+        raise VerificationError(
+            f"the int8 {fmt} file does not match the torch simulation ({100 * p.get('within_1lsb_fraction', 0):.1f}% "
+            f"of outputs within 1 LSB, max {p.get('max_abs_lsb', float('nan')):.0f} LSB; the contract is ≥ 99%); "
+            "see parity in report.json, try --target arm or --per-tensor, and report the model if it persists"
+        )
     return report
 
 

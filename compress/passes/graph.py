@@ -51,6 +51,24 @@ INT8_FLOAT_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 
+# Bounded ops whose int8 output uses a fixed grid: [0, 1) for probabilities, [-1, 1) for tanh.
+UNIT_MODULES: tuple[type[nn.Module], ...] = (nn.Softmax, nn.Sigmoid)
+UNIT_FUNCTIONS = {F.softmax, torch.softmax, torch.sigmoid, F.sigmoid}
+UNIT_METHODS = {"softmax", "sigmoid"}
+SYMMETRIC_UNIT_MODULES: tuple[type[nn.Module], ...] = (nn.Tanh,)
+SYMMETRIC_UNIT_FUNCTIONS = {torch.tanh, F.tanh}
+SYMMETRIC_UNIT_METHODS = {"tanh"}
+
+
+def fixed_grid(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
+    """``"unit"`` / ``"symmetric_unit"`` for ops with an a-priori output range, else None."""
+    if _matches(node, modules, UNIT_MODULES, UNIT_FUNCTIONS, UNIT_METHODS):
+        return "unit"
+    if _matches(node, modules, SYMMETRIC_UNIT_MODULES, SYMMETRIC_UNIT_FUNCTIONS, SYMMETRIC_UNIT_METHODS):
+        return "symmetric_unit"
+    return None
+
+
 class QuantTracer(fx.Tracer):
     """fx tracer that keeps compress layers and quantizers as single nodes (leaves)."""
 

@@ -109,6 +109,7 @@ def prepare(
     except CompressError as exc:
         return _prepare_module_swap(model, config, qat, keep_float, str(exc))
     gm.train(qat)
+    _untie_shared_calls(gm)
     _fold_batchnorm(gm, config, qat, keep_float)
     swapped = _swap_layers(gm, config, keep_float)
     _propagate_shapes(gm, example_inputs)
@@ -123,6 +124,23 @@ def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
     parent_name, _, attr = qualname.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, attr, new)
+
+
+def _untie_shared_calls(gm: fx.GraphModule) -> None:
+    """Give every call of a module used more than once its own copy.
+
+    Each call sees different inputs, so each needs its own input scale (for the int32 bias) and, for BN
+    folding, its own fused layer. Tied weights become copies: exact for PTQ; in QAT the copies train apart.
+    """
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        calls[node.target] = calls.get(node.target, 0) + 1
+        if calls[node.target] > 1:
+            copy_name = _free_name(gm, f"{node.target.replace('.', '_')}_call{calls[node.target]}")
+            gm.add_submodule(copy_name, copy.deepcopy(gm.get_submodule(node.target)))
+            node.target = copy_name
 
 
 def _fold_batchnorm(gm: fx.GraphModule, config: QuantConfig, qat: bool, keep_float) -> None:
@@ -211,7 +229,9 @@ def _insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> None:
         if not _wants_quantizer(node, modules):
             continue
         name = _free_name(gm, f"{node.name}_act_quant")
-        gm.add_submodule(name, config.activation_quantizer())
+        grid = g.fixed_grid(node, modules)
+        quantizer = config.fixed_activation_quantizer(grid) if grid else config.activation_quantizer()
+        gm.add_submodule(name, quantizer)
         with gm.graph.inserting_after(node):
             qnode = gm.graph.call_module(name, (node,))
         qnode.meta = dict(node.meta)

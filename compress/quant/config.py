@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from compress.errors import ConfigError
 from compress.quant.fake import Quantizer
+from compress.quant.observers import FixedQParamsObserver
 from compress.quant.spec import ACT_INT8, WEIGHT_INT8, ObserverKind, QuantSpec
 
 
@@ -43,6 +44,11 @@ class QuantConfig:
 
     def activation_quantizer(self) -> Quantizer:
         return Quantizer(self.activation, self.observer, learnable=self.learnable_scale)
+
+    def fixed_activation_quantizer(self, kind: str) -> Quantizer:
+        """Quantizer with the a-priori grid of a bounded op: ``"unit"`` [0, 1) or ``"symmetric_unit"`` [-1, 1)."""
+        make = FixedQParamsObserver.unit_interval if kind == "unit" else FixedQParamsObserver.symmetric_unit
+        return Quantizer.with_observer(self.activation, make(self.activation))
 
     def weight_quantizer(self, axis: int = 0) -> Quantizer:
         return Quantizer(self.weight.with_axis(axis), from_tensor=True)

@@ -136,6 +136,13 @@ class Quantizer(nn.Module):
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
 
+    @classmethod
+    def with_observer(cls, spec: QuantSpec, observer: Observer) -> Quantizer:
+        """An activation quantizer with a given observer (e.g. a FixedQParamsObserver for softmax outputs)."""
+        q = cls(spec)
+        q.observer = observer
+        return q
+
     # -- lifecycle -------------------------------------------------------------------------------------
     def start_quantizing(self, *, keep_observing: bool = False) -> None:
         """Fix qparams from what the observer saw and start snapping values to the grid."""

@@ -216,6 +216,38 @@ class MSEObserver(HistogramObserver):
         return torch.tensor(best[0], dtype=torch.float32), torch.tensor(best[1], dtype=torch.float32)
 
 
+class FixedQParamsObserver(Observer):
+    """Always the same qparams: for ops whose output range is known a priori (softmax, sigmoid: [0, 1);
+    tanh: [-1, 1)). Int8 kernels are written for these grids (TFLite requires them; onnxruntime's
+    QLinearSoftmax produced wrong values on other output scales here)."""
+
+    def __init__(self, spec: QuantSpec, scale: float, zero_point: int):
+        super().__init__(spec)
+        self.register_buffer("fixed_scale", torch.tensor(float(scale)))
+        self.register_buffer("fixed_zero_point", torch.tensor(int(zero_point), dtype=torch.int32))
+
+    @property
+    def has_data(self) -> bool:
+        return True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_finite(x.detach())
+        return x
+
+    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fixed_scale.clone(), self.fixed_zero_point.clone()
+
+    @classmethod
+    def unit_interval(cls, spec: QuantSpec) -> FixedQParamsObserver:
+        """[0, 1) in 2**bits steps: softmax and sigmoid outputs."""
+        return cls(spec, 1.0 / 2**spec.bits, spec.qmin if spec.signed else 0)
+
+    @classmethod
+    def symmetric_unit(cls, spec: QuantSpec) -> FixedQParamsObserver:
+        """[-1, 1) in 2**bits steps: tanh outputs."""
+        return cls(spec, 2.0 / 2**spec.bits, 0 if spec.signed else 2 ** (spec.bits - 1))
+
+
 def make_observer(kind: ObserverKind | str, spec: QuantSpec) -> Observer:
     """Build an observer by kind.
 

@@ -154,3 +154,20 @@ def test_module_entry_point_runs(tmp_path):
                            "-o", "out"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3
     assert proc.stderr.strip().splitlines() == ["error: model file 'absent.pt' not found; check the path"]
+
+
+def test_parity_failure_is_an_error_with_figures(cli, calib_npz, state_dict_file, tiny_arch, monkeypatch):
+    import compress.exporters.verify as verify
+
+    real = verify.verify_onnx
+
+    def broken(*args, **kwargs):
+        report = real(*args, **kwargs)
+        report.passed, report.within_1lsb_fraction, report.max_abs_lsb = False, 0.5, 40.0
+        return report
+
+    monkeypatch.setattr(verify, "verify_onnx", broken)
+    result = cli("quantize", state_dict_file, "--arch", tiny_arch, "--calib", calib_npz, "-o", "out")
+    assert result.exit_code == 6
+    assert "does not match the torch simulation" in result.output and "50.0%" in result.output
+    assert "Traceback" not in result.output

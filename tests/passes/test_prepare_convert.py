@@ -219,3 +219,34 @@ def test_converted_model_survives_torch_save(tmp_path):
     loaded = torch.load(tmp_path / "q.pt", weights_only=False)
     x = _data(4, seed=9)
     assert torch.equal(loaded(x), gm(x))
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.shared(torch.relu(self.shared(x)) * 3)
+
+
+def test_module_called_twice_gets_one_quant_layer_per_call():
+    x = torch.randn(32, 4)
+    gm = convert(calibrate(prepare(_Tied(), x[:1]), [x], progress=False))
+    layers = [m for m in gm.modules() if isinstance(m, QuantLinear)]
+    assert len(layers) == 2
+    assert not torch.equal(layers[0].input_scale, layers[1].input_scale)  # the two calls see different ranges
+
+
+def test_bounded_ops_use_fixed_output_grids():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Softmax(dim=-1), nn.Linear(6, 3), nn.Tanh())
+    x = torch.randn(16, 4) * 5
+    gm = convert(calibrate(prepare(model, x[:1]), [x], progress=False))
+    mods = dict(gm.named_modules())
+    grids = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(mods[node.target], Quantizer):
+            src = node.args[0]
+            grids[str(src.target)] = (float(mods[node.target].scale), int(mods[node.target].zero_point))
+    assert grids["1"] == (1 / 256, -128)  # softmax: [0, 1)
+    assert grids["3"] == (1 / 128, 0)  # tanh: [-1, 1)
