@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from compress.errors import ConfigError, ExportError
 from compress.exporters import tflite_layout as L
@@ -54,7 +53,7 @@ class Int8Kernels(str, Enum):
     """Which int8 kernels an int8 file asks LiteRT for.
 
     ``XNNPACK`` (default): int8 where XNNPACK (LiteRT's CPU delegate) has an int8 kernel; HARD_SWISH, GELU,
-    BATCH_MATMUL and a standalone RELU / RELU6 have none there, so they run in float between DEQUANTIZE and
+    BATCH_MATMUL, SOFTMAX and a standalone RELU / RELU6 have none there, so they run in float between DEQUANTIZE and
     QUANTIZE and the whole graph stays one XNNPACK partition. Their int8 versions fall back to LiteRT's
     builtin kernels, one partition break each: a hard-swish CNN measured 2.4× *slower* in int8 than in
     float that way (benchmarks/results/*/tflite-latest.md). ``BUILTIN``: every op that has a TFLite int8
@@ -66,7 +65,7 @@ class Int8Kernels(str, Enum):
 
 
 #: The int8 TFLite ops the XNNPACK delegate of ai-edge-litert 2.3 rejects (measured op by op).
-XNNPACK_FLOAT_OPS = frozenset({"HARD_SWISH", "GELU", "BATCH_MATMUL", "RELU", "RELU6"})
+XNNPACK_FLOAT_OPS = frozenset({"HARD_SWISH", "GELU", "BATCH_MATMUL", "RELU", "RELU6", "SOFTMAX"})
 
 
 @dataclass(frozen=True)
@@ -176,13 +175,12 @@ def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike,
     if config.int8_io and not quantized:
         raise ConfigError("int8_io=True needs a quantized model; convert the model first or drop int8_io")
     gm.eval()
-    with torch.no_grad():
-        ShapeProp(gm).propagate(*example_inputs)
+    _propagate_shapes(gm, example_inputs)
     writer = ModelWriter(config.description)
     float_ops = XNNPACK_FLOAT_OPS if config.int8_kernels is Int8Kernels.XNNPACK else frozenset()
     em = Emitter(gm, writer, quantized, float_ops)
     inputs, outputs = _walk(em, gm, example_inputs, config)
-    data = writer.serialize([v.tensor for v in inputs], [v.tensor for v in outputs])
+    data = writer.serialize_view([v.tensor for v in inputs], [v.tensor for v in outputs])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
@@ -201,6 +199,62 @@ def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike,
         inputs=[_describe(writer, v) for v in inputs], outputs=[_describe(writer, v) for v in outputs],
         output_scales=list(em.output_scales),
     )
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the graph once and records each node's output shape and dtype as ``node.meta["tensor_meta"]``.
+
+    Only shapes are needed, so with ``fast=True`` convolutions and dense layers return an uninitialised
+    tensor of their output shape (computed here; the values do not matter) and quantizers / BatchNorm pass
+    their input through; every other node runs for real on those stand-ins. Running ResNet-18 for real took 1.9 s of its 3.2 s conversion (first-call
+    kernel set-up); torch's ShapeProp also imports sympy (1.3 s) and meta tensors import torch._dynamo (~4 s).
+    """
+
+    def __init__(self, gm: fx.GraphModule, fast: bool):
+        super().__init__(gm)
+        self.fast = fast
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta["tensor_meta"] = _TensorMeta(tuple(result.shape), result.dtype)
+        return result
+
+    def call_module(self, target, args, kwargs):
+        mod = self.fetch_attr(target)
+        x = args[0] if args else None
+        if not self.fast or not isinstance(x, torch.Tensor) or kwargs or len(args) != 1:
+            return super().call_module(target, args, kwargs)
+        if isinstance(mod, Quantizer | nn.modules.batchnorm._BatchNorm | nn.Dropout | nn.Identity):
+            return x
+        if isinstance(mod, nn.Linear) and x.shape[-1] == mod.in_features:
+            return torch.empty(*x.shape[:-1], mod.out_features, dtype=x.dtype)
+        if isinstance(mod, nn.Conv1d | nn.Conv2d) and x.dim() == mod.weight.dim() and x.shape[1] == mod.in_channels:
+            spatial = []
+            for i, size in enumerate(x.shape[2:]):
+                k, s, d = mod.kernel_size[i], mod.stride[i], mod.dilation[i]
+                if isinstance(mod.padding, str):
+                    spatial.append(size if mod.padding == "same" else (size - d * (k - 1) - 1) // s + 1)
+                else:
+                    spatial.append((size + 2 * mod.padding[i] - d * (k - 1) - 1) // s + 1)
+            return torch.empty(x.shape[0], mod.out_channels, *spatial, dtype=x.dtype)
+        return super().call_module(target, args, kwargs)
+
+
+@dataclass(frozen=True)
+class _TensorMeta:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
+    """Record every node's output shape; a model the fast path cannot run (a value-dependent op fed a
+    stand-in) is run for real."""
+    with torch.no_grad():
+        try:
+            _ShapeRecorder(gm, fast=True).run(*example_inputs)
+        except Exception:
+            _ShapeRecorder(gm, fast=False).run(*example_inputs)
 
 
 def _describe(writer: ModelWriter, v: TValue) -> dict:

@@ -75,22 +75,29 @@ def _weights(em: Emitter, mod: nn.Module, x: TValue, int8: bool, name: str, w: n
 
 
 def _float_params(em: Emitter, node: fx.Node, mod: nn.Module):
-    """(weight, bias, fused activation, node the output follows) with a float BatchNorm folded in."""
-    if isinstance(mod, QuantLayerMixin):
-        w = mod.weight.detach() if em.quantized else mod.weight.detach()
-        b = mod.bias.detach() if mod.bias is not None else None
-        return w.double().numpy(), None if b is None else b.double().numpy(), mod.activation, node, []
-    w, b, last, absorbed = mod.weight.detach(), mod.bias, node, []
-    users = list(node.users)
-    if len(users) == 1 and isinstance(em.module(users[0]), nn.BatchNorm1d | nn.BatchNorm2d):
-        from compress.passes.fuse import can_fold, fold_bn
+    """(weight, bias, fused activation, node the output follows, absorbed nodes) as numpy arrays.
 
-        bn = em.module(users[0])
+    A float BatchNorm right after the layer is folded in (numpy, float32: deep-copying the layer to fold it
+    with :func:`compress.passes.fuse.fold_bn` cost 0.5 s of ResNet-18's conversion).
+    """
+    w = mod.weight.detach().cpu().numpy()
+    b = None if mod.bias is None else mod.bias.detach().cpu().numpy()
+    if isinstance(mod, QuantLayerMixin):
+        return w.astype(np.float64), None if b is None else b.astype(np.float64), mod.activation, node, []
+    users = list(node.users)
+    bn = em.module(users[0]) if len(users) == 1 else None
+    if isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d):
+        from compress.passes.fuse import can_fold
+
         if can_fold(mod, bn):
-            folded = fold_bn(mod, bn)
-            w, b, last, absorbed = folded.weight.detach(), folded.bias, users[0], [users[0]]
-    b = None if b is None else b.detach().double().numpy()
-    return w.double().numpy(), b, FusedActivation.NONE, last, absorbed
+            var, mean = bn.running_var.detach().numpy(), bn.running_mean.detach().numpy()
+            gamma = bn.weight.detach().numpy() if bn.affine else np.ones_like(var)
+            beta = bn.bias.detach().numpy() if bn.affine else np.zeros_like(var)
+            factor = (gamma / np.sqrt(var + np.float32(bn.eps))).astype(np.float32)
+            w = w * factor.reshape([-1] + [1] * (w.ndim - 1))
+            b = beta + ((b if b is not None else 0.0) - mean) * factor
+            return w, b, FusedActivation.NONE, users[0], [users[0]]
+    return w, b, FusedActivation.NONE, node, []
 
 
 def _int8_ready(em: Emitter, mod, x: TValue, plan) -> bool:

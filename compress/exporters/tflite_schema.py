@@ -179,8 +179,16 @@ class ModelWriter:
     # -- serialization ---------------------------------------------------------------------------------
     def serialize(self, inputs, outputs) -> bytes:
         """The model as flatbuffer bytes, with ``inputs`` / ``outputs`` as the subgraph's tensors."""
+        return bytes(self.serialize_view(inputs, outputs))
+
+    def serialize_view(self, inputs, outputs) -> memoryview:
+        """:meth:`serialize` without the final copy: a view of the builder's buffer (write it to a file)."""
         tfl = self._tflite
-        b = self._flatbuffers.Builder(1024 + sum(len(x) for x in self.buffers))
+        # Room for payloads, their alignment padding and the tables: a builder that has to grow copies
+        # everything (0.14 s of ResNet-18's 47 MB).
+        size = sum(len(x) + _BUFFER_ALIGNMENT + 16 for x in self.buffers)
+        size += 512 * (len(self.tensors) + len(self.operators)) + (1 << 16)
+        b = self._flatbuffers.Builder(size)
         # Large payloads first: flatbuffers writes back to front, and this keeps them 16-byte aligned.
         buffer_offsets = []
         for data in self.buffers:
@@ -224,7 +232,7 @@ class ModelWriter:
         tfl.ModelAddBuffers(b, buffers_vec)
         model = tfl.ModelEnd(b)
         b.Finish(model, file_identifier=FILE_IDENTIFIER)
-        return bytes(b.Output())
+        return memoryview(b.Bytes)[b.Head():]
 
     @staticmethod
     def _bytes_vector(b, data: bytes) -> int:

@@ -178,7 +178,7 @@ INT8_SKIP = {"reshape_squeeze", "strided_slice", "transpose"}  # grid-preserving
 
 # Ops XNNPACK has no int8 kernel for run in float by default; their int8 kernels are checked with BUILTIN too.
 _BUILTIN_CASES = {"hardswish": "HARD_SWISH", "gelu": "GELU", "batch_matmul": "BATCH_MATMUL", "relu": "RELU",
-                  "relu6": "RELU6"}
+                  "relu6": "RELU6", "softmax": "SOFTMAX"}
 INT8_CASES = [(name, Int8Kernels.XNNPACK) for name in sorted(set(CASES) - {"layernorm"})] + [
     (name, Int8Kernels.BUILTIN) for name in sorted(_BUILTIN_CASES)]
 
