@@ -127,3 +127,22 @@ def test_dynamic_dimensions_need_an_input_shape(tmp_path):
         run_bench([path], BenchConfig(rounds=1, runs=1, warmup=0))
     report = run_bench([path], BenchConfig(rounds=1, runs=2, warmup=0, input_shapes=(("x", (2, 7)),)))
     assert report["results"][0]["input_shapes"] == [[2, 7]]
+
+
+@pytest.mark.slow  # torch.export here plus torch imported in two child processes: ~20 s on 2 busy cores
+def test_torch_export_program_accuracy_matches_eager_torch(tmp_path, gemm_data):
+    import torch
+
+    lin = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(W.T.copy()))
+        lin.bias.copy_(torch.from_numpy(B))
+    path = tmp_path / "lin.pt2"
+    torch.export.save(torch.export.export(lin.eval(), (torch.zeros(1, 4),)), str(path))
+    x, y, data = gemm_data
+    with torch.no_grad():
+        expected = float((lin(torch.from_numpy(x)).argmax(1).numpy() == y).mean())
+    report = run_bench([path], BenchConfig(rounds=1, runs=3, warmup=1, data=str(data)))
+    row = report["results"][0]
+    assert row["runtime"] == "torch" and row["runtime_version"].startswith("2.")
+    assert row["accuracy"] == pytest.approx(expected) and row["eval_samples"] == 40
