@@ -80,12 +80,14 @@ def flatten_col_perm(c: int, h: int, w: int) -> np.ndarray | None:
 
 
 def conv_weight_ohwi(w: np.ndarray) -> np.ndarray:
-    """Torch ``[O, I/g, kh, kw]`` → TFLite CONV_2D ``[O, kh, kw, I/g]``."""
+    """Torch ``[O, I/g, kh, kw]`` (or Conv1d ``[O, I/g, k]``, as kh = 1) → TFLite CONV_2D ``[O, kh, kw, I/g]``."""
+    w = w[:, :, None, :] if w.ndim == 3 else w
     return np.ascontiguousarray(w.transpose(0, 2, 3, 1))
 
 
 def depthwise_weight_1hwo(w: np.ndarray) -> np.ndarray:
-    """Torch depthwise ``[C·m, 1, kh, kw]`` → TFLite DEPTHWISE_CONV_2D ``[1, kh, kw, C·m]``."""
+    """Torch depthwise ``[C·m, 1, kh, kw]`` (or ``[C·m, 1, k]``) → TFLite DEPTHWISE_CONV_2D ``[1, kh, kw, C·m]``."""
+    w = w[:, :, None, :] if w.ndim == 3 else w
     return np.ascontiguousarray(w.transpose(1, 2, 3, 0))
 
 
@@ -114,8 +116,15 @@ def window_padding(size: int, kernel: int, stride: int, pad: int, dilation: int 
 
 
 def window_padding_2d(hw, kernel, stride, pad, dilation=(1, 1), ceil_mode: bool = False) -> Padding:
-    """:func:`window_padding` for both axes; SAME / VALID only when both axes agree."""
-    modes = {window_padding(hw[i], kernel[i], stride[i], pad[i], dilation[i], ceil_mode) for i in range(2)}
+    """:func:`window_padding` for both axes; SAME / VALID only when both axes agree.
+
+    An axis with a 1-wide window, stride 1 and no padding (the H axis of a Conv1d written as a 2-D
+    convolution) is the same under SAME and VALID, so it agrees with either.
+    """
+    modes = {window_padding(hw[i], kernel[i], stride[i], pad[i], dilation[i], ceil_mode) for i in range(2)
+             if (kernel[i], stride[i], pad[i]) != (1, 1, 0)}
+    if not modes:
+        return Padding.VALID
     return modes.pop() if len(modes) == 1 else Padding.EXPLICIT
 
 

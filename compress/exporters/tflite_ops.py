@@ -158,6 +158,9 @@ def _pad_lowest(em: Emitter, x: TValue, out: TValue, pads_nhwc, name: str) -> No
 
 
 def conv2d(em: Emitter, node: fx.Node) -> None:
+    """Conv2d as CONV_2D / DEPTHWISE_CONV_2D; grouped convs as one CONV_2D whose filter has ``I/groups`` input
+    channels (version 6; LiteRT and XNNPACK run it directly, no split into per-group convs); Conv1d as a 2-D
+    conv over ``[N, 1, L, C]`` between two RESHAPEs."""
     mod = em.module(node)
     x = em.value(node.args[0])
     w, b, act, last, absorbed = _float_params(em, node, mod)
@@ -169,28 +172,36 @@ def conv2d(em: Emitter, node: fx.Node) -> None:
             w = mod.quantized_weight().detach().double().numpy()
             qb = mod.quantized_bias()
             b = None if qb is None else qb.detach().double().numpy()
-    x = em.to_perm(x, L.NCHW_TO_NHWC)
     if mod.padding_mode != "zeros":
         raise ExportError(f"conv {node.name!r} uses padding_mode={mod.padding_mode!r}; TFLite pads with zeros only, "
                           "retrain with padding_mode='zeros'")
-    k, s, d = L.pair(mod.kernel_size), L.pair(mod.stride), L.pair(mod.dilation)
-    if isinstance(mod.padding, str):
+    one_d = isinstance(mod, nn.Conv1d)
+    if one_d:  # [N, C, L] → TFLite [N, L, C] → [N, 1, L, C]
+        x = em.to_perm(x, (0, 2, 1))
+        n, c, length = x.shape
+        x2 = em.tensor(f"{node.name}_as2d", (n, c, 1, length), L.NCHW_TO_NHWC, x.dtype, x.quant)
+        em.reshape(x.tensor, x2, (n, 1, length, c), x.is_int8)
+        x = x2
+        k, s, d = (1, mod.kernel_size[0]), (1, mod.stride[0]), (1, mod.dilation[0])
+        p = None if isinstance(mod.padding, str) else (0, mod.padding[0])
+    else:
+        x = em.to_perm(x, L.NCHW_TO_NHWC)
+        k, s, d = L.pair(mod.kernel_size), L.pair(mod.stride), L.pair(mod.dilation)
+        p = None if isinstance(mod.padding, str) else L.pair(mod.padding)
+    if p is None:
         padding = L.Padding.SAME if mod.padding == "same" else L.Padding.VALID
     else:
-        p = L.pair(mod.padding)
         padding = L.window_padding_2d(x.shape[2:], k, s, p, d)
         if padding is L.Padding.EXPLICIT:
             x = _pad(em, x, [[0, 0], [p[0], p[0]], [p[1], p[1]], [0, 0]], node.name)
             padding = L.Padding.VALID
     out_shape = _meta_shape(last)
     depthwise = mod.groups == mod.in_channels and mod.groups > 1
-    if mod.groups > 1 and not depthwise:
-        raise ExportError(f"grouped conv {node.name!r} (groups={mod.groups}) has no TFLite kernel here; "
-                          "use groups=1 or depthwise (groups=in_channels)")
     layout = L.depthwise_weight_1hwo if depthwise else L.conv_weight_ohwi
     w_t, b_t = _weights(em, mod, x, int8, node.name, w, b, layout)
-    out = em.tensor(node.name, out_shape, L.NCHW_TO_NHWC, TensorType.INT8 if int8 else TensorType.FLOAT32,
-                    plan.quant if int8 else None)
+    out_shape2d = (out_shape[0], out_shape[1], 1, out_shape[2]) if one_d else out_shape
+    out = em.tensor(f"{node.name}_2d" if one_d else node.name, out_shape2d, L.NCHW_TO_NHWC,
+                    TensorType.INT8 if int8 else TensorType.FLOAT32, plan.quant if int8 else None)
     fields = {"Padding": _PAD[padding], "StrideW": s[1], "StrideH": s[0], "DilationWFactor": d[1],
               "DilationHFactor": d[0], "FusedActivationFunction": ACT_CODE[plan.act]}
     if depthwise:
@@ -199,7 +210,12 @@ def conv2d(em: Emitter, node: fx.Node) -> None:
         em.op("DEPTHWISE_CONV_2D", [x.tensor, w_t, b_t], [out.tensor], Options("DepthwiseConv2DOptions", fields),
               version)
     else:
-        em.op("CONV_2D", [x.tensor, w_t, b_t], [out.tensor], Options("Conv2DOptions", fields), 3 if int8 else 1)
+        version = 6 if mod.groups > 1 else (3 if int8 else 1)  # TF's converter: 6 = grouped
+        em.op("CONV_2D", [x.tensor, w_t, b_t], [out.tensor], Options("Conv2DOptions", fields), version)
+    if one_d:  # back to [N, L', O], torch axes (0, 2, 1)
+        flat = em.tensor(node.name, out_shape, (0, 2, 1), out.dtype, out.quant)
+        em.reshape(out.tensor, flat, (out_shape[0], out_shape[2], out_shape[1]), out.is_int8)
+        out = flat
     _finish(em, node, out, plan, absorbed)
 
 
@@ -624,7 +640,7 @@ def embedding(em: Emitter, node: fx.Node) -> None:
 
 # -- the table -------------------------------------------------------------------------------------------
 MODULE_HANDLERS: list[tuple[type, object]] = [
-    (nn.Conv2d, conv2d), (nn.Linear, linear), (nn.BatchNorm2d, batchnorm), (nn.ReLU, clamp), (nn.ReLU6, clamp),
+    (nn.Conv2d, conv2d), (nn.Conv1d, conv2d), (nn.Linear, linear), (nn.BatchNorm2d, batchnorm), (nn.ReLU, clamp), (nn.ReLU6, clamp),
     (nn.MaxPool2d, max_pool), (nn.AvgPool2d, avg_pool), (nn.AdaptiveAvgPool2d, adaptive_avg_pool),
     (nn.Flatten, reshape), (nn.Dropout, alias), (nn.Identity, alias), (nn.Hardswish, _simple("HARD_SWISH", int8_version=1)),
     (nn.Sigmoid, _simple("LOGISTIC")), (nn.Tanh, _simple("TANH")), (nn.GELU, gelu), (nn.Softmax, softmax),

@@ -161,3 +161,27 @@ def test_verification_detects_a_wrong_reference(tmp_path):
     other = nn.Sequential(nn.Linear(4, 3)).eval()
     report = verify_tflite(tmp_path / "m.tflite", other, [np.ones((2, 4), np.float32)], info=info)
     assert not report.passed and report.max_rel_diff > 1e-4
+
+
+class Conv1dNet(nn.Module):
+    """A keyword-spotting-shaped 1-D conv net: conv+BN+ReLU, grouped stride-2 conv, mean over time, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv1d(10, 16, 5, padding=2), nn.BatchNorm1d(16)
+        self.c2 = nn.Conv1d(16, 16, 3, stride=2, padding=1, groups=4)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.c1(x)))
+        return self.fc(torch.relu(self.c2(x)).mean(2))
+
+
+def test_conv1d_net_float_and_int8(tmp_path):
+    torch.manual_seed(0)
+    m = randomize_bn(Conv1dNet()).eval()
+    batches = [torch.randn(2, 10, 20) for _ in range(3)]
+    info, _ = _check(m, batches, tmp_path / "f.tflite")
+    assert info.op_counts["CONV_2D"] == 2 and "TRANSPOSE" in info.op_counts  # NCL input → NLC once
+    info, report = _check(_int8(m, batches), batches, tmp_path / "q.tflite")
+    assert info.op_counts["CONV_2D"] == 2 and report.within_1lsb_fraction >= 0.99

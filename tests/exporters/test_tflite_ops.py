@@ -39,6 +39,12 @@ def np_conv2d(x, w, b, stride=1, pad=0, groups=1):
     return out
 
 
+def np_conv1d(x, w, b, stride=1, pad=0, groups=1):
+    """1-D convolution as the 2-D oracle over a height-1 image (padding only along the length)."""
+    x = np.pad(x, [(0, 0), (0, 0), (pad, pad)])[:, :, None, :]
+    return np_conv2d(x, w[:, :, None, :], b, stride, 0, groups)[:, :, 0, :]
+
+
 def np_pool(x, k, s, pad, kind):
     fill = -np.inf if kind == "max" else 0.0
     x = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], constant_values=fill)
@@ -92,6 +98,14 @@ CASES = {
                              lambda m, x: np_conv2d(x, *_w(m), 2, 1), "PAD"),
     "depthwise": (lambda: nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=4), [(1, 4, 7, 7)],
                   lambda m, x: np_conv2d(x, *_w(m), 2, 1, 4), "DEPTHWISE_CONV_2D"),
+    "grouped_conv": (lambda: nn.Conv2d(8, 12, 3, padding=1, groups=4), [(1, 8, 5, 5)],
+                     lambda m, x: np_conv2d(x, *_w(m), 1, 1, 4), "CONV_2D"),
+    "conv1d": (lambda: nn.Conv1d(3, 4, 3, padding=1), [(1, 3, 10)], lambda m, x: np_conv1d(x, *_w(m), 1, 1),
+               "CONV_2D"),
+    "conv1d_grouped_s2": (lambda: nn.Conv1d(4, 6, 5, stride=2, padding=2, groups=2), [(1, 4, 10)],
+                          lambda m, x: np_conv1d(x, *_w(m), 2, 2, 2), "CONV_2D"),
+    "conv1d_depthwise": (lambda: nn.Conv1d(4, 4, 3, padding=1, groups=4), [(1, 4, 9)],
+                         lambda m, x: np_conv1d(x, *_w(m), 1, 1, 4), "DEPTHWISE_CONV_2D"),
     "linear": (lambda: nn.Linear(6, 5), [(2, 6)], lambda m, x: x @ _w(m)[0].T + _w(m)[1], "FULLY_CONNECTED"),
     "flatten_dense": (lambda: nn.Sequential(nn.Conv2d(2, 3, 1), nn.Flatten(), nn.Linear(3 * 4 * 4, 5)),
                       [(1, 2, 4, 4)],
@@ -209,7 +223,8 @@ def test_int8_op_within_one_lsb_of_numpy(name, kernels, tmp_path):
     mod = q.get_submodule(next(n.target for n in q.graph.nodes if n.op == "call_module"
                                 and hasattr(q.get_submodule(n.target), "weight_quant"))) \
         if any(hasattr(mm, "weight_quant") for mm in q.modules()) else None
-    if mod is not None and name in ("conv_same", "conv_s2_explicit_pad", "depthwise", "linear"):
+    if mod is not None and name in ("conv_same", "conv_s2_explicit_pad", "depthwise", "linear", "grouped_conv",
+                                    "conv1d", "conv1d_grouped_s2", "conv1d_depthwise"):
         s_w = mod.weight_quant.scale.double().numpy()
         wq = R.quantize(mod.weight.detach().numpy(), s_w, 0, -127, 127, axis=0)
         bq = R.quantize_bias(mod.bias.detach().numpy(), ins[0]["quantization"][0], s_w)
