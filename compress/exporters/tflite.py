@@ -283,7 +283,12 @@ def _walk(em: Emitter, gm: fx.GraphModule, example_inputs: tuple, config: TFLite
             outputs = [_output(em, v, config) for v in _flat(em.value(node.args[0]))]
         elif em.is_quantizer(node):
             x = em.value(node.args[0])
-            em.bind(node, em.quantize(x, qparams_of(em.module(node)), node.name) if isinstance(x, TValue) else x)
+            if isinstance(x, TValue):
+                x = em.quantize(x, qparams_of(em.module(node)), node.name)
+            elif isinstance(x, Const):  # a folded constant: snap it to the grid as the simulation does
+                with torch.no_grad():
+                    x = Const(em.module(node)(torch.from_numpy(x.array)).numpy(), qparams_of(em.module(node)))
+            em.bind(node, x)
         elif _python_only(em, node):
             em.bind(node, _evaluate(em, node))
         else:
@@ -368,6 +373,8 @@ def _evaluate(em: Emitter, node: fx.Node):
     if node.op == "call_function" and node.target is getattr and isinstance(args[0], TValue):
         if args[1] == "shape":
             return torch.Size(args[0].shape)
+        if args[1] == "device":  # torch.arange(n, device=x.device): the constant is folded on the CPU
+            return torch.device("cpu")
         raise ExportError(f"{node.name!r}: tensor attribute {args[1]!r} is not exported")
     if node.op == "call_method":
         return getattr(args[0], node.target)(*args[1:], **kwargs)

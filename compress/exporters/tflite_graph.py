@@ -55,9 +55,11 @@ class TValue:
 
 @dataclass(frozen=True)
 class Const:
-    """A constant tensor of the model (``get_attr``), in torch layout."""
+    """A constant tensor of the model (``get_attr``, folded constants), in torch layout; ``quant``: the int8 grid
+    its values already lie on (a folded constant that went through a quantizer)."""
 
     array: np.ndarray
+    quant: QuantParams | None = None
 
 
 def qparams_of(q: Quantizer) -> QuantParams:
@@ -149,6 +151,11 @@ class Emitter:
         elif arr.ndim > 0 and not L.is_identity(like.perm) and arr.size > 1:
             arr = np.broadcast_to(arr, like.shape).transpose(like.perm)
         arr = np.ascontiguousarray(arr)
+        if like.is_int8 and isinstance(c, Const) and c.quant is not None:  # already on a grid: keep it exact
+            q = c.quant
+            data = np.clip(np.round(arr / q.scale[0]) + q.zero_point[0], -128, 127).astype(np.int8)
+            idx = self.const(name, data, TensorType.INT8, q)
+            return TValue(idx, arr.shape, TensorType.INT8, L.identity(arr.ndim), q)
         if like.is_int8:
             peak = float(np.abs(arr).max()) if arr.size else 0.0
             scale = peak / 127.0 if peak > 0 else 1.0

@@ -621,7 +621,12 @@ def layer_norm(em: Emitter, node: fx.Node) -> None:
 def embedding(em: Emitter, node: fx.Node) -> None:
     """GATHER rows of the table; an int8 table is stored int8 and dequantized per row (axis 0) once."""
     mod = em.module(node)
-    ids = em.torch_order(em.value(node.args[0]))
+    ids = em.value(node.args[0])
+    if isinstance(ids, torch.Tensor | Const):  # constant ids (positions: torch.arange(seq_len)): fold the rows
+        table = mod.quantized_weight() if em.quantized and isinstance(mod, QuantLayerMixin) else mod.weight
+        idx = torch.as_tensor(ids.array if isinstance(ids, Const) else ids).long()
+        return em.bind(node, Const(table.detach()[idx].numpy()))
+    ids = em.torch_order(ids)
     plan = em.plan_output(node, fuse_act=False)
     w = mod.weight.detach().double().numpy()
     if em.quantized and isinstance(mod, QuantLayerMixin):
@@ -664,10 +669,16 @@ METHOD_HANDLERS = {
 }
 
 
+def _module_handlers() -> list[tuple[type, object]]:
+    from compress.exporters.tflite_ops_seq import MODULE_HANDLERS as SEQ_HANDLERS
+
+    return MODULE_HANDLERS + SEQ_HANDLERS
+
+
 def handler_for(em: Emitter, node: fx.Node):
     if node.op == "call_module":
         mod = em.module(node)
-        for cls, fn in MODULE_HANDLERS:
+        for cls, fn in _module_handlers():
             if isinstance(mod, cls):
                 return fn
         return None
@@ -680,7 +691,7 @@ def handler_for(em: Emitter, node: fx.Node):
 
 def supported_ops() -> list[str]:
     """Names of the torch ops the TFLite exporter maps (modules, functions, methods)."""
-    names = {cls.__name__ for cls, _ in MODULE_HANDLERS}
+    names = {cls.__name__ for cls, _ in _module_handlers()}
     names |= {getattr(f, "__name__", str(f)) for f in FUNCTION_HANDLERS}
     names |= {f"Tensor.{m}" for m in METHOD_HANDLERS}
     return sorted(names)

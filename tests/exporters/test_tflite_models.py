@@ -185,3 +185,31 @@ def test_conv1d_net_float_and_int8(tmp_path):
     assert info.op_counts["CONV_2D"] == 2 and "TRANSPOSE" in info.op_counts  # NCL input → NLC once
     info, report = _check(_int8(m, batches), batches, tmp_path / "q.tflite")
     assert info.op_counts["CONV_2D"] == 2 and report.within_1lsb_fraction >= 0.99
+
+
+def test_bert_encoder_with_multihead_attention_float_and_int8(tmp_path):
+    """compress.models.BertEncoder: nn.MultiheadAttention decomposed (FC, BATCH_MATMUL, SOFTMAX), position
+    embeddings of torch.arange folded to a constant; float within 1e-4, int8 within 1 LSB of the simulation."""
+    from compress.models import BertEncoder
+
+    torch.manual_seed(0)
+    m = BertEncoder(vocab_size=100, dim=32, heads=2, layers=2, ffn=64, max_len=16).eval()
+    ids = [torch.randint(0, 100, (1, 12)) for _ in range(6)]
+    info, _ = _check(m, ids, tmp_path / "f.tflite")
+    assert info.op_counts["BATCH_MATMUL"] == 4 and info.op_counts["SOFTMAX"] == 2
+    q = convert(calibrate(prepare(m, ids[0]), ids, progress=False))
+    info, report = _check(q, ids, tmp_path / "q.tflite")
+    assert report.within_1lsb_fraction >= 0.99 and "FULLY_CONNECTED" in info.op_counts
+
+
+def test_multihead_attention_with_a_mask_is_refused(tmp_path):
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.attn(x, x, x, attn_mask=torch.zeros(4, 4), need_weights=False)[0]
+
+    with pytest.raises(ExportError, match="attn_mask"):
+        export_tflite(Masked().eval(), torch.randn(1, 4, 8), tmp_path / "m.tflite")

@@ -45,6 +45,27 @@ def np_conv1d(x, w, b, stride=1, pad=0, groups=1):
     return np_conv2d(x, w[:, :, None, :], b, stride, 0, groups)[:, :, 0, :]
 
 
+def np_attention(m, x):
+    """Multi-head self-attention from the module's weights: projections, softmax(q·kᵀ/√d)·v per head, output."""
+    w = m.in_proj_weight.detach().double().numpy()
+    b = m.in_proj_bias.detach().double().numpy()
+    q, k, v = (x @ w[i * 8:(i + 1) * 8].T + b[i * 8:(i + 1) * 8] for i in range(3))
+    heads = [np_softmax(q[..., h * 4:(h + 1) * 4] @ k[..., h * 4:(h + 1) * 4].transpose(0, 2, 1) / 2.0)
+             @ v[..., h * 4:(h + 1) * 4] for h in range(2)]
+    return np.concatenate(heads, -1) @ _w(m.out_proj)[0].T + _w(m.out_proj)[1]
+
+
+class AttnOut(nn.Module):
+    """Self-attention's output tensor (tracing the bare module would give a tuple)."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
 def np_pool(x, k, s, pad, kind):
     fill = -np.inf if kind == "max" else 0.0
     x = np.pad(x, [(0, 0), (0, 0), (pad, pad), (pad, pad)], constant_values=fill)
@@ -106,6 +127,8 @@ CASES = {
                           lambda m, x: np_conv1d(x, *_w(m), 2, 2, 2), "CONV_2D"),
     "conv1d_depthwise": (lambda: nn.Conv1d(4, 4, 3, padding=1, groups=4), [(1, 4, 9)],
                          lambda m, x: np_conv1d(x, *_w(m), 1, 1, 4), "DEPTHWISE_CONV_2D"),
+    "attention": (lambda: AttnOut(nn.MultiheadAttention(8, 2, batch_first=True)), [(2, 5, 8)],
+                  lambda m, x: np_attention(m.attn, x), "BATCH_MATMUL"),
     "linear": (lambda: nn.Linear(6, 5), [(2, 6)], lambda m, x: x @ _w(m)[0].T + _w(m)[1], "FULLY_CONNECTED"),
     "flatten_dense": (lambda: nn.Sequential(nn.Conv2d(2, 3, 1), nn.Flatten(), nn.Linear(3 * 4 * 4, 5)),
                       [(1, 2, 4, 4)],
@@ -193,7 +216,8 @@ INT8_SKIP = {"reshape_squeeze", "strided_slice", "transpose"}  # grid-preserving
 # Ops XNNPACK has no int8 kernel for run in float by default; their int8 kernels are checked with BUILTIN too.
 _BUILTIN_CASES = {"hardswish": "HARD_SWISH", "gelu": "GELU", "batch_matmul": "BATCH_MATMUL", "relu": "RELU",
                   "relu6": "RELU6", "softmax": "SOFTMAX"}
-INT8_CASES = [(name, Int8Kernels.XNNPACK) for name in sorted(set(CASES) - {"layernorm"})] + [
+# Attention runs its inner quantizers between float kernels: checked against the simulation in test_tflite_models.
+INT8_CASES = [(name, Int8Kernels.XNNPACK) for name in sorted(set(CASES) - {"layernorm", "attention"})] + [
     (name, Int8Kernels.BUILTIN) for name in sorted(_BUILTIN_CASES)]
 
 
