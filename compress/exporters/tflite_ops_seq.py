@@ -134,3 +134,117 @@ def multihead_attention(em: Emitter, node: fx.Node) -> None:
 
 
 MODULE_HANDLERS = [(nn.MultiheadAttention, multihead_attention)]
+
+
+# -- LSTM ---------------------------------------------------------------------------------------------------
+def _weight(em: Emitter, w: torch.Tensor, q: nn.Module | None, name: str) -> int:
+    """A float weight tensor; an int8 layer stores it as int8 (per row) + a constant DEQUANTIZE (dynamic range:
+    a quarter of the bytes, dequantized once when LiteRT prepares the graph)."""
+    if not isinstance(q, Quantizer):
+        return em.const(name, _np(w), TensorType.FLOAT32)
+    from compress.exporters.tflite_schema import QuantParams
+
+    s = q.scale.detach().double().numpy().reshape(-1)
+    s = np.full(w.shape[0], s[0]) if s.size == 1 else s
+    codes = np.clip(np.round(w.detach().double().numpy() / s[:, None]), -127, 127).astype(np.int8)
+    wq = em.const(f"{name}_int8", codes, TensorType.INT8, QuantParams.per_channel(s, 0, 0))
+    out = em.w.add_tensor(name, codes.shape, TensorType.FLOAT32)
+    em.op("DEQUANTIZE", [wq], [out], version=5)
+    return out
+
+
+def _fc(em: Emitter, x: TValue, w_t: int, b: np.ndarray, out_shape, name: str) -> TValue:
+    b_t = em.const(f"{name}_bias", b.astype(np.float32), TensorType.FLOAT32)
+    out = em.tensor(name, out_shape, L.identity(len(out_shape)), TensorType.FLOAT32)
+    em.op("FULLY_CONNECTED", [x.tensor, w_t, b_t], [out.tensor],
+          Options("FullyConnectedOptions", {"FusedActivationFunction": 0, "KeepNumDims": len(out_shape) > 2}),
+          5 if len(out_shape) > 2 else 1)
+    return out
+
+
+def _elementwise(em: Emitter, op: str, ins: list[TValue], name: str) -> TValue:
+    out = em.tensor(name, ins[0].shape, L.identity(ins[0].rank), TensorType.FLOAT32)
+    options = Options(f"{op.title()}Options", {"FusedActivationFunction": 0}) if op in ("ADD", "MUL") else None
+    em.op(op, [v.tensor for v in ins], [out.tensor], options)
+    return out
+
+
+def lstm(em: Emitter, node: fx.Node) -> None:
+    """nn.LSTM / QuantLSTM unrolled over time in float (FULLY_CONNECTED, SPLIT, LOGISTIC, TANH, MUL, ADD).
+
+    The input projection of all steps is one FULLY_CONNECTED; each step adds the hidden projection. A
+    converted QuantLSTM keeps int8 weights (+ constant DEQUANTIZE) and its per-step hidden-state and
+    between-layer quantizers as QUANTIZE → DEQUANTIZE, so the file computes what the simulation computes.
+    """
+    from compress.layers.recurrent import QuantLSTM
+
+    mod = em.module(node)
+    problem = None
+    if mod.bidirectional or getattr(mod, "proj_size", 0):
+        problem = "bidirectional or proj_size"
+    elif len(node.args) > 1 or node.kwargs.get("hx") is not None:
+        problem = "an initial state (hx)"
+    elif any(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 1 and u.users
+             for u in node.users):
+        problem = "the final (h, c) state used (take the last step of the output instead)"
+    if problem is not None:
+        raise ExportError(f"{node.name!r}: LSTM with {problem} is not exported to TFLite; use a unidirectional "
+                          "batch-first LSTM and its output sequence")
+    quant = isinstance(mod, QuantLSTM) and em.quantized
+    x = em.to_float(em.torch_order(em.uncollapse(em.value(node.args[0]))))
+    if not mod.batch_first:  # [T, B, I] → [B, T, I]
+        x = em.torch_order(TValue(x.tensor, (x.shape[1], x.shape[0], x.shape[2]), x.dtype, (1, 0, 2)))
+    bsz, steps, hidden, name = x.shape[0], x.shape[1], mod.hidden_size, node.name
+    x_scale = mod.known_input_scale() if quant else None
+    axis = em.int32_const(f"{name}_split_axis", [1])
+    for layer in range(mod.num_layers):
+        sfx = f"_l{layer}"
+        if quant and layer > 0:
+            x = _fake_quant(em, x, mod.layer_input_quants[layer - 1], f"{name}{sfx}_in")
+            x_scale = mod.layer_input_quants[layer - 1].scale
+        hq = mod.hidden_quants[layer] if quant else None
+        wq_ih = mod.weight_quants["weight_ih" + sfx] if quant else None
+        wq_hh = mod.weight_quants["weight_hh" + sfx] if quant else None
+        w_ih = _weight(em, getattr(mod, "weight_ih" + sfx), wq_ih, f"{name}{sfx}_w_ih")
+        w_hh = _weight(em, getattr(mod, "weight_hh" + sfx), wq_hh, f"{name}{sfx}_w_hh")
+        zeros = np.zeros(4 * hidden)
+        if quant:
+            b_ih = _np(mod._bias("bias_ih" + sfx, x_scale, wq_ih))
+            b_hh = _np(mod._bias("bias_hh" + sfx, hq.scale if isinstance(hq, Quantizer) else None, wq_hh))
+        else:
+            b_ih, b_hh = (_np(getattr(mod, b + sfx)) if mod.bias else None for b in ("bias_ih", "bias_hh"))
+        b_ih, b_hh = (zeros if b is None else b for b in (b_ih, b_hh))
+        gates_x = _fc(em, x, w_ih, b_ih, (bsz, steps, 4 * hidden), f"{name}{sfx}_gx")
+        h = c = None
+        outs = []
+        for t in range(steps):
+            step = em.tensor(f"{name}{sfx}_gx{t}", (bsz, 4 * hidden), (0, 1), TensorType.FLOAT32)
+            ins = [gates_x.tensor] + [em.int32_const(f"{name}{sfx}_t{t}_{k}", v) for k, v in
+                                       (("begin", [0, t, 0]), ("end", [bsz, t + 1, 4 * hidden]), ("strides", [1, 1, 1]))]
+            em.op("STRIDED_SLICE", ins, [step.tensor], Options("StridedSliceOptions", {"ShrinkAxisMask": 2}))
+            if h is None:  # zero initial state: the hidden projection is its bias
+                gates = _elementwise(em, "ADD", [step, em.const_value(b_hh, step, f"{name}{sfx}_bhh")],
+                                     f"{name}{sfx}_g{t}")
+            else:
+                gates = _elementwise(em, "ADD", [step, _fc(em, h, w_hh, b_hh, (bsz, 4 * hidden), f"{name}{sfx}_gh{t}")],
+                                     f"{name}{sfx}_g{t}")
+            parts = [em.tensor(f"{name}{sfx}_{g}{t}", (bsz, hidden), (0, 1), TensorType.FLOAT32) for g in "ifgo"]
+            em.op("SPLIT", [axis, gates.tensor], [p.tensor for p in parts], Options("SplitOptions", {"NumSplits": 4}))
+            i, f, g, o = parts
+            i, f, o = (_elementwise(em, "LOGISTIC", [v], f"{v_name}_sig") for v, v_name in
+                       ((i, f"{name}{sfx}_i{t}"), (f, f"{name}{sfx}_f{t}"), (o, f"{name}{sfx}_o{t}")))
+            g = _elementwise(em, "TANH", [g], f"{name}{sfx}_g{t}_tanh")
+            ig = _elementwise(em, "MUL", [i, g], f"{name}{sfx}_ig{t}")
+            c = ig if c is None else _elementwise(em, "ADD", [_elementwise(em, "MUL", [f, c], f"{name}{sfx}_fc{t}"), ig],
+                                                  f"{name}{sfx}_c{t}")
+            h = _elementwise(em, "MUL", [o, _elementwise(em, "TANH", [c], f"{name}{sfx}_tc{t}")], f"{name}{sfx}_h{t}")
+            h = _fake_quant(em, h, hq, f"{name}{sfx}_h{t}")
+            outs.append(h)
+        x = em.tensor(f"{name}{sfx}_out", (bsz, steps, hidden), L.identity(3), TensorType.FLOAT32)
+        em.op("PACK", [v.tensor for v in outs], [x.tensor], Options("PackOptions", {"ValuesCount": steps, "Axis": 1}))
+    if not mod.batch_first:
+        x = TValue(x.tensor, (steps, bsz, hidden), x.dtype, (1, 0, 2))
+    em.bind(node, (x, None))
+
+
+MODULE_HANDLERS.append((nn.LSTM, lstm))

@@ -213,3 +213,38 @@ def test_multihead_attention_with_a_mask_is_refused(tmp_path):
 
     with pytest.raises(ExportError, match="attn_mask"):
         export_tflite(Masked().eval(), torch.randn(1, 4, 8), tmp_path / "m.tflite")
+
+
+def test_lstm_classifier_float_and_dynamic_range_int8(tmp_path):
+    """compress.models.LSTMClassifier unrolled in float; the int8 model keeps int8 weight tensors (dynamic
+    range: + constant DEQUANTIZE) and its per-step hidden-state quantizers, matching the simulation."""
+    from compress.models import LSTMClassifier
+
+    torch.manual_seed(0)
+    m = LSTMClassifier().eval()  # 40 features, 2 × 128 hidden: the weights dominate the file
+    xs = [torch.randn(1, 8, 40) for _ in range(6)]
+    f_info, _ = _check(m, xs, tmp_path / "f.tflite")
+    q = convert(calibrate(prepare(m, xs[0]), xs, progress=False))
+    q_info, report = _check(q, xs, tmp_path / "q.tflite")
+    assert report.within_1lsb_fraction >= 0.99
+    import tflite
+
+    model = tflite.Model.GetRootAsModel((tmp_path / "q.tflite").read_bytes(), 0)
+    graph = model.Subgraphs(0)
+    weights = [graph.Tensors(i) for i in range(graph.TensorsLength()) if b"w_ih_int8" in graph.Tensors(i).Name()
+               or b"w_hh_int8" in graph.Tensors(i).Name()]
+    assert len(weights) == 4 and all(w.Type() == tflite.TensorType.INT8 for w in weights)
+    assert q_info.size_bytes < 0.5 * f_info.size_bytes
+
+
+def test_bidirectional_lstm_is_refused(tmp_path):
+    class Bi(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = nn.LSTM(4, 8, batch_first=True, bidirectional=True)
+
+        def forward(self, x):
+            return self.lstm(x)[0]
+
+    with pytest.raises(ExportError, match="bidirectional"):
+        export_tflite(Bi().eval(), torch.randn(1, 3, 4), tmp_path / "m.tflite")
