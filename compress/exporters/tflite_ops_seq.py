@@ -1,4 +1,5 @@
-"""TFLite handlers for sequence layers: ``nn.MultiheadAttention`` (float and int8) as a decomposition.
+"""TFLite handlers for sequence layers: ``nn.MultiheadAttention`` as a decomposition, ``nn.LSTM`` / ``nn.GRU``
+unrolled over time (float and int8).
 
 Attention is written as FULLY_CONNECTED projections, BATCH_MATMUL, SOFTMAX and RESHAPE / TRANSPOSE between the
 ``[B, S, E]`` and ``[B, H, S, Dh]`` layouts, in float. For a converted ``QuantMultiheadAttention`` the weights
@@ -169,16 +170,52 @@ def _elementwise(em: Emitter, op: str, ins: list[TValue], name: str) -> TValue:
     return out
 
 
-def lstm(em: Emitter, node: fx.Node) -> None:
-    """nn.LSTM / QuantLSTM unrolled over time in float (FULLY_CONNECTED, SPLIT, LOGISTIC, TANH, MUL, ADD).
+def _lstm_cell(em: Emitter, step: TValue, h, c, hidden_proj: TValue, name: str):
+    """One LSTM step on the input projection ``step`` [B, 4H]: gates i, f, g, o (torch's order)."""
+    gates = _elementwise(em, "ADD", [step, hidden_proj], f"{name}_gates")
+    i, f, g, o = _split(em, gates, 4, name)
+    i, f, o = (_elementwise(em, "LOGISTIC", [v], f"{name}_{k}_sig") for v, k in ((i, "i"), (f, "f"), (o, "o")))
+    ig = _elementwise(em, "MUL", [i, _elementwise(em, "TANH", [g], f"{name}_g_tanh")], f"{name}_ig")
+    c = ig if c is None else _elementwise(em, "ADD", [_elementwise(em, "MUL", [f, c], f"{name}_fc"), ig], f"{name}_c")
+    return _elementwise(em, "MUL", [o, _elementwise(em, "TANH", [c], f"{name}_tc")], f"{name}_h"), c
 
-    The input projection of all steps is one FULLY_CONNECTED; each step adds the hidden projection. A
-    converted QuantLSTM keeps int8 weights (+ constant DEQUANTIZE) and its per-step hidden-state and
+
+def _gru_cell(em: Emitter, step: TValue, h, c, hidden_proj: TValue, name: str):
+    """One GRU step: r, z, n (torch's order); h' = (1 − z)·n + z·h as the simulation writes it."""
+    x_r, x_z, x_n = _split(em, step, 3, f"{name}_x")
+    h_r, h_z, h_n = _split(em, hidden_proj, 3, f"{name}_h")
+    r = _elementwise(em, "LOGISTIC", [_elementwise(em, "ADD", [x_r, h_r], f"{name}_r_pre")], f"{name}_r")
+    z = _elementwise(em, "LOGISTIC", [_elementwise(em, "ADD", [x_z, h_z], f"{name}_z_pre")], f"{name}_z")
+    rn = _elementwise(em, "MUL", [r, h_n], f"{name}_rn")
+    n = _elementwise(em, "TANH", [_elementwise(em, "ADD", [x_n, rn], f"{name}_n_pre")], f"{name}_n")
+    one = em.const_value(1.0, z, f"{name}_one")
+    keep = _elementwise(em, "MUL", [_elementwise(em, "SUB", [one, z], f"{name}_1mz"), n], f"{name}_zn")
+    if h is None:
+        return keep, None
+    return _elementwise(em, "ADD", [keep, _elementwise(em, "MUL", [z, h], f"{name}_zh")], f"{name}_h"), None
+
+
+def _split(em: Emitter, v: TValue, n: int, name: str) -> list[TValue]:
+    axis = em.int32_const(f"{name}_split_axis", [v.rank - 1])
+    parts = [em.tensor(f"{name}_part{k}", v.shape[:-1] + (v.shape[-1] // n,), L.identity(v.rank), TensorType.FLOAT32)
+             for k in range(n)]
+    em.op("SPLIT", [axis, v.tensor], [p.tensor for p in parts], Options("SplitOptions", {"NumSplits": n}))
+    return parts
+
+
+def recurrent(em: Emitter, node: fx.Node) -> None:
+    """nn.LSTM / nn.GRU (and QuantLSTM / QuantGRU) unrolled over time in float.
+
+    The input projection of all steps is one FULLY_CONNECTED; each step adds the hidden projection and
+    applies the gates (SPLIT, LOGISTIC, TANH, MUL, ADD); PACK stacks the steps. A converted quant layer keeps
+    int8 weight tensors (+ constant DEQUANTIZE: dynamic range) and its per-step hidden-state and
     between-layer quantizers as QUANTIZE → DEQUANTIZE, so the file computes what the simulation computes.
     """
-    from compress.layers.recurrent import QuantLSTM
+    from compress.layers.recurrent import QuantGRU, QuantLSTM
 
     mod = em.module(node)
+    is_lstm = isinstance(mod, nn.LSTM)
+    kind = "LSTM" if is_lstm else "GRU"
     problem = None
     if mod.bidirectional or getattr(mod, "proj_size", 0):
         problem = "bidirectional or proj_size"
@@ -186,17 +223,18 @@ def lstm(em: Emitter, node: fx.Node) -> None:
         problem = "an initial state (hx)"
     elif any(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 1 and u.users
              for u in node.users):
-        problem = "the final (h, c) state used (take the last step of the output instead)"
+        problem = "the final state used (take the last step of the output instead)"
     if problem is not None:
-        raise ExportError(f"{node.name!r}: LSTM with {problem} is not exported to TFLite; use a unidirectional "
-                          "batch-first LSTM and its output sequence")
-    quant = isinstance(mod, QuantLSTM) and em.quantized
+        raise ExportError(f"{node.name!r}: {kind} with {problem} is not exported to TFLite; use a unidirectional "
+                          f"{kind} and its output sequence")
+    quant = isinstance(mod, QuantLSTM | QuantGRU) and em.quantized
+    cell, n_gates = (_lstm_cell, 4) if is_lstm else (_gru_cell, 3)
     x = em.to_float(em.torch_order(em.uncollapse(em.value(node.args[0]))))
     if not mod.batch_first:  # [T, B, I] → [B, T, I]
         x = em.torch_order(TValue(x.tensor, (x.shape[1], x.shape[0], x.shape[2]), x.dtype, (1, 0, 2)))
     bsz, steps, hidden, name = x.shape[0], x.shape[1], mod.hidden_size, node.name
+    width = n_gates * hidden
     x_scale = mod.known_input_scale() if quant else None
-    axis = em.int32_const(f"{name}_split_axis", [1])
     for layer in range(mod.num_layers):
         sfx = f"_l{layer}"
         if quant and layer > 0:
@@ -207,38 +245,27 @@ def lstm(em: Emitter, node: fx.Node) -> None:
         wq_hh = mod.weight_quants["weight_hh" + sfx] if quant else None
         w_ih = _weight(em, getattr(mod, "weight_ih" + sfx), wq_ih, f"{name}{sfx}_w_ih")
         w_hh = _weight(em, getattr(mod, "weight_hh" + sfx), wq_hh, f"{name}{sfx}_w_hh")
-        zeros = np.zeros(4 * hidden)
         if quant:
             b_ih = _np(mod._bias("bias_ih" + sfx, x_scale, wq_ih))
             b_hh = _np(mod._bias("bias_hh" + sfx, hq.scale if isinstance(hq, Quantizer) else None, wq_hh))
         else:
             b_ih, b_hh = (_np(getattr(mod, b + sfx)) if mod.bias else None for b in ("bias_ih", "bias_hh"))
-        b_ih, b_hh = (zeros if b is None else b for b in (b_ih, b_hh))
-        gates_x = _fc(em, x, w_ih, b_ih, (bsz, steps, 4 * hidden), f"{name}{sfx}_gx")
+        b_ih, b_hh = (np.zeros(width) if b is None else b for b in (b_ih, b_hh))
+        gates_x = _fc(em, x, w_ih, b_ih, (bsz, steps, width), f"{name}{sfx}_gx")
         h = c = None
         outs = []
         for t in range(steps):
-            step = em.tensor(f"{name}{sfx}_gx{t}", (bsz, 4 * hidden), (0, 1), TensorType.FLOAT32)
-            ins = [gates_x.tensor] + [em.int32_const(f"{name}{sfx}_t{t}_{k}", v) for k, v in
-                                       (("begin", [0, t, 0]), ("end", [bsz, t + 1, 4 * hidden]), ("strides", [1, 1, 1]))]
+            tag = f"{name}{sfx}_t{t}"
+            step = em.tensor(f"{tag}_gx", (bsz, width), (0, 1), TensorType.FLOAT32)
+            ins = [gates_x.tensor] + [em.int32_const(f"{tag}_{k}", v) for k, v in
+                                       (("begin", [0, t, 0]), ("end", [bsz, t + 1, width]), ("strides", [1, 1, 1]))]
             em.op("STRIDED_SLICE", ins, [step.tensor], Options("StridedSliceOptions", {"ShrinkAxisMask": 2}))
             if h is None:  # zero initial state: the hidden projection is its bias
-                gates = _elementwise(em, "ADD", [step, em.const_value(b_hh, step, f"{name}{sfx}_bhh")],
-                                     f"{name}{sfx}_g{t}")
+                hidden_proj = em.const_value(b_hh, step, f"{tag}_bhh")
             else:
-                gates = _elementwise(em, "ADD", [step, _fc(em, h, w_hh, b_hh, (bsz, 4 * hidden), f"{name}{sfx}_gh{t}")],
-                                     f"{name}{sfx}_g{t}")
-            parts = [em.tensor(f"{name}{sfx}_{g}{t}", (bsz, hidden), (0, 1), TensorType.FLOAT32) for g in "ifgo"]
-            em.op("SPLIT", [axis, gates.tensor], [p.tensor for p in parts], Options("SplitOptions", {"NumSplits": 4}))
-            i, f, g, o = parts
-            i, f, o = (_elementwise(em, "LOGISTIC", [v], f"{v_name}_sig") for v, v_name in
-                       ((i, f"{name}{sfx}_i{t}"), (f, f"{name}{sfx}_f{t}"), (o, f"{name}{sfx}_o{t}")))
-            g = _elementwise(em, "TANH", [g], f"{name}{sfx}_g{t}_tanh")
-            ig = _elementwise(em, "MUL", [i, g], f"{name}{sfx}_ig{t}")
-            c = ig if c is None else _elementwise(em, "ADD", [_elementwise(em, "MUL", [f, c], f"{name}{sfx}_fc{t}"), ig],
-                                                  f"{name}{sfx}_c{t}")
-            h = _elementwise(em, "MUL", [o, _elementwise(em, "TANH", [c], f"{name}{sfx}_tc{t}")], f"{name}{sfx}_h{t}")
-            h = _fake_quant(em, h, hq, f"{name}{sfx}_h{t}")
+                hidden_proj = _fc(em, h, w_hh, b_hh, (bsz, width), f"{tag}_gh")
+            h, c = cell(em, step, h, c, hidden_proj, tag)
+            h = _fake_quant(em, h, hq, f"{tag}_h")
             outs.append(h)
         x = em.tensor(f"{name}{sfx}_out", (bsz, steps, hidden), L.identity(3), TensorType.FLOAT32)
         em.op("PACK", [v.tensor for v in outs], [x.tensor], Options("PackOptions", {"ValuesCount": steps, "Axis": 1}))
@@ -247,4 +274,4 @@ def lstm(em: Emitter, node: fx.Node) -> None:
     em.bind(node, (x, None))
 
 
-MODULE_HANDLERS.append((nn.LSTM, lstm))
+MODULE_HANDLERS += [(nn.LSTM, recurrent), (nn.GRU, recurrent)]

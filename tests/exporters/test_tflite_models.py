@@ -248,3 +248,24 @@ def test_bidirectional_lstm_is_refused(tmp_path):
 
     with pytest.raises(ExportError, match="bidirectional"):
         export_tflite(Bi().eval(), torch.randn(1, 3, 4), tmp_path / "m.tflite")
+
+
+class GRUNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(12, 24, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(24, 3)
+
+    def forward(self, x):
+        out, _ = self.gru(x)
+        return self.fc(out[:, -1])
+
+
+def test_gru_float_and_dynamic_range_int8(tmp_path):
+    torch.manual_seed(0)
+    m = GRUNet().eval()
+    xs = [torch.randn(1, 6, 12) for _ in range(6)]
+    info, _ = _check(m, xs, tmp_path / "f.tflite")
+    assert info.op_counts["SPLIT"] == 2 * 6 * 2  # layers × steps × (input gates, hidden gates)
+    _, report = _check(convert(calibrate(prepare(m, xs[0]), xs, progress=False)), xs, tmp_path / "q.tflite")
+    assert report.within_1lsb_fraction >= 0.99
