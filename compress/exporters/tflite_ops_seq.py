@@ -58,7 +58,18 @@ def _heads(em: Emitter, v: TValue, heads: int, name: str) -> TValue:
     return em.torch_order(moved)
 
 
-def _unsupported_options(mod: nn.MultiheadAttention, node: fx.Node) -> str | None:
+def _second_output_used(em: Emitter, node: fx.Node) -> bool:
+    """Whether ``node[1]`` (attention weights, a recurrent layer's final state) feeds anything; a quantizer
+    that prepare put on it and that nothing reads does not count."""
+
+    def used(n: fx.Node) -> bool:
+        return any(not em.is_quantizer(u) or used(u) for u in n.users)
+
+    return any(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 1 and used(u)
+               for u in node.users)
+
+
+def _unsupported_options(em: Emitter, mod: nn.MultiheadAttention, node: fx.Node) -> str | None:
     if mod.bias_k is not None or mod.add_zero_attn:
         return "add_bias_kv / add_zero_attn"
     if not mod._qkv_same_embed_dim:
@@ -70,15 +81,14 @@ def _unsupported_options(mod: nn.MultiheadAttention, node: fx.Node) -> str | Non
         masks.append("is_causal")
     if masks:
         return ", ".join(sorted(set(masks)))
-    for user in node.users:
-        if user.op == "call_function" and user.target is operator.getitem and user.args[1] == 1 and user.users:
-            return "returned attention weights (pass need_weights=False)"
+    if _second_output_used(em, node):
+        return "returned attention weights (pass need_weights=False)"
     return None
 
 
 def multihead_attention(em: Emitter, node: fx.Node) -> None:
     mod = em.module(node)
-    problem = _unsupported_options(mod, node)
+    problem = _unsupported_options(em, mod, node)
     if problem is not None:
         raise ExportError(f"{node.name!r}: MultiheadAttention with {problem} is not exported to TFLite; use plain "
                           "self/cross-attention without masks")
@@ -221,8 +231,7 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
         problem = "bidirectional or proj_size"
     elif len(node.args) > 1 or node.kwargs.get("hx") is not None:
         problem = "an initial state (hx)"
-    elif any(u.op == "call_function" and u.target is operator.getitem and u.args[1] == 1 and u.users
-             for u in node.users):
+    elif _second_output_used(em, node):
         problem = "the final state used (take the last step of the output instead)"
     if problem is not None:
         raise ExportError(f"{node.name!r}: {kind} with {problem} is not exported to TFLite; use a unidirectional "
