@@ -16,8 +16,15 @@ What is written (details in the sibling modules):
 * :mod:`~compress.exporters.tflite_layout` — NCHW → NHWC: activations stay NHWC between convolutions, a 4-D
   graph input keeps the user's NCHW layout and gets one TRANSPOSE (or is declared NHWC with
   ``nhwc_input=True``), flatten → dense permutes the dense weight columns instead of transposing;
-* :mod:`~compress.exporters.tflite_ops` — the op table (conv, depthwise, dense, elementwise, pooling,
-  activations, shape ops, matmul, LayerNorm as a decomposition, embedding).
+* :mod:`~compress.exporters.tflite_ops` — the op table (conv incl. grouped and Conv1d, depthwise, dense,
+  elementwise, pooling, activations, shape ops, matmul, LayerNorm as a decomposition, embedding);
+* :mod:`~compress.exporters.tflite_ops_seq` — ``nn.MultiheadAttention`` as a decomposition, ``nn.LSTM`` /
+  ``nn.GRU`` unrolled over time (int8 models: int8 weight tensors, float activations with the simulation's
+  quantizers as QUANTIZE → DEQUANTIZE).
+
+Int8 files are written for XNNPACK by default (:class:`Int8Kernels`): ops it has no int8 kernel for run in
+float inside the delegate instead of falling back to LiteRT's builtin kernels, so a graph stays one XNNPACK
+partition (``verify_tflite.xnnpack_delegation`` checks it).
 
 Int8 models: activations int8 asymmetric per tensor, weights int8 symmetric per channel
 (``quantized_dimension`` 0 for CONV_2D / FULLY_CONNECTED, 3 for DEPTHWISE_CONV_2D), bias int32. Inputs and
