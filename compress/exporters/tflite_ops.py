@@ -25,136 +25,30 @@ from torch import fx, nn
 from compress.errors import ExportError
 from compress.exporters import tflite_layout as L
 from compress.exporters.tflite_graph import ACT_CODE, Const, Emitter, TValue, same_grid
-from compress.exporters.tflite_schema import Options, QuantParams, TensorType, numpy_dtype
+from compress.exporters.tflite_ops_base import (
+    _FIXED_GRID,
+    _PAD,
+    _arg,
+    _binary_float,
+    _broadcast,
+    _finish,
+    _float_params,
+    _int8_ready,
+    _meta_shape,
+    _pad,
+    _weights,
+)
+from compress.exporters.tflite_ops_shape import (
+    alias,
+    embedding,
+    getitem,
+    layer_norm,
+    matmul,
+    permute,
+    reshape,
+)
+from compress.exporters.tflite_schema import Options, QuantParams, TensorType
 from compress.layers.base import FusedActivation, QuantLayerMixin
-
-_PAD = {L.Padding.SAME: 0, L.Padding.VALID: 1}
-_FIXED_GRID = {
-    "LOGISTIC": QuantParams.per_tensor(1 / 256, -128),
-    "SOFTMAX": QuantParams.per_tensor(1 / 256, -128),
-    "TANH": QuantParams.per_tensor(1 / 128, 0),
-}
-
-
-def _arg(node: fx.Node, i: int, name: str, default=None):
-    if len(node.args) > i:
-        return node.args[i]
-    return node.kwargs.get(name, default)
-
-
-def _meta_shape(node: fx.Node) -> tuple[int, ...]:
-    meta = node.meta.get("tensor_meta")
-    if meta is None or not hasattr(meta, "shape"):
-        raise ExportError(f"node {node.name!r} has no recorded shape; export from a model traced with example inputs")
-    return tuple(int(d) for d in meta.shape)
-
-
-def _int8_weights(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    shape = [-1] + [1] * (w.ndim - 1)
-    return np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
-
-
-def _weights(em: Emitter, mod: nn.Module, x: TValue, int8: bool, name: str, w: np.ndarray, b, layout):
-    """(weight tensor, bias tensor) for conv/linear, int8 per channel or float; ``layout`` reorders weights."""
-    out_ch = w.shape[0]
-    if b is None:
-        b = np.zeros(out_ch, np.float32)
-    if not int8:
-        return (em.const(f"{name}_weight", layout(w.astype(np.float32)), TensorType.FLOAT32),
-                em.const(f"{name}_bias", np.asarray(b, np.float32), TensorType.FLOAT32))
-    s_w = mod.weight_quant.scale.detach().double().numpy().reshape(-1)
-    if s_w.size == 1:
-        s_w = np.full(out_ch, s_w[0])
-    wq = layout(_int8_weights(w.astype(np.float64), s_w))
-    axis = 3 if layout is L.depthwise_weight_1hwo else 0
-    w_t = em.const(f"{name}_weight", wq, TensorType.INT8, QuantParams.per_channel(s_w, 0, axis))
-    s_b = x.quant.scale[0] * s_w
-    bq = np.clip(np.round(np.asarray(b, np.float64) / s_b), -(2**31), 2**31 - 1).astype(np.int32)
-    b_t = em.const(f"{name}_bias", bq, TensorType.INT32, QuantParams.per_channel(s_b, 0, 0))
-    return w_t, b_t
-
-
-def _float_params(em: Emitter, node: fx.Node, mod: nn.Module):
-    """(weight, bias, fused activation, node the output follows, absorbed nodes) as numpy arrays.
-
-    A float BatchNorm right after the layer is folded in (numpy, float32: deep-copying the layer to fold it
-    with :func:`compress.passes.fuse.fold_bn` cost 0.5 s of ResNet-18's conversion).
-    """
-    w = mod.weight.detach().cpu().numpy()
-    b = None if mod.bias is None else mod.bias.detach().cpu().numpy()
-    if isinstance(mod, QuantLayerMixin):
-        return w.astype(np.float64), None if b is None else b.astype(np.float64), mod.activation, node, []
-    users = list(node.users)
-    bn = em.module(users[0]) if len(users) == 1 else None
-    if isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d):
-        from compress.passes.fuse import can_fold
-
-        if can_fold(mod, bn):
-            var, mean = bn.running_var.detach().numpy(), bn.running_mean.detach().numpy()
-            gamma = bn.weight.detach().numpy() if bn.affine else np.ones_like(var)
-            beta = bn.bias.detach().numpy() if bn.affine else np.zeros_like(var)
-            factor = (gamma / np.sqrt(var + np.float32(bn.eps))).astype(np.float32)
-            w = w * factor.reshape([-1] + [1] * (w.ndim - 1))
-            b = beta + ((b if b is not None else 0.0) - mean) * factor
-            return w, b, FusedActivation.NONE, users[0], [users[0]]
-    return w, b, FusedActivation.NONE, node, []
-
-
-def _int8_ready(em: Emitter, mod, x: TValue, plan) -> bool:
-    return em.quantized and isinstance(mod, QuantLayerMixin) and x.is_int8 and plan.quant is not None
-
-
-def _finish(em: Emitter, node: fx.Node, out: TValue, plan, absorbed=()) -> None:
-    """Bind the op's value; a float output followed by a quantizer gets its QUANTIZE here."""
-    plan.absorbed[:0] = list(absorbed)
-    if plan.act is not FusedActivation.NONE:
-        out.nonnegative = True
-    if plan.quant is not None and not out.is_int8:
-        out = em.quantize(out, plan.quant, f"{node.name}_quant")
-    em.bind(node, out, plan)
-
-
-def _pad(em: Emitter, x: TValue, pads_nhwc, name: str, lowest: bool = False) -> TValue:
-    """PAD with zeros (int8: the zero point, i.e. real 0), or PADV2 with the lowest value (max pooling)."""
-    n, c, h, w = x.shape
-    shape = (n, c, h + pads_nhwc[1][0] + pads_nhwc[1][1], w + pads_nhwc[2][0] + pads_nhwc[2][1])
-    out = em.tensor(f"{name}_pad", shape, x.perm, x.dtype, x.quant, nonnegative=x.nonnegative)
-    paddings = em.int32_const(f"{name}_paddings", pads_nhwc)
-    version = 2 if x.is_int8 else 1
-    if not lowest:
-        em.op("PAD", [x.tensor, paddings], [out.tensor], Options("PadOptions"), version)
-    else:
-        _pad_lowest(em, x, out, pads_nhwc, name)
-    return out
-
-
-def _pad_lowest(em: Emitter, x: TValue, out: TValue, pads_nhwc, name: str) -> None:
-    """Pad H and W with the lowest value (max pooling) as two CONCATENATIONs with constant borders.
-
-    PADV2 would say it in one op, but XNNPACK has no PADV2 kernel: the pad fell back to LiteRT's builtin
-    kernels and split the graph into two delegate partitions; concatenation stays inside XNNPACK.
-    """
-    n, c, h, w = x.shape
-    dtype = numpy_dtype(x.dtype)
-    lowest = -128 if x.is_int8 else -3.0e38
-    axes = [axis for axis in (1, 2) if any(pads_nhwc[axis])]
-    cur, nhwc = x.tensor, [n, h, w, c]
-    for i, axis in enumerate(axes):
-        before, after = pads_nhwc[axis]
-        parts = []
-        for size, side in ((before, "before"), (0, "input"), (after, "after")):
-            if side == "input":
-                parts.append(cur)
-            elif size:
-                shape = list(nhwc)
-                shape[axis] = size
-                parts.append(em.const(f"{name}_pad{axis}_{side}", np.full(shape, lowest, dtype), x.dtype, x.quant))
-        nhwc[axis] += before + after
-        nxt = out.tensor if i == len(axes) - 1 else em.w.add_tensor(f"{name}_pad{axis}", nhwc, x.dtype,
-                                                                     quant=x.quant)
-        em.op("CONCATENATION", parts, [nxt],
-              Options("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0}), 2 if x.is_int8 else 1)
-        cur = nxt
 
 
 def conv2d(em: Emitter, node: fx.Node) -> None:
@@ -260,18 +154,8 @@ def batchnorm(em: Emitter, node: fx.Node) -> None:
     _finish(em, node, out, em.plan_output(node, fuse_act=False))
 
 
-def _binary_float(em, node, op_name, a, b, act, suffix) -> TValue:
-    lead = a if isinstance(a, TValue) else b
-    a = a if isinstance(a, TValue) else em.const_value(a, lead, f"{node.name}_c{suffix}")
-    b = b if isinstance(b, TValue) else em.const_value(b, lead, f"{node.name}_c{suffix}")
-    out = em.tensor(f"{node.name}{suffix}", _broadcast(a.shape, b.shape), lead.perm, TensorType.FLOAT32)
-    em.op(op_name, [a.tensor, b.tensor], [out.tensor],
-          Options(f"{op_name.title()}Options", {"FusedActivationFunction": ACT_CODE[act]}))
-    return out
 
 
-def _broadcast(a, b) -> tuple[int, ...]:
-    return tuple(int(d) for d in np.broadcast_shapes(tuple(a), tuple(b)))
 
 
 def _binary(op_name: str, reverse_ok: bool = True):
@@ -498,149 +382,6 @@ def softmax(em: Emitter, node: fx.Node) -> None:
             raise ExportError(f"{node.name!r}: softmax is exported over the last axis only; got dim={dim}")
     _unary(em, node, "SOFTMAX", True, Options("SoftmaxOptions", {"Beta": 1.0}), x=x)
 
-
-# -- shape ops (quantization preserving) -------------------------------------------------------------------
-def alias(em: Emitter, node: fx.Node) -> None:
-    em.bind(node, em.value(node.args[0]))
-
-
-def reshape(em: Emitter, node: fx.Node) -> None:
-    x = em.value(node.args[0])
-    out_shape = _meta_shape(node)
-    n = x.shape[0] if x.rank else 1
-    if x.col_perm is None and x.rank == 4 and x.perm == L.NCHW_TO_NHWC and out_shape == (n, int(np.prod(x.shape[1:]))):
-        c, h, w = x.shape[1:]
-        col_perm = L.flatten_col_perm(c, h, w)
-        out = em.tensor(node.name, out_shape, (0, 1), x.dtype, x.quant, nonnegative=x.nonnegative)
-        em.reshape(x.tensor, out, out_shape, x.is_int8)
-        if col_perm is not None:
-            out.col_perm = col_perm
-            out._cache["chw"] = (c, h, w)
-        return em.bind(node, out)
-    x = em.uncollapse(x)
-    big = [p for p in x.perm if x.shape[p] != 1]
-    if big != sorted(big):  # element order differs from torch's: materialize it
-        x = em.torch_order(x)
-    out = em.tensor(node.name, out_shape, L.identity(len(out_shape)), x.dtype, x.quant, nonnegative=x.nonnegative)
-    em.reshape(x.tensor, out, out_shape, x.is_int8)
-    em.bind(node, out)
-
-
-def permute(em: Emitter, node: fx.Node) -> None:
-    x = em.uncollapse(em.value(node.args[0]))
-    if node.target in (torch.transpose, "transpose"):
-        d0, d1 = (a % x.rank for a in node.args[1:3])
-        dims = list(range(x.rank))
-        dims[d0], dims[d1] = dims[d1], dims[d0]
-    else:
-        dims = node.args[1:] if node.op == "call_method" else node.args[1]
-        dims = list(dims[0]) if len(dims) == 1 and isinstance(dims[0], list | tuple) else list(dims)
-    out = TValue(x.tensor, _meta_shape(node), x.dtype, L.compose_torch_permute(x.perm, dims), x.quant,
-                 nonnegative=x.nonnegative)
-    em.bind(node, out)
-
-
-def getitem(em: Emitter, node: fx.Node) -> None:
-    src = em.value(node.args[0])
-    index = em.value(node.args[1])
-    if not isinstance(src, TValue):
-        return em.bind(node, src[index])
-    x = em.torch_order(src)
-    index = index if isinstance(index, tuple) else (index,)
-    if Ellipsis in index:
-        i = index.index(Ellipsis)
-        index = index[:i] + (slice(None),) * (x.rank - len(index) + 1) + index[i + 1:]
-    if any(i is None or isinstance(i, TValue) for i in index):
-        raise ExportError(f"{node.name!r}: indexing with None or tensors is not exported; use slices and ints")
-    begin, end, strides, shrink = [], [], [], 0
-    for axis in range(x.rank):
-        i = index[axis] if axis < len(index) else slice(None)
-        size = x.shape[axis]
-        if isinstance(i, int):
-            i = i % size
-            begin.append(i), end.append(i + 1), strides.append(1)
-            shrink |= 1 << axis
-        else:
-            start, stop, step = i.indices(size)
-            begin.append(start), end.append(stop), strides.append(step)
-    out_shape = _meta_shape(node)
-    out = em.tensor(node.name, out_shape, L.identity(len(out_shape)), x.dtype, x.quant, nonnegative=x.nonnegative)
-    ins = [x.tensor] + [em.int32_const(f"{node.name}_{k}", v) for k, v in
-                        (("begin", begin), ("end", end), ("strides", strides))]
-    em.op("STRIDED_SLICE", ins, [out.tensor], Options("StridedSliceOptions", {"ShrinkAxisMask": shrink}),
-          2 if x.is_int8 else 1)
-    em.bind(node, out)
-
-
-def matmul(em: Emitter, node: fx.Node) -> None:
-    a, b = (em.uncollapse(em.value(v)) for v in node.args[:2])
-    adj_y = b.rank >= 2 and b.perm == L.identity(b.rank - 2) + (b.rank - 1, b.rank - 2)
-    a = em.torch_order(a)
-    b = b if adj_y else em.torch_order(b)
-    plan = em.plan_output(node, fuse_act=False)
-    int8 = (em.quantized and plan.quant is not None and a.is_int8 and b.is_int8
-            and "BATCH_MATMUL" not in em.float_ops)
-    if not int8:
-        a, b = em.to_float(a), em.to_float(b)
-    out_shape = _meta_shape(node)
-    out = em.tensor(node.name, out_shape, L.identity(len(out_shape)), a.dtype, plan.quant if int8 else None)
-    em.op("BATCH_MATMUL", [a.tensor, b.tensor], [out.tensor],
-          Options("BatchMatMulOptions", {"AdjX": False, "AdjY": adj_y}), 2 if int8 else 1)
-    _finish(em, node, out, plan)
-
-
-def layer_norm(em: Emitter, node: fx.Node) -> None:
-    """LayerNorm over the last axis as MEAN, SUB, MUL, MEAN, ADD, RSQRT, MUL (+ affine), in float."""
-    mod = em.module(node)
-    if len(mod.normalized_shape) != 1:
-        raise ExportError(f"{node.name!r}: LayerNorm is exported over the last axis only")
-    x = em.to_float(em.torch_order(em.uncollapse(em.value(node.args[0]))))
-    axis = em.int32_const(f"{node.name}_axis", [x.rank - 1])
-    red_shape = x.shape[:-1] + (1,)
-
-    def t(suffix, shape=x.shape):
-        return em.tensor(f"{node.name}_{suffix}", shape, L.identity(x.rank), TensorType.FLOAT32)
-
-    mu, d, sq, var, var_eps, inv, y = (t("mean", red_shape), t("centered"), t("sq"), t("var", red_shape),
-                                       t("var_eps", red_shape), t("rstd", red_shape), t("norm"))
-    em.op("MEAN", [x.tensor, axis], [mu.tensor], Options("ReducerOptions", {"KeepDims": True}))
-    em.op("SUB", [x.tensor, mu.tensor], [d.tensor], Options("SubOptions"))
-    em.op("MUL", [d.tensor, d.tensor], [sq.tensor], Options("MulOptions"))
-    em.op("MEAN", [sq.tensor, axis], [var.tensor], Options("ReducerOptions", {"KeepDims": True}))
-    eps = em.const(f"{node.name}_eps", np.array([mod.eps], np.float32), TensorType.FLOAT32)
-    em.op("ADD", [var.tensor, eps], [var_eps.tensor], Options("AddOptions"))
-    em.op("RSQRT", [var_eps.tensor], [inv.tensor])
-    em.op("MUL", [d.tensor, inv.tensor], [y.tensor], Options("MulOptions"))
-    if mod.weight is not None:
-        y = _binary_float(em, node, "MUL", y, Const(mod.weight.detach().numpy()), FusedActivation.NONE, "_gamma")
-    if mod.bias is not None:
-        y = _binary_float(em, node, "ADD", y, Const(mod.bias.detach().numpy()), FusedActivation.NONE, "_beta")
-    _finish(em, node, y, em.plan_output(node, fuse_act=False))
-
-
-def embedding(em: Emitter, node: fx.Node) -> None:
-    """GATHER rows of the table; an int8 table is stored int8 and dequantized per row (axis 0) once."""
-    mod = em.module(node)
-    ids = em.value(node.args[0])
-    if isinstance(ids, torch.Tensor | Const):  # constant ids (positions: torch.arange(seq_len)): fold the rows
-        table = mod.quantized_weight() if em.quantized and isinstance(mod, QuantLayerMixin) else mod.weight
-        idx = torch.as_tensor(ids.array if isinstance(ids, Const) else ids).long()
-        return em.bind(node, Const(table.detach()[idx].numpy()))
-    ids = em.torch_order(ids)
-    plan = em.plan_output(node, fuse_act=False)
-    w = mod.weight.detach().double().numpy()
-    if em.quantized and isinstance(mod, QuantLayerMixin):
-        s = mod.weight_quant.scale.detach().double().numpy().reshape(-1)
-        s = np.full(w.shape[0], s[0]) if s.size == 1 else s
-        wq = em.const(f"{node.name}_table", _int8_weights(w, s), TensorType.INT8, QuantParams.per_channel(s, 0, 0))
-        table = em.w.add_tensor(f"{node.name}_table_float", w.shape, TensorType.FLOAT32)
-        em.op("DEQUANTIZE", [wq], [table], version=5)
-    else:
-        table = em.const(f"{node.name}_table", w.astype(np.float32), TensorType.FLOAT32)
-    out_shape = _meta_shape(node)
-    out = em.tensor(node.name, out_shape, L.identity(len(out_shape)), TensorType.FLOAT32)
-    em.op("GATHER", [table, ids.tensor], [out.tensor], Options("GatherOptions", {"Axis": 0}))
-    _finish(em, node, out, plan)
 
 
 # -- the table -------------------------------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""Shared pieces of the TFLite op handlers: padding, weight layout and quantization, finishing an op's output."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import fx, nn
+
+from compress.errors import ExportError
+from compress.exporters import tflite_layout as L
+from compress.exporters.tflite_graph import ACT_CODE, Emitter, TValue
+from compress.exporters.tflite_schema import Options, QuantParams, TensorType, numpy_dtype
+from compress.layers.base import FusedActivation, QuantLayerMixin
+
+_PAD = {L.Padding.SAME: 0, L.Padding.VALID: 1}
+_FIXED_GRID = {
+    "LOGISTIC": QuantParams.per_tensor(1 / 256, -128),
+    "SOFTMAX": QuantParams.per_tensor(1 / 256, -128),
+    "TANH": QuantParams.per_tensor(1 / 128, 0),
+}
+
+
+def _arg(node: fx.Node, i: int, name: str, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _meta_shape(node: fx.Node) -> tuple[int, ...]:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        raise ExportError(f"node {node.name!r} has no recorded shape; export from a model traced with example inputs")
+    return tuple(int(d) for d in meta.shape)
+
+
+def _int8_weights(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    shape = [-1] + [1] * (w.ndim - 1)
+    return np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+
+
+def _weights(em: Emitter, mod: nn.Module, x: TValue, int8: bool, name: str, w: np.ndarray, b, layout):
+    """(weight tensor, bias tensor) for conv/linear, int8 per channel or float; ``layout`` reorders weights."""
+    out_ch = w.shape[0]
+    if b is None:
+        b = np.zeros(out_ch, np.float32)
+    if not int8:
+        return (em.const(f"{name}_weight", layout(w.astype(np.float32)), TensorType.FLOAT32),
+                em.const(f"{name}_bias", np.asarray(b, np.float32), TensorType.FLOAT32))
+    s_w = mod.weight_quant.scale.detach().double().numpy().reshape(-1)
+    if s_w.size == 1:
+        s_w = np.full(out_ch, s_w[0])
+    wq = layout(_int8_weights(w.astype(np.float64), s_w))
+    axis = 3 if layout is L.depthwise_weight_1hwo else 0
+    w_t = em.const(f"{name}_weight", wq, TensorType.INT8, QuantParams.per_channel(s_w, 0, axis))
+    s_b = x.quant.scale[0] * s_w
+    bq = np.clip(np.round(np.asarray(b, np.float64) / s_b), -(2**31), 2**31 - 1).astype(np.int32)
+    b_t = em.const(f"{name}_bias", bq, TensorType.INT32, QuantParams.per_channel(s_b, 0, 0))
+    return w_t, b_t
+
+
+def _float_params(em: Emitter, node: fx.Node, mod: nn.Module):
+    """(weight, bias, fused activation, node the output follows, absorbed nodes) as numpy arrays.
+
+    A float BatchNorm right after the layer is folded in (numpy, float32: deep-copying the layer to fold it
+    with :func:`compress.passes.fuse.fold_bn` cost 0.5 s of ResNet-18's conversion).
+    """
+    w = mod.weight.detach().cpu().numpy()
+    b = None if mod.bias is None else mod.bias.detach().cpu().numpy()
+    if isinstance(mod, QuantLayerMixin):
+        return w.astype(np.float64), None if b is None else b.astype(np.float64), mod.activation, node, []
+    users = list(node.users)
+    bn = em.module(users[0]) if len(users) == 1 else None
+    if isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d):
+        from compress.passes.fuse import can_fold
+
+        if can_fold(mod, bn):
+            var, mean = bn.running_var.detach().numpy(), bn.running_mean.detach().numpy()
+            gamma = bn.weight.detach().numpy() if bn.affine else np.ones_like(var)
+            beta = bn.bias.detach().numpy() if bn.affine else np.zeros_like(var)
+            factor = (gamma / np.sqrt(var + np.float32(bn.eps))).astype(np.float32)
+            w = w * factor.reshape([-1] + [1] * (w.ndim - 1))
+            b = beta + ((b if b is not None else 0.0) - mean) * factor
+            return w, b, FusedActivation.NONE, users[0], [users[0]]
+    return w, b, FusedActivation.NONE, node, []
+
+
+def _int8_ready(em: Emitter, mod, x: TValue, plan) -> bool:
+    return em.quantized and isinstance(mod, QuantLayerMixin) and x.is_int8 and plan.quant is not None
+
+
+def _finish(em: Emitter, node: fx.Node, out: TValue, plan, absorbed=()) -> None:
+    """Bind the op's value; a float output followed by a quantizer gets its QUANTIZE here."""
+    plan.absorbed[:0] = list(absorbed)
+    if plan.act is not FusedActivation.NONE:
+        out.nonnegative = True
+    if plan.quant is not None and not out.is_int8:
+        out = em.quantize(out, plan.quant, f"{node.name}_quant")
+    em.bind(node, out, plan)
+
+
+def _pad(em: Emitter, x: TValue, pads_nhwc, name: str, lowest: bool = False) -> TValue:
+    """PAD with zeros (int8: the zero point, i.e. real 0), or PADV2 with the lowest value (max pooling)."""
+    n, c, h, w = x.shape
+    shape = (n, c, h + pads_nhwc[1][0] + pads_nhwc[1][1], w + pads_nhwc[2][0] + pads_nhwc[2][1])
+    out = em.tensor(f"{name}_pad", shape, x.perm, x.dtype, x.quant, nonnegative=x.nonnegative)
+    paddings = em.int32_const(f"{name}_paddings", pads_nhwc)
+    version = 2 if x.is_int8 else 1
+    if not lowest:
+        em.op("PAD", [x.tensor, paddings], [out.tensor], Options("PadOptions"), version)
+    else:
+        _pad_lowest(em, x, out, pads_nhwc, name)
+    return out
+
+
+def _pad_lowest(em: Emitter, x: TValue, out: TValue, pads_nhwc, name: str) -> None:
+    """Pad H and W with the lowest value (max pooling) as two CONCATENATIONs with constant borders.
+
+    PADV2 would say it in one op, but XNNPACK has no PADV2 kernel: the pad fell back to LiteRT's builtin
+    kernels and split the graph into two delegate partitions; concatenation stays inside XNNPACK.
+    """
+    n, c, h, w = x.shape
+    dtype = numpy_dtype(x.dtype)
+    lowest = -128 if x.is_int8 else -3.0e38
+    axes = [axis for axis in (1, 2) if any(pads_nhwc[axis])]
+    cur, nhwc = x.tensor, [n, h, w, c]
+    for i, axis in enumerate(axes):
+        before, after = pads_nhwc[axis]
+        parts = []
+        for size, side in ((before, "before"), (0, "input"), (after, "after")):
+            if side == "input":
+                parts.append(cur)
+            elif size:
+                shape = list(nhwc)
+                shape[axis] = size
+                parts.append(em.const(f"{name}_pad{axis}_{side}", np.full(shape, lowest, dtype), x.dtype, x.quant))
+        nhwc[axis] += before + after
+        nxt = out.tensor if i == len(axes) - 1 else em.w.add_tensor(f"{name}_pad{axis}", nhwc, x.dtype,
+                                                                     quant=x.quant)
+        em.op("CONCATENATION", parts, [nxt],
+              Options("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0}), 2 if x.is_int8 else 1)
+        cur = nxt
+
+def _binary_float(em, node, op_name, a, b, act, suffix) -> TValue:
+    lead = a if isinstance(a, TValue) else b
+    a = a if isinstance(a, TValue) else em.const_value(a, lead, f"{node.name}_c{suffix}")
+    b = b if isinstance(b, TValue) else em.const_value(b, lead, f"{node.name}_c{suffix}")
+    out = em.tensor(f"{node.name}{suffix}", _broadcast(a.shape, b.shape), lead.perm, TensorType.FLOAT32)
+    em.op(op_name, [a.tensor, b.tensor], [out.tensor],
+          Options(f"{op_name.title()}Options", {"FusedActivationFunction": ACT_CODE[act]}))
+    return out
+
+def _broadcast(a, b) -> tuple[int, ...]:
+    return tuple(int(d) for d in np.broadcast_shapes(tuple(a), tuple(b)))
