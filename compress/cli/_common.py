@@ -275,3 +275,15 @@ def stdout_console():
 def progress_enabled() -> bool:
     """Progress bars only on an interactive terminal: in logs and pipes they are noise."""
     return sys.stderr.isatty()
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` (or ``1x3x224x224``) → ``(1, 3, 224, 224)``; anything else is a ConfigError."""
+    parts = [p for p in text.replace("x", ",").replace(" ", "").split(",") if p]
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ConfigError(f"--input-shape {text!r} is not a shape; write positive sizes like 1,3,224,224")
+    return shape

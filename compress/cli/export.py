@@ -15,8 +15,7 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import debug_option, handle_errors, stdout_console
-from compress.cli.inspect import _parse_shape
+from compress.cli._common import debug_option, handle_errors, parse_shape, stdout_console
 from compress.cli.quantize import FORMAT_CHOICES, _spec_files
 from compress.errors import ConfigError
 
@@ -68,7 +67,7 @@ def _example_and_batches(net, input_shape: str | None, sample: str | None):
         x = data.x[:VERIFY_SAMPLES]
         example = torch.from_numpy(x[:1])
         return example, [x]
-    shape = _parse_shape(input_shape)
+    shape = parse_shape(input_shape)
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal(shape, dtype=np.float32) for _ in range(VERIFY_BATCHES)]
     check_fits(net, Dataset(batches[0], None, source=f"--input-shape {input_shape}"))

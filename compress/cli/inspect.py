@@ -6,19 +6,7 @@ from collections import Counter
 
 import click
 
-from compress.cli._common import debug_option, handle_errors, stdout_console
-from compress.errors import ConfigError
-
-
-def _parse_shape(text: str) -> tuple[int, ...]:
-    parts = [p for p in text.replace("x", ",").replace(" ", "").split(",") if p]
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        shape = ()
-    if not shape or any(d < 1 for d in shape):
-        raise ConfigError(f"--input-shape {text!r} is not a shape; write positive sizes like 1,3,224,224")
-    return shape
+from compress.cli._common import debug_option, handle_errors, parse_shape, stdout_console
 
 
 def _support_lookup():
@@ -79,7 +67,7 @@ def inspect_command(model: str, arch: str | None, trust_pickle: bool, input_shap
 
     from compress.io import Dataset, check_fits, load_model
 
-    shape = _parse_shape(input_shape) if input_shape else None
+    shape = parse_shape(input_shape) if input_shape else None
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     leaves = [(name, m) for name, m in net.named_modules()
               if name and (not any(True for _ in m.children()) or any(True for _ in m.parameters(recurse=False)))]

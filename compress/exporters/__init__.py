@@ -9,12 +9,20 @@ from compress.exporters.onnx import (
     export_onnx,
     trace_for_export,
 )
-from compress.exporters.tflite import TFLiteExportConfig, TFLiteExportInfo, export_tflite
+from compress.exporters.tflite import (
+    XNNPACK_FLOAT_OPS,
+    Int8Kernels,
+    TFLiteExportConfig,
+    TFLiteExportInfo,
+    export_tflite,
+)
 from compress.exporters.verify import OutputParity, ParityReport, VerifyConfig, verify_onnx
-from compress.exporters.verify_tflite import verify_tflite
+from compress.exporters.verify_tflite import verify_tflite, xnnpack_delegation
 
 __all__ = [
+    "XNNPACK_FLOAT_OPS",
     "ActivationDType",
+    "Int8Kernels",
     "OnnxExportConfig",
     "OnnxExportInfo",
     "OutputParity",
@@ -27,4 +35,5 @@ __all__ = [
     "trace_for_export",
     "verify_onnx",
     "verify_tflite",
+    "xnnpack_delegation",
 ]

@@ -9,6 +9,10 @@ float outputs within a relative error (max |diff| / max |reference|) of 1e-4. Th
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -30,13 +34,34 @@ def load_interpreter(path, num_threads: int = 1):
         VerificationError: LiteRT rejects the file (the message carries LiteRT's reason).
     """
     litert = require("ai_edge_litert.interpreter", "tflite")
-    try:
-        it = litert.Interpreter(model_path=str(path), num_threads=num_threads)
-        it.allocate_tensors()
-    except (RuntimeError, ValueError) as exc:
-        raise VerificationError(f"LiteRT cannot load {path} ({str(exc).splitlines()[0]}); re-export it, or report "
-                                "the op named in the message") from exc
+    with _native_stderr_captured() as captured:
+        try:
+            it = litert.Interpreter(model_path=str(path), num_threads=num_threads)
+            it.allocate_tensors()
+        except (RuntimeError, ValueError) as exc:
+            native = " ".join(line for line in captured().splitlines() if "ERROR" in line)[:300]
+            reason = str(exc).splitlines()[0] + (f": {native}" if native else "")
+            raise VerificationError(f"LiteRT cannot load {path} ({reason}); re-export it, or report the op named in "
+                                    "the message") from exc
     return it
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Route the C++ runtime's stderr (file descriptor 2) to a temp file while LiteRT loads a model.
+
+    LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" on every load, which would interleave with
+    our progress bars and tables; its load errors are written there too, so the caller gets the text back.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lambda: (tmp.seek(0), tmp.read().decode(errors="replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def xnnpack_delegation(path, num_threads: int = 1) -> dict:
