@@ -31,10 +31,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 import compress.exporters.onnx_ops  # noqa: F401  (fills the op table)
 import compress.exporters.onnx_ops_seq  # noqa: F401  (attention, LSTM / GRU)
 from compress.errors import ConfigError, ExportError, require
+from compress.exporters.onnx_fallback import emit_fallback, fallback_inputs, find_handler
 from compress.exporters.onnx_graph import (
-    FUNCTION_OPS,
-    METHOD_OPS,
-    MODULE_OPS,
     PRESERVING,
     ExportContext,
     GraphBuilder,
@@ -43,10 +41,8 @@ from compress.exporters.onnx_graph import (
     TensorValue,
     onnx_elem_type,
     summarize,
-    supported_ops,
 )
 from compress.exporters.onnx_ops import is_python_record
-from compress.exporters.onnx_ops_quant import is_quant_module
 from compress.exporters.onnx_ops_seq import RECURRENT_RTOL
 from compress.passes.graph import QuantTracer
 from compress.quant.fake import Quantizer
@@ -115,7 +111,8 @@ class OnnxExportInfo:
     ``output_tolerances[i]`` is None when output i is meant to be bit-faithful to the simulation (≤ 1 LSB),
     or the relative tolerance (max |diff| / max |reference|) it is verified with when an approximated op
     (a quantized LSTM / GRU, see :mod:`compress.exporters.onnx_ops_seq`) lies upstream; ``approximations``
-    says which ops and why.
+    says which ops and why. ``float_fallbacks`` lists the ops the op table lacks, written in float by
+    ``torch.onnx`` (``"up (ConvTranspose2d)"``; see :mod:`compress.exporters.onnx_fallback`).
     """
 
     path: str
@@ -129,6 +126,7 @@ class OnnxExportInfo:
     output_names: list[str] = field(default_factory=list)
     output_tolerances: list[float | None] = field(default_factory=list)
     approximations: list[str] = field(default_factory=list)
+    float_fallbacks: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -172,6 +170,8 @@ class _RecordingMixin:
     def run_node(self, n: fx.Node):
         result = super().run_node(n)
         self.records[n] = summarize(result)
+        if n in self.keep:  # inputs of an op written by torch.onnx (onnx_fallback) need real values
+            self.values[n] = result.detach() if isinstance(result, torch.Tensor) else result
         # Tensors computed from constants only (torch.arange(seq_len), masks, x.new_ones(...)) are folded
         # into initializers, so ops with no ONNX counterpart can still appear in that part of a model.
         if n.op in ("call_function", "call_method") and isinstance(result, torch.Tensor) and all(
@@ -184,7 +184,8 @@ class _RecordingMixin:
 class _ShapeRecorder(_RecordingMixin, ShapeProp):
     def __init__(self, gm):
         super().__init__(gm)
-        self.records, self.consts = {}, {}
+        self.records, self.consts, self.values = {}, {}, {}
+        self.keep = fallback_inputs(gm)
         # fx's extra traceback imports torch._dynamo (seconds) just to decorate an error we re-raise anyway.
         self.extra_traceback = False
 
@@ -192,14 +193,19 @@ class _ShapeRecorder(_RecordingMixin, ShapeProp):
 class _ProbeRecorder(_RecordingMixin, fx.Interpreter):
     def __init__(self, gm):
         super().__init__(gm)
-        self.records, self.consts = {}, {}
+        self.records, self.consts, self.values = {}, {}, {}
+        self.keep = fallback_inputs(gm)
         # fx's extra traceback imports torch._dynamo (seconds) just to decorate an error we re-raise anyway.
         self.extra_traceback = False
 
 
-def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> tuple[dict, dict | None, dict]:
-    """Run the graph on the example inputs (ShapeProp) and, for dynamic batch, on one more batch row."""
+def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> tuple[dict, dict | None, dict, tuple]:
+    """Run the graph on the example inputs (ShapeProp) and, for dynamic batch, on one more batch row.
+
+    Returns records, probe records, folded constants, and the kept values of (example, probe) runs.
+    """
     probe = probe_consts = None
+    probe_values: dict = {}
     if dynamic_batch:
         bigger = tuple(torch.cat([x, x[:1]]) if isinstance(x, torch.Tensor) and x.dim() > 0 else x
                        for x in example_inputs)
@@ -212,7 +218,7 @@ def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> t
                 f"{str(exc).splitlines()[0] if str(exc) else ''}); its shapes are fixed, so export with "
                 "OnnxExportConfig(dynamic_batch=False)"
             ) from exc
-        probe, probe_consts = recorder.records, recorder.consts
+        probe, probe_consts, probe_values = recorder.records, recorder.consts, recorder.values
     recorder = _ShapeRecorder(gm)
     try:
         # ShapeProp prints the traceback of a failing node to stderr; the ExportError below says it in one line.
@@ -227,32 +233,20 @@ def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> t
         # A "constant" that changes with the batch size is not one (e.g. torch.arange(x.size(0))).
         consts = {n: t for n, t in consts.items() if n in probe_consts and probe_consts[n].shape == t.shape
                   and torch.equal(probe_consts[n], t)}
-    return recorder.records, probe, consts
+    return recorder.records, probe, consts, (recorder.values, probe_values)
 
 
 # -- emitting -------------------------------------------------------------------------------------------
 def _handler_for(ctx: ExportContext, node: fx.Node):
-    mod = None
-    if node.op == "call_module":
-        mod = ctx.module(node)
-        handler = next((MODULE_OPS[c] for c in type(mod).__mro__ if c in MODULE_OPS), None)
-        # A quant layer must never be written by its float base class's handler (that would export float).
-        if handler is not None and is_quant_module(mod) and not handler.handles_quant:
-            handler = None
-        what = f"{type(mod).__module__}.{type(mod).__name__}"
-    elif node.op == "call_function":
-        handler = FUNCTION_OPS.get(node.target)
-        what = getattr(node.target, "__qualname__", repr(node.target))
-    elif node.op == "call_method":
-        handler = METHOD_OPS.get(node.target)
-        what = f"Tensor.{node.target}"
-    else:
-        handler, what = None, node.op
+    handler, mod, what = find_handler(ctx.gm, node)
     if handler is None:
-        raise ExportError(
-            f"unsupported op {what} at fx node {node.name!r} ({node.op}); the ONNX exporter supports: "
-            f"{', '.join(supported_ops())} — replace the op with a supported one or leave it outside the model"
-        )
+        if node.op not in ("call_module", "call_function", "call_method"):
+            raise ExportError(f"unsupported fx node {node.name!r} ({node.op}); export the GraphModule from "
+                              "trace_for_export or convert()")
+
+        # No ONNX handler: torch.onnx writes this one op as a float subgraph (listed in float_fallbacks).
+        def handler(ctx, node, mod):
+            return emit_fallback(ctx, node, mod, what)
     return handler, mod
 
 
@@ -374,10 +368,10 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
     in_names = list(config.input_names or [n.target.lstrip("*") for n in placeholders])
     if len(in_names) != len(placeholders):
         raise ConfigError(f"input_names has {len(in_names)} names but the model takes {len(placeholders)} inputs")
-    records, probe, consts = _record(gm, example_inputs, config.dynamic_batch)
+    records, probe, consts, (ctx_values, ctx_probe_values) = _record(gm, example_inputs, config.dynamic_batch)
     builder = GraphBuilder(config.opset)
     ctx = ExportContext(gm, builder, records, probe, config.activation_dtype is ActivationDType.UINT8)
-    ctx.consts = consts
+    ctx.consts, ctx.values, ctx.probe_values = consts, ctx_values, ctx_probe_values
     graph_inputs, graph_outputs, output_scales, renamed, leaves = [], [], [], {}, []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
@@ -434,7 +428,8 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
                           op_histogram=builder.histogram(), input_names=in_names,
                           output_names=[o.name for o in graph_outputs],
                           output_tolerances=_output_tolerances(gm, ctx.approximate, leaves),
-                          approximations=[f"{n.name}: {why}" for n, why in ctx.approximate.items()])
+                          approximations=[f"{n.name}: {why}" for n, why in ctx.approximate.items()],
+                          float_fallbacks=list(ctx.float_fallbacks))
     return proto, info
 
 

@@ -202,6 +202,11 @@ class ExportContext:
         # layer's hidden state stays float in ONNX LSTM), with the reason; outputs downstream are compared
         # in float by verify_onnx.
         self.approximate: dict[fx.Node, str] = {}
+        # Ops without a handler, written as float subgraphs by torch.onnx ("up (ConvTranspose2d)"), and the
+        # recorded input values they are exported on (example run / one-more-row probe run).
+        self.float_fallbacks: list[str] = []
+        self.values: dict[fx.Node, Any] = {}
+        self.probe_values: dict[fx.Node, Any] = {}
 
     # -- looking up values -----------------------------------------------------------------------------
     def value(self, arg):

@@ -1,0 +1,188 @@
+"""Ops the ONNX op table lacks are written in float by torch.onnx and spliced in; checked in onnxruntime."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from compress.errors import ExportError
+from compress.exporters import OnnxExportConfig, export_onnx
+from compress.exporters.verify import verify_onnx
+from compress.passes import calibrate, convert, prepare
+
+pytestmark = pytest.mark.onnx
+
+
+class UpNet(nn.Module):
+    """conv → relu → ConvTranspose2d (no ONNX handler) → flatten → linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.up = nn.ConvTranspose2d(4, 2, 2, stride=2)
+        self.fc = nn.Linear(2 * 16 * 16, 5)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.up(self.relu(self.conv(x))), 1))
+
+
+class Mixed(nn.Module):
+    """Upsample (module) and torch.cumsum (function): neither has a handler."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
+
+    def forward(self, x):
+        return torch.cumsum(self.upsample(self.conv(x)), dim=3) + 1.0
+
+
+def run(path, x: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+def rel_err(got: np.ndarray, want: np.ndarray) -> float:
+    return float(np.abs(got - want).max() / np.abs(want).max())
+
+
+@pytest.fixture(scope="module")
+def upnet():
+    torch.manual_seed(0)
+    return UpNet().eval()
+
+
+@pytest.mark.slow  # the first torch.onnx (dynamo) export of a session imports onnxscript: ~5 s
+def test_conv_transpose_fp32_runs_in_float_at_any_batch(upnet, tmp_path, monkeypatch):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # anything torch.onnx writes on the side lands here
+    out = tmp_path / "out"
+    out.mkdir()
+    info = export_onnx(upnet, (torch.randn(1, 1, 8, 8),), out / "fp32.onnx")
+    assert info.float_fallbacks == ["up (ConvTranspose2d)"]
+    assert info.op_histogram["ConvTranspose"] == 1 and info.to_dict()["float_fallbacks"] == info.float_fallbacks
+    for batch in (1, 3):
+        x = torch.randn(batch, 1, 8, 8, generator=torch.Generator().manual_seed(batch))
+        assert rel_err(run(out / "fp32.onnx", x), upnet(x).detach().numpy()) <= 1e-4
+    # torch.export creates its (empty) inductor cache folder in the temp dir once: that is torch's, not ours.
+    assert os.listdir(out) == ["fp32.onnx"] and [p for p in os.listdir(tmp) if "torchinductor" not in p] == []
+
+
+@pytest.mark.parametrize("opset", [13, 17])
+def test_conv_transpose_int8_within_1lsb_of_simulation(upnet, opset, tmp_path):
+    import onnx
+
+    g = torch.Generator().manual_seed(1)
+    calib = [torch.randn(16, 1, 8, 8, generator=g)]
+    qmodel = convert(calibrate(prepare(upnet, calib[0][:1]), calib, progress=False))
+    path = tmp_path / "int8.onnx"
+    info = export_onnx(qmodel, (torch.randn(1, 1, 8, 8),), path, OnnxExportConfig(opset=opset))
+    assert len(info.float_fallbacks) == 1 and "(ConvTranspose2d)" in info.float_fallbacks[0]
+    assert [(o.domain, o.version) for o in onnx.load(str(path)).opset_import] == [("", opset)]
+    # The fallback's input is dequantized and its output re-quantized: the graph is still int8 around it.
+    assert info.op_histogram["QuantizeLinear"] >= 2 and info.output_scales[0] is not None
+    inputs = [torch.randn(b, 1, 8, 8, generator=g).numpy() for b in (1, 3, 32)]
+    report = verify_onnx(path, qmodel, inputs, info=info)
+    assert report.passed and report.within_1lsb_fraction >= 0.99, report.summary()
+    # ... and onnxruntime keeps it float: its optimizer must not have quantized the ConvTranspose weights
+    # (WeightBiasQuantization does so when the op reads a DequantizeLinear directly).
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "opt.onnx")).graph
+    float_inits = {i.name for i in optimized.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    (deconv,) = [n for n in optimized.node if n.op_type == "ConvTranspose"]
+    assert deconv.input[1] in float_inits
+
+
+def test_upsample_and_cumsum_fall_back_with_dynamic_batch(tmp_path):
+    torch.manual_seed(0)
+    model = Mixed().eval()
+    path = tmp_path / "m.onnx"
+    info = export_onnx(model, (torch.randn(1, 2, 5, 5),), path)
+    assert info.float_fallbacks == ["upsample (Upsample)", "cumsum (torch.cumsum)"]
+    for batch in (1, 3):
+        x = torch.randn(batch, 2, 5, 5)
+        assert rel_err(run(path, x), model(x).detach().numpy()) <= 1e-4
+    assert os.listdir(tmp_path) == ["m.onnx"]
+
+
+class _Flips(nn.Module):
+    def forward(self, x):
+        return x.flip(1).relu()  # Tensor.flip: a method without a handler
+
+
+def test_method_falls_back_with_fixed_batch(tmp_path):
+    info = export_onnx(_Flips(), (torch.randn(2, 6),), tmp_path / "m.onnx", OnnxExportConfig(dynamic_batch=False))
+    assert info.float_fallbacks == ["flip (Tensor.flip)"]
+    x = torch.randn(2, 6)
+    np.testing.assert_array_equal(run(tmp_path / "m.onnx", x), x.flip(1).relu().numpy())
+
+
+def test_fallback_names_do_not_clash_when_an_op_repeats(tmp_path):
+    """Two ConvTranspose2d of the same shape: their initializers must stay distinct after the splice."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(2, 2, 1), nn.ConvTranspose2d(2, 2, 1)).eval()
+    info = export_onnx(model, (torch.randn(2, 2, 3, 3),), tmp_path / "m.onnx")
+    assert info.float_fallbacks == ["_0 (ConvTranspose2d)", "_1 (ConvTranspose2d)"]
+    x = torch.randn(4, 2, 3, 3)
+    assert rel_err(run(tmp_path / "m.onnx", x), model(x).detach().numpy()) <= 1e-4
+
+
+class _Opaque(nn.Module):
+    def forward(self, x):
+        return torch.from_numpy(np.sort(x.detach().numpy(), axis=-1))  # numpy: no exporter can trace it
+
+
+class _HasOpaque(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.opaque = _Opaque()
+
+    def forward(self, x):
+        return self.opaque(x) + 1
+
+
+def test_impossible_op_is_one_short_line(tmp_path):
+    from compress.exporters.onnx import ExportTracer
+
+    class Tracer(ExportTracer):
+        def is_leaf_module(self, m, name):
+            return isinstance(m, _Opaque) or super().is_leaf_module(m, name)
+
+    from torch import fx
+
+    gm = fx.GraphModule(_HasOpaque(), Tracer().trace(_HasOpaque()))
+    with pytest.raises(ExportError) as err:
+        export_onnx(gm, (torch.randn(2, 3),), tmp_path / "m.onnx")
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) < 900, msg
+    assert "_Opaque at fx node 'opaque'" in msg and "compress inspect MODEL" in msg
+    assert "nn.Conv2d" not in msg  # the supported-op list is a count, not ~150 names
+    assert os.listdir(tmp_path) == []
+
+
+class _Sorts(nn.Module):
+    def forward(self, x):
+        return torch.sort(x, dim=-1).values  # a named tuple's field: getattr selects the output, no op
+
+
+def test_named_tuple_op_falls_back_and_its_field_is_selected(tmp_path):
+    info = export_onnx(_Sorts(), (torch.randn(2, 7),), tmp_path / "m.onnx")
+    assert info.float_fallbacks == ["sort (torch.sort)"]
+    x = torch.randn(5, 7)
+    np.testing.assert_array_equal(run(tmp_path / "m.onnx", x), np.sort(x.numpy(), axis=-1))
