@@ -2,7 +2,8 @@
 
 The exporter walks a torch.fx graph (see docs/architecture.md, "The converted model") and writes each node
 with the op table in :mod:`compress.exporters.onnx_ops` / :mod:`compress.exporters.onnx_ops_quant`, using
-``onnx.helper`` builders directly (never ``torch.onnx``: it picks opsets and file layouts on its own).
+``onnx.helper`` builders directly (``torch.onnx`` picks opsets and file layouts on its own; it only writes the
+single ops the table lacks, as checked float subgraphs: :mod:`compress.exporters.onnx_fallback`).
 
 Example:
     >>> import torch, tempfile, os
@@ -43,6 +44,7 @@ from compress.exporters.onnx_graph import (
     summarize,
 )
 from compress.exporters.onnx_ops import is_python_record
+from compress.exporters.onnx_ops_quant import is_quant_module
 from compress.exporters.onnx_ops_seq import RECURRENT_RTOL
 from compress.passes.graph import QuantTracer
 from compress.quant.fake import Quantizer
@@ -243,6 +245,10 @@ def _handler_for(ctx: ExportContext, node: fx.Node):
         if node.op not in ("call_module", "call_function", "call_method"):
             raise ExportError(f"unsupported fx node {node.name!r} ({node.op}); export the GraphModule from "
                               "trace_for_export or convert()")
+        if mod is not None and is_quant_module(mod):
+            # torch.onnx would write the simulation's fake-quant arithmetic, not an int8 op nor a float one.
+            raise ExportError(f"quantized layer {what} at fx node {node.name!r} has no ONNX int8 handler; "
+                              "exclude it from quantization so it exports in float, or report it")
 
         # No ONNX handler: torch.onnx writes this one op as a float subgraph (listed in float_fallbacks).
         def handler(ctx, node, mod):
