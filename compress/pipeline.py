@@ -168,6 +168,15 @@ def quantize_model(
                                                   evaluation, timings)
         report["formats"][fmt.value] = section
         report["artifacts"] += section.pop("artifacts")
+    for fmt, section in report["formats"].items():
+        for entry in section["export"].pop("float_fallbacks", []):
+            name, _, op = entry.partition(" (")
+            listed = [f for f in report["float_ops"] if f["name"] == name]
+            if listed:  # already listed by prepare (e.g. a layer with no quantized implementation)
+                listed[0]["reason"] += f"; {fmt}: exported as a float subgraph"
+                continue
+            report["float_ops"].append({"name": name, "op": op.rstrip(")") or name,
+                                        "reason": f"no {fmt} mapping: exported as a float subgraph"})
     primary = report["formats"][options.formats[0].value]
     report.update(fp32=primary["fp32"], int8=primary["int8"], parity=primary["parity"])
     if "onnx" in report["formats"]:
@@ -245,8 +254,8 @@ def _run_backend(backend: _Backend, model, int8_model, example, out_dir: Path, o
 
 def _export_summary(info) -> dict:
     d = info.to_dict()
-    keep = {k: d[k] for k in ("opset", "activation_dtype", "schema_version", "op_histogram", "op_counts")
-            if k in d}
+    keep = {k: d[k] for k in ("opset", "activation_dtype", "schema_version", "op_histogram", "op_counts",
+                              "float_fallbacks") if k in d}
     if isinstance(keep.get("activation_dtype"), Enum):
         keep["activation_dtype"] = keep["activation_dtype"].value
     scales = [s for s in getattr(info, "output_scales", []) or [] if s is not None]

@@ -171,3 +171,37 @@ def test_parity_failure_is_an_error_with_figures(cli, calib_npz, state_dict_file
     assert result.exit_code == 6
     assert "does not match the torch simulation" in result.output and "50.0%" in result.output
     assert "Traceback" not in result.output
+
+
+def test_unsupported_layer_stays_float_and_is_reported(cli, tmp_path, write_npz):
+    # nn.ConvTranspose2d has no int8 layer and no entry in the ONNX op table: it runs in float, is listed
+    # in report.json and on screen, and the rest of the model is still int8
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv = nn.Conv2d(1, 4, 3, padding=1)\n"
+        "        self.up = nn.ConvTranspose2d(4, 2, 2, stride=2)\n"
+        "        self.fc = nn.Linear(2 * 16 * 16, 3)\n"
+        "    def forward(self, x):\n"
+        "        return self.fc(torch.flatten(self.up(torch.relu(self.conv(x))), 1))\n"
+    )
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from net import Net
+    finally:
+        sys.path.remove(str(tmp_path))
+    torch.save(Net().state_dict(), tmp_path / "net.pt")
+    calib = write_npz("c.npz", x=np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32))
+    result = cli("quantize", "net.pt", "--arch", "net.py:Net", "--calib", str(calib), "-o", "out")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    up = [f for f in report["float_ops"] if f["name"] == "up"]
+    assert up and "float subgraph" in up[0]["reason"]
+    assert "up (ConvTranspose2d)" in result.stdout
+    assert set(report["quantized_layers"]) == {"conv", "fc"}
