@@ -195,14 +195,19 @@ def test_bad_artifacts_and_data_are_refused_before_measuring(tmp_path, artifacts
 
 
 def test_runner_process_times_a_known_delay_distribution(tmp_path):
-    # The real runner script in a fresh process, on a model that waits U(1, 3) ms per run: median 2 ms,
-    # p90 2.8 ms, nothing below 1 ms. The tolerance leaves room for a busy machine's wake-up delays.
+    # The real runner script in a fresh process, on a model that waits U(1, 3) ms per run. Its delays are
+    # drawn from a seeded generator, so the test knows each planned delay: every sample must cover its
+    # planned delay (the right run was timed, in the right unit) and exceed it by little (what the harness
+    # and the scheduler add); a busy machine only adds time, hence one-sided bounds.
     spec = tmp_path / "synthetic.json"
     spec.write_text(json.dumps({"uniform_ms": [1.0, 3.0], "seed": 1}))
-    result = LocalExecutor().call("measure", {"runtime": "synthetic", "path": str(spec), "runs": 150, "warmup": 2})
+    warmup, runs = 2, 150
+    result = LocalExecutor().call("measure", {"runtime": "synthetic", "path": str(spec), "runs": runs,
+                                              "warmup": warmup})
     samples = np.asarray(result["samples_s"]) * 1e3
-    assert len(samples) == 150
-    assert np.median(samples) == pytest.approx(2.0, rel=0.08)
-    assert np.percentile(samples, 90) == pytest.approx(2.8, rel=0.1)
-    assert samples.min() >= 1.0
+    planned = np.random.default_rng(1).uniform(1.0, 3.0, size=warmup + runs)[warmup:]
+    assert len(samples) == runs
+    assert (samples >= planned - 1e-3).all()
+    assert np.median(samples - planned) < 0.5
+    assert np.median(planned) == pytest.approx(2.0, rel=0.1)  # the distribution itself is as specified
     assert result["peak_rss_bytes"] > 1 << 20 and result["pid"] > 0
