@@ -224,10 +224,17 @@ def verify_onnx(path, reference: Callable | nn.Module, inputs: Iterable, *, info
             par.passed = max_rel <= par.tolerance
         outputs.append(par)
 
+    return parity_report(path, outputs, batches, problems, config, strict=strict, runtime="onnxruntime")
+
+
+def parity_report(path, outputs: list[OutputParity], batches: int, problems: list[str], config: VerifyConfig, *,
+                  strict: bool, runtime: str) -> ParityReport:
+    """Aggregate per-output parities into a :class:`ParityReport` (shared by the ONNX and TFLite checks);
+    ``strict`` turns a failure into :class:`VerificationError` carrying the figures."""
     quant = [o for o in outputs if o.quantized]
     total_q = sum(o.elements for o in quant)
     report = ParityReport(
-        path=path,
+        path=str(path),
         passed=not problems and all(o.passed for o in outputs),
         batches=batches,
         outputs=outputs,
@@ -241,6 +248,6 @@ def verify_onnx(path, reference: Callable | nn.Module, inputs: Iterable, *, info
     )
     if strict and not report.passed:
         detail = "; ".join(problems) if problems else report.summary()
-        raise VerificationError(f"{path} disagrees with the torch simulation ({detail}); check the calibration "
-                                "data and the exported ops, or relax VerifyConfig if the gap is expected")
+        raise VerificationError(f"{path} disagrees with the torch simulation in {runtime} ({detail}); check the "
+                                "calibration data and the exported ops, or relax VerifyConfig if the gap is expected")
     return report

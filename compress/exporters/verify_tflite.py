@@ -21,7 +21,14 @@ from torch import nn
 
 from compress.errors import DataError, VerificationError, require
 from compress.exporters.tflite import TFLiteExportInfo
-from compress.exporters.verify import OutputParity, ParityReport, VerifyConfig, _as_batch, _flatten
+from compress.exporters.verify import (
+    OutputParity,
+    ParityReport,
+    VerifyConfig,
+    _as_batch,
+    _flatten,
+    parity_report,
+)
 
 # A difference of exactly one code, computed in float32, can read as 1.0000001 LSB.
 _LSB_SLACK = 1e-3
@@ -203,26 +210,7 @@ def verify_tflite(path, reference: Callable | nn.Module, inputs: Iterable, *, in
         raise DataError("no verification inputs were given; pass at least one batch")
 
     outputs = [_parity(names[i], diffs[i], refs_max[i], scales[i], config) for i in range(len(outs))]
-    quant = [o for o in outputs if o.quantized]
-    total_q = sum(o.elements for o in quant)
-    report = ParityReport(
-        path=str(path),
-        passed=not problems and all(o.passed for o in outputs),
-        batches=batches,
-        outputs=outputs,
-        max_abs_lsb=max((o.max_abs_lsb for o in quant), default=None),
-        within_1lsb_fraction=(sum(o.within_1lsb_fraction * o.elements for o in quant) / total_q
-                              if total_q else (1.0 if quant else None)),
-        max_abs_diff=max((o.max_abs_diff for o in outputs), default=0.0),
-        max_rel_diff=max((o.max_rel_diff for o in outputs), default=0.0),
-        thresholds={"min_within_1lsb": config.min_within_1lsb, "float_rtol": config.float_rtol},
-        problems=problems,
-    )
-    if strict and not report.passed:
-        detail = "; ".join(problems) if problems else report.summary()
-        raise VerificationError(f"{path} disagrees with the torch simulation in LiteRT ({detail}); check the "
-                                "calibration data and the exported ops, or relax VerifyConfig if the gap is expected")
-    return report
+    return parity_report(path, outputs, batches, problems, config, strict=strict, runtime="LiteRT")
 
 
 def _parity(name: str, diffs: list[np.ndarray], ref_max: float, scale: float | None,
