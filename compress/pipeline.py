@@ -49,6 +49,7 @@ class QuantizeOptions:
     max_calib_batches: int | None = None
     latency_runs: int = 50
     formats: tuple = ("onnx",)
+    tflite_int8_io: bool = False
 
     def __post_init__(self):
         for name, enum in (("observer", ObserverKind), ("target", Target)):
@@ -292,7 +293,7 @@ def _onnx_runner(path: Path, threads: int):
 def _export_tflite(model, example, path, options: QuantizeOptions, quantized: bool):
     from compress.exporters.tflite import TFLiteExportConfig, export_tflite
 
-    return export_tflite(model, example, path, TFLiteExportConfig())
+    return export_tflite(model, example, path, TFLiteExportConfig(int8_io=options.tflite_int8_io and quantized))
 
 
 def _verify_tflite(path, int8_model, batches, info):

@@ -67,6 +67,8 @@ def _spec_files(spec: str | None) -> list[Path]:
 @click.option("--format", "formats", metavar="FORMATS", default="onnx", show_default=True,
               help="Files to write, comma-separated: onnx, tflite (e.g. onnx,tflite). Each is verified in its "
                    "runtime (onnxruntime, LiteRT).")
+@click.option("--int8-io", is_flag=True,
+              help="TFLite: int8 input and output tensors instead of float with QUANTIZE/DEQUANTIZE at the edges.")
 @click.option("--arch", metavar="MODULE:CALLABLE",
               help="Builds the model a state dict is loaded into, e.g. compress.models:DemoCNN or nets.py:build.")
 @click.option("--trust-pickle", is_flag=True,
@@ -77,7 +79,7 @@ def _spec_files(spec: str | None) -> list[Path]:
 @handle_errors
 def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, qat: bool, train_spec: str | None,
                      epochs: int | None, lr: float | None, per_tensor: bool, observer: str, target: str,
-                     formats: str, arch: str | None, trust_pickle: bool, force: bool,
+                     formats: str, int8_io: bool, arch: str | None, trust_pickle: bool, force: bool,
                      batch_size: int | None) -> None:
     """Quantize MODEL to int8 ONNX (and TFLite), verify each file against the torch simulation, write a report.
 
@@ -85,6 +87,8 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     module (.pt, only with --trust-pickle).
     """
     format_names = parse_formats(formats)
+    if int8_io and "tflite" not in format_names:
+        raise ConfigError("--int8-io applies to TFLite files; add --format tflite (or onnx,tflite)")
     if not qat:
         given = [flag for flag, value in (("--train", train_spec), ("--epochs", epochs), ("--lr", lr)) if value is not None]
         if given:
@@ -101,7 +105,7 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     extra = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     options = QuantizeOptions(
         per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat,
-        formats=format_names, **extra
+        formats=format_names, tflite_int8_io=int8_io, **extra
     )
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     datasets = {}

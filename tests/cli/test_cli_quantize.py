@@ -205,3 +205,23 @@ def test_unsupported_layer_stays_float_and_is_reported(cli, tmp_path, write_npz)
     assert up and "float subgraph" in up[0]["reason"]
     assert "up (ConvTranspose2d)" in result.stdout
     assert set(report["quantized_layers"]) == {"conv", "fc"}
+
+
+@pytest.mark.tflite
+def test_int8_io_writes_int8_tflite_edges(cli, tmp_path, calib_npz, state_dict_file, tiny_arch):
+    from ai_edge_litert.interpreter import Interpreter
+
+    result = cli("quantize", state_dict_file, "--arch", tiny_arch, "--calib", calib_npz, "--format", "tflite",
+                 "--int8-io", "-o", "out")
+    assert result.exit_code == 0, result.output
+    it = Interpreter(model_path=str(tmp_path / "out" / "model.tflite"))
+    assert it.get_input_details()[0]["dtype"] == np.int8 and it.get_output_details()[0]["dtype"] == np.int8
+    fp32 = Interpreter(model_path=str(tmp_path / "out" / "model_fp32.tflite"))
+    assert fp32.get_input_details()[0]["dtype"] == np.float32  # the float baseline keeps float edges
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["parity"]["within_1lsb_fraction"] >= 0.99
+
+
+def test_int8_io_without_tflite_is_a_usage_error(cli, calib_npz, state_dict_file, tiny_arch):
+    result = cli("quantize", state_dict_file, "--arch", tiny_arch, "--calib", calib_npz, "--int8-io", "-o", "out")
+    assert result.exit_code == 2 and "--format tflite" in result.output
