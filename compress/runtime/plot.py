@@ -104,11 +104,14 @@ def _accuracy_panel(ax, results, threads) -> None:
         ys = [100 * r["accuracy"] for r in rows]
         ax.scatter(xs, ys, marker=markers[j % len(markers)], s=40, label=f"{t} thread{'s' if t != 1 else ''}")
     # One label per artifact and runtime (its thread counts share the accuracy), at its fastest point.
-    for key in dict.fromkeys((r["name"], r["runtime"]) for r in results):
+    # Labels are staggered vertically: artifacts often share one accuracy (an int8 file that kept it), and
+    # labels on one line would overprint each other.
+    for i, key in enumerate(dict.fromkeys((r["name"], r["runtime"]) for r in results)):
         rows = [r for r in results if (r["name"], r["runtime"]) == key]
         best = min(rows, key=lambda r: r["latency_ms"]["median"])
         ax.annotate(f"{key[0]} ({key[1]})", (best["latency_ms"]["median"], 100 * best["accuracy"]),
-                    textcoords="offset points", xytext=(4, 7), fontsize=8)
+                    textcoords="offset points", xytext=(4, 7 + 13 * (i % 4)), fontsize=8,
+                    arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if i % 4 else None)
     accs = [100 * r["accuracy"] for r in results]
     span = max(max(accs) - min(accs), 0.5)
     ax.set_ylim(min(accs) - span * 0.6, max(accs) + span * 0.6)
