@@ -16,22 +16,17 @@ import tempfile
 from collections.abc import Callable, Iterable
 
 import numpy as np
-import torch
 from torch import nn
 
 from compress.errors import DataError, VerificationError, require
 from compress.exporters.tflite import TFLiteExportInfo
 from compress.exporters.verify import (
-    OutputParity,
     ParityReport,
     VerifyConfig,
-    _as_batch,
-    _flatten,
+    collect_diffs,
+    output_parity,
     parity_report,
 )
-
-# A difference of exactly one code, computed in float32, can read as 1.0000001 LSB.
-_LSB_SLACK = 1e-3
 
 
 def load_interpreter(path, num_threads: int = 1):
@@ -179,54 +174,7 @@ def verify_tflite(path, reference: Callable | nn.Module, inputs: Iterable, *, in
         scales = [float(d["quantization"][0]) if d["dtype"] == np.int8 else None for d in outs]
     nhwc = bool(info.nhwc_input) if info is not None else False
 
-    was_training = reference.training if isinstance(reference, nn.Module) else None
-    if isinstance(reference, nn.Module):
-        reference.eval()
-    diffs: list[list[np.ndarray]] = [[] for _ in outs]
-    refs_max = [0.0] * len(outs)
-    problems: list[str] = []
-    batches = 0
-    try:
-        for item in inputs:
-            batch = _as_batch(item)
-            got = run_tflite(it, batch, nhwc)
-            with torch.no_grad():
-                want = _flatten(reference(*(torch.from_numpy(x) for x in batch)))
-            if len(want) != len(got):
-                raise VerificationError(f"the reference returns {len(want)} outputs but the TFLite model {len(got)}; "
-                                        "verify against the model that was exported")
-            for i, (g, w) in enumerate(zip(got, want, strict=True)):
-                if g.shape != w.shape:
-                    problems.append(f"output {names[i]!r}: shape {list(g.shape)} vs reference {list(w.shape)}")
-                    continue
-                diffs[i].append(np.abs(g.astype(np.float64) - w.astype(np.float64)).ravel())
-                if w.size:
-                    refs_max[i] = max(refs_max[i], float(np.max(np.abs(w))))
-            batches += 1
-    finally:
-        if was_training:
-            reference.train()
-    if batches == 0:
-        raise DataError("no verification inputs were given; pass at least one batch")
-
-    outputs = [_parity(names[i], diffs[i], refs_max[i], scales[i], config) for i in range(len(outs))]
+    diffs, refs_max, problems, batches = collect_diffs(lambda batch: run_tflite(it, batch, nhwc), reference,
+                                                       inputs, names, "TFLite model")
+    outputs = [output_parity(names[i], diffs[i], refs_max[i], scales[i], config) for i in range(len(outs))]
     return parity_report(path, outputs, batches, problems, config, strict=strict, runtime="LiteRT")
-
-
-def _parity(name: str, diffs: list[np.ndarray], ref_max: float, scale: float | None,
-            config: VerifyConfig) -> OutputParity:
-    d = np.concatenate(diffs) if diffs else np.zeros(0)
-    max_abs = float(d.max()) if d.size else 0.0
-    max_rel = max_abs / ref_max if ref_max > 0 else (0.0 if max_abs == 0 else float("inf"))
-    if not np.isfinite(d).all():
-        max_abs = max_rel = float("inf")
-    par = OutputParity(name, scale is not None, int(d.size), max_abs, max_rel)
-    if scale is not None:
-        par.scale = float(scale)
-        lsb = d / par.scale
-        par.max_abs_lsb = float(lsb.max()) if d.size else 0.0
-        par.within_1lsb_fraction = float(np.mean(lsb <= 1 + _LSB_SLACK)) if d.size else 1.0
-        par.passed = par.within_1lsb_fraction >= config.min_within_1lsb
-    else:
-        par.passed = max_rel <= config.float_rtol
-    return par
