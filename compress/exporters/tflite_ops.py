@@ -32,10 +32,9 @@ from compress.exporters.tflite_ops_base import (
     _binary_float,
     _broadcast,
     _finish,
-    _float_params,
-    _int8_ready,
     _meta_shape,
     _pad,
+    _weighted_prologue,
     _weights,
 )
 from compress.exporters.tflite_ops_shape import (
@@ -48,7 +47,7 @@ from compress.exporters.tflite_ops_shape import (
     reshape,
 )
 from compress.exporters.tflite_schema import Options, QuantParams, TensorType
-from compress.layers.base import FusedActivation, QuantLayerMixin
+from compress.layers.base import FusedActivation
 
 
 def conv2d(em: Emitter, node: fx.Node) -> None:
@@ -56,16 +55,7 @@ def conv2d(em: Emitter, node: fx.Node) -> None:
     channels (version 6; LiteRT and XNNPACK run it directly, no split into per-group convs); Conv1d as a 2-D
     conv over ``[N, 1, L, C]`` between two RESHAPEs."""
     mod = em.module(node)
-    x = em.value(node.args[0])
-    w, b, act, last, absorbed = _float_params(em, node, mod)
-    plan = em.plan_output(last, act)
-    int8 = _int8_ready(em, mod, x, plan)
-    if not int8:
-        x = em.to_float(x)
-        if isinstance(mod, QuantLayerMixin):
-            w = mod.quantized_weight().detach().double().numpy()
-            qb = mod.quantized_bias()
-            b = None if qb is None else qb.detach().double().numpy()
+    x, w, b, act, last, absorbed, plan, int8 = _weighted_prologue(em, node, mod)
     if mod.padding_mode != "zeros":
         raise ExportError(f"conv {node.name!r} uses padding_mode={mod.padding_mode!r}; TFLite pads with zeros only, "
                           "retrain with padding_mode='zeros'")
@@ -115,16 +105,7 @@ def conv2d(em: Emitter, node: fx.Node) -> None:
 
 def linear(em: Emitter, node: fx.Node) -> None:
     mod = em.module(node)
-    x = em.value(node.args[0])
-    w, b, act, last, absorbed = _float_params(em, node, mod)
-    plan = em.plan_output(last, act)
-    int8 = _int8_ready(em, mod, x, plan)
-    if not int8:
-        x = em.to_float(x)
-        if isinstance(mod, QuantLayerMixin):
-            w = mod.quantized_weight().detach().double().numpy()
-            qb = mod.quantized_bias()
-            b = None if qb is None else qb.detach().double().numpy()
+    x, w, b, act, last, absorbed, plan, int8 = _weighted_prologue(em, node, mod)
     if x.col_perm is not None:
         col_perm = x.col_perm
         w = w[:, col_perm]  # TFLite column j holds torch feature col_perm[j]

@@ -150,3 +150,20 @@ def _binary_float(em, node, op_name, a, b, act, suffix) -> TValue:
 
 def _broadcast(a, b) -> tuple[int, ...]:
     return tuple(int(d) for d in np.broadcast_shapes(tuple(a), tuple(b)))
+
+
+def _weighted_prologue(em: Emitter, node: fx.Node, mod: nn.Module):
+    """What conv and dense handlers start with: input value, weights and bias (BN folded), the fused
+    activation and output plan, and whether the op runs in int8. A quant layer that cannot run in int8 here
+    gets its fake-quantized weights, so the float op computes what the simulation computes."""
+    x = em.value(node.args[0])
+    w, b, act, last, absorbed = _float_params(em, node, mod)
+    plan = em.plan_output(last, act)
+    int8 = _int8_ready(em, mod, x, plan)
+    if not int8:
+        x = em.to_float(x)
+        if isinstance(mod, QuantLayerMixin):
+            w = mod.quantized_weight().detach().double().numpy()
+            qb = mod.quantized_bias()
+            b = None if qb is None else qb.detach().double().numpy()
+    return x, w, b, act, last, absorbed, plan, int8
