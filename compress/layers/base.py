@@ -71,14 +71,18 @@ class QuantLayerMixin:
             return self.input_quant.scale.detach()
         return self.input_scale
 
-    def quantized_bias(self) -> torch.Tensor | None:
-        """The bias as the int8 kernel sees it: on the int32 grid once the input scale is known."""
-        if self.bias is None:
+    def quantized_bias(self, bias: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The bias as the int8 kernel sees it: on the int32 grid once the input scale is known.
+
+        ``bias`` defaults to the layer's own; fused layers pass their folded bias.
+        """
+        bias = self.bias if bias is None else bias
+        if bias is None:
             return None
         input_scale = self.known_input_scale()
         if input_scale is None or self.weight_quant.state is QuantState.OBSERVING:
-            return self.bias
-        return fake_quantize_bias(self.bias, input_scale, self.weight_quant.scale.detach())
+            return bias
+        return fake_quantize_bias(bias, input_scale, self.weight_quant.scale.detach())
 
     def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
         return self.input_quant(x) if self.input_quant is not None else x

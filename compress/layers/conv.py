@@ -146,17 +146,8 @@ class QuantConvBn2d(QuantConv2d):
                 y = y + self.bias.reshape(1, -1, 1, 1)
             y = self.bn(y)
         else:
-            y = self._conv_forward(x, w_q, self._snap_bias(bias))
+            y = self._conv_forward(x, w_q, self.quantized_bias(bias))
         return self._quant_output(y)
-
-    def _snap_bias(self, bias: torch.Tensor) -> torch.Tensor:
-        from compress.layers.base import fake_quantize_bias
-        from compress.quant.fake import QuantState
-
-        input_scale = self.known_input_scale()
-        if input_scale is None or self.weight_quant.state is QuantState.OBSERVING:
-            return bias
-        return fake_quantize_bias(bias, input_scale, self.weight_quant.scale.detach())
 
     def to_float(self) -> nn.Conv2d:
         """The folded float conv (BN absorbed)."""
