@@ -10,6 +10,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -218,9 +219,9 @@ class _Backend:
     fmt: Format
     runtime: str
     suffix: str
-    export: object  # (model, example, path, options, quantized) -> export info
-    verify: object  # (path, int8_model, batches, info) -> ParityReport
-    runner: object  # (path, threads) -> callable(batch ndarray) -> ndarray
+    export: Callable  # (model, example, path, options, quantized) -> export info
+    verify: Callable  # (path, int8_model, batches, info) -> ParityReport
+    runner: Callable  # (path, threads) -> callable(batch ndarray) -> ndarray
 
 
 def _run_backend(backend: _Backend, model, int8_model, example, out_dir: Path, options: QuantizeOptions,
