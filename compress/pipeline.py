@@ -234,13 +234,13 @@ def _run_backend(backend: _Backend, model, int8_model, example, out_dir: Path, o
         timings[f"export_{backend.fmt.value}_{kind}_s"] = time.perf_counter() - t0
     eval_x = evaluation.x[:512]
     parity = backend.verify(paths["int8"], int8_model, _batches(eval_x, options.batch_size), infos["int8"])
-    logits = {kind: _predict(backend.runner(paths[kind], 1), evaluation.x, options.batch_size)
-              for kind in ("fp32", "int8")}
+    runners = {kind: backend.runner(paths[kind], 1) for kind in ("fp32", "int8")}  # one session per file
+    logits = {kind: _predict(run, evaluation.x, options.batch_size) for kind, run in runners.items()}
     section: dict = {"runtime": backend.runtime, "parity": parity.to_dict(), "artifacts": []}
     for kind in ("fp32", "int8"):
         path = paths[kind]
-        run = backend.runner(path, 1)
-        summary = {"bytes": path.stat().st_size, "latency_ms_median": _median_latency_ms(run, eval_x, options),
+        summary = {"bytes": path.stat().st_size,
+                   "latency_ms_median": _median_latency_ms(runners[kind], eval_x, options),
                    "latency_threads": 1}
         if evaluation.y is not None and logits[kind].ndim == 2:
             summary["accuracy"] = float(np.mean(logits[kind].argmax(-1) == evaluation.y))
