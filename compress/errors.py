@@ -67,3 +67,7 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"{module} is not installed; install it with `pip install 'edge-compress[{extra}]'`"
         ) from exc
+
+
+class CaptureError(ModelLoadError):
+    """``torch.export`` cannot capture the model (data-dependent control flow); names the user's source line."""
