@@ -221,11 +221,11 @@ class BertPooler(nn.Module):
 class BertStyleEncoder(nn.Module):
     """BertModel + BertForSequenceClassification head; one input: the mask is derived from the pad id 0."""
 
-    def __init__(self, vocab_size=16, hidden_size=32, num_hidden_layers=2, num_labels=2, max_len=32):
+    def __init__(self, vocab_size=16, hidden_size=64, num_hidden_layers=2, num_labels=2, max_len=32):
         super().__init__()
         self.config = BertConfig(vocab_size=vocab_size, hidden_size=hidden_size,
                                  num_hidden_layers=num_hidden_layers, num_labels=num_labels,
-                                 max_position_embeddings=max_len)
+                                 intermediate_size=4 * hidden_size, max_position_embeddings=max_len)
         self.embeddings = BertEmbeddings(self.config)
         self.encoder = BertEncoder(self.config)
         self.pooler = BertPooler(self.config)
@@ -267,10 +267,10 @@ class BertStyleEncoderWithMask(BertStyleEncoder):
 
 
 class AudioConvLSTM(nn.Module):
-    def __init__(self, n_classes=3, n_filters=16, hidden_size=32, num_layers=2):
+    def __init__(self, n_classes=3, n_filters=32, hidden_size=96, num_layers=2):
         super().__init__()
-        self.pad = nn.ReflectionPad1d(4)
-        self.conv1 = nn.Conv1d(1, n_filters, kernel_size=9, stride=4, bias=False)
+        self.pad = nn.ReflectionPad1d(12)
+        self.conv1 = nn.Conv1d(1, n_filters, kernel_size=25, stride=8, bias=False)  # a learned filterbank
         self.bn1 = nn.BatchNorm1d(n_filters)
         self.conv2 = nn.Conv1d(n_filters, n_filters, kernel_size=5, stride=2, bias=False)
         self.bn2 = nn.BatchNorm1d(n_filters)
@@ -328,7 +328,7 @@ class DecoderRNN(nn.Module):
 class GRUSeq2Seq(nn.Module):
     """Encoder GRU, tied embedding, decoder GRU unrolled for ``max_length`` steps; logits [N, steps, vocab]."""
 
-    def __init__(self, vocab_size=12, hidden_size=64, max_length=12):
+    def __init__(self, vocab_size=12, hidden_size=128, max_length=12):
         super().__init__()
         self.max_length = max_length
         self.encoder = EncoderRNN(vocab_size, hidden_size)

@@ -154,21 +154,21 @@ class EfficientLiteStyle(nn.Module):
 
     def __init__(self, num_classes=10, image_size=32, drop_rate=0.2):
         super().__init__()
-        self.conv_stem = Conv2dStaticSamePadding(3, 16, 3, stride=2, image_size=image_size, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        self.conv_stem = Conv2dStaticSamePadding(3, 32, 3, stride=2, image_size=image_size, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
         self.act1 = nn.SiLU(inplace=True)
         self.blocks = nn.Sequential(
-            InvertedResidual(16, 16, 3, stride=1, exp_ratio=1.0),
-            InvertedResidual(16, 24, 3, stride=2),
-            InvertedResidual(24, 24, 3, stride=1),
-            InvertedResidual(24, 32, 5, stride=2),
+            InvertedResidual(32, 32, 3, stride=1, exp_ratio=1.0),
+            InvertedResidual(32, 48, 3, stride=2),
+            InvertedResidual(48, 48, 3, stride=1),
+            InvertedResidual(48, 80, 5, stride=2),
         )
-        self.conv_head = Conv2dSame(32, 96, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(96)
+        self.conv_head = Conv2dSame(80, 1280, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(1280)
         self.act2 = nn.Hardswish(inplace=True)
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.drop_rate = drop_rate
-        self.classifier = nn.Linear(96, num_classes)
+        self.classifier = nn.Linear(1280, num_classes)
 
     def forward_features(self, x):
         x = self.conv_stem(x)
@@ -379,7 +379,7 @@ class OutConv(nn.Module):
 class SmallUNet(nn.Module):
     """Two-level U-Net: 1 input channel, n_classes logits per pixel (background / square / disc)."""
 
-    def __init__(self, n_channels=1, n_classes=3, width=8):
+    def __init__(self, n_channels=1, n_classes=3, width=16):
         super().__init__()
         self.n_channels = n_channels
         self.n_classes = n_classes
