@@ -10,27 +10,12 @@ from compress.cli._common import debug_option, handle_errors, parse_shape, stdou
 
 
 def _support_lookup():
-    """``module -> what the quantizer does with it`` (rich markup), or None when the layer registry is missing."""
-    try:
-        from compress.layers import registry
-    except ImportError:
-        return None
-    from torch import nn
-
-    quantized_output = getattr(registry, "QUANTIZABLE_FLOAT_OPS", frozenset())
-    preserving = getattr(registry, "QPARAM_PRESERVING_OPS", frozenset())
+    """``module -> what the quantizer does with it`` (rich markup), read from the op registry."""
+    from compress.ops.verdict import verdict_for_module
 
     def lookup(module) -> str:
-        cls = registry.quant_class_for(module)
-        if cls is not None:
-            return cls.__name__
-        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            return "folded into conv"
-        if type(module) in quantized_output:
-            return "int8 output"
-        if type(module) in preserving:
-            return "int8 passthrough"
-        return "[yellow]stays float[/]"
+        text = verdict_for_module(module)
+        return f"[yellow]{text}[/]" if "float" in text or "mapping" in text else text
 
     return lookup
 

@@ -29,17 +29,8 @@ from compress.layers.linear import QuantLinear
 from compress.layers.norm import QuantLayerNorm
 from compress.layers.pooling import QuantAdaptiveAvgPool2d, QuantAvgPool2d, QuantMaxPool2d
 from compress.layers.recurrent import QuantGRU, QuantLSTM
-from compress.layers.registry import (
-    FLOAT_TO_QUANT,
-    QPARAM_PRESERVING_OPS,
-    QUANTIZABLE_FLOAT_OPS,
-    quant_class_for,
-)
 
 __all__ = [
-    "FLOAT_TO_QUANT",
-    "QPARAM_PRESERVING_OPS",
-    "QUANTIZABLE_FLOAT_OPS",
     "FloatAdd",
     "FloatCat",
     "FloatMatmul",
@@ -72,5 +63,4 @@ __all__ = [
     "QuantSigmoid",
     "QuantSoftmax",
     "QuantTanh",
-    "quant_class_for",
 ]

@@ -11,9 +11,6 @@ from torch import nn
 
 from compress.errors import ConfigError
 from compress.layers import (
-    FLOAT_TO_QUANT,
-    QPARAM_PRESERVING_OPS,
-    QUANTIZABLE_FLOAT_OPS,
     QuantAdaptiveAvgPool2d,
     QuantAvgPool2d,
     QuantConv1d,
@@ -33,7 +30,6 @@ from compress.layers import (
     QuantSigmoid,
     QuantSoftmax,
     QuantTanh,
-    quant_class_for,
 )
 from compress.layers.base import all_quantizers
 from compress.quant.reference import dequantize, quantize
@@ -193,23 +189,3 @@ def test_activation_gradients_flow_straight_through():
 def test_from_float_rejects_the_wrong_module():
     with pytest.raises(ConfigError, match="expects a ReLU"):
         QuantReLU.from_float(nn.ReLU6())
-
-
-# -- registry ----------------------------------------------------------------------------------------------
-def test_registry_maps_weight_layers_to_quant_classes():
-    expected = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Embedding: QuantEmbedding,
-                nn.MultiheadAttention: QuantMultiheadAttention, nn.LSTM: QuantLSTM, nn.GRU: QuantGRU}
-    for float_cls, quant_cls in expected.items():
-        assert FLOAT_TO_QUANT[float_cls] is quant_cls
-        assert issubclass(FLOAT_TO_QUANT[float_cls], float_cls)  # drop-in: the quant layer is the float layer
-    assert quant_class_for(nn.Linear(2, 2)) is QuantLinear
-    assert quant_class_for(nn.LSTM(2, 4, proj_size=2)) is None
-    assert quant_class_for(nn.ReLU()) is None
-    assert quant_class_for(QuantLinear(2, 2)) is None  # already quantized: no double swap
-
-
-def test_registry_op_sets_are_disjoint_and_sensible():
-    assert not (QUANTIZABLE_FLOAT_OPS & QPARAM_PRESERVING_OPS)
-    assert not (set(FLOAT_TO_QUANT) & (QUANTIZABLE_FLOAT_OPS | QPARAM_PRESERVING_OPS))
-    assert nn.ReLU not in QPARAM_PRESERVING_OPS and nn.MaxPool2d in QPARAM_PRESERVING_OPS
-    assert {nn.Softmax, nn.LayerNorm, nn.AvgPool2d, nn.GELU} <= QUANTIZABLE_FLOAT_OPS

@@ -1,0 +1,60 @@
+"""THE op registry: every op the captured graph can contain, declared once (see :mod:`compress.ops.spec`).
+
+Example:
+    >>> from compress.ops import get, Kernel
+    >>> get("silu").kernel("onnx") is Kernel.FLOAT
+    True
+"""
+
+from compress.ops import nn_ops, tensor_ops  # noqa: F401  (the declarations)
+from compress.ops.spec import (
+    FORMATS,
+    Coupling,
+    Emitter,
+    Kernel,
+    OpSpec,
+    Policy,
+    all_specs,
+    get,
+    lookup,
+    module_spec,
+    register_emitter,
+    target_label,
+)
+
+__all__ = [
+    "FORMATS",
+    "Coupling",
+    "Emitter",
+    "Kernel",
+    "OpSpec",
+    "Policy",
+    "all_specs",
+    "get",
+    "lookup",
+    "module_spec",
+    "quant_class_for",
+    "register_emitter",
+    "target_label",
+]
+
+
+def quant_class_for(module):
+    """The compress layer that replaces a float weight layer, or None.
+
+    Matches the exact type: a subclass of ``nn.Linear`` (a user's layer, or one of ours) may change the forward,
+    so it is not assumed swappable (capture lowers it to what it computes). ``nn.LSTM(proj_size>0)`` has none.
+
+    Example:
+        >>> from torch import nn
+        >>> quant_class_for(nn.LSTM(4, 8)).__name__, quant_class_for(nn.ReLU())
+        ('QuantLSTM', None)
+    """
+    from torch import nn
+
+    spec = module_spec(module)
+    if spec is None or spec.quant_class is None or type(module) not in spec.modules:
+        return None
+    if isinstance(module, nn.LSTM) and getattr(module, "proj_size", 0):
+        return None
+    return spec.quant_class
