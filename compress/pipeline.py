@@ -132,7 +132,7 @@ def quantize_model(
 
     t0 = time.perf_counter()
     prepared = prepare(model, example, options.quant_config(), qat=options.qat)
-    if prepared.compress_info.capture != "fx":
+    if prepared.compress_info.capture == "module_swap":  # "export" and "fx" both give a graph
         why = next((f.reason for f in prepared.compress_info.float_ops if f.op == "*"), "")
         raise ExportError(
             f"{type(model).__name__} cannot be captured as a graph ({why}); export needs a torch.fx-traceable "

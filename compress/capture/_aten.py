@@ -1,26 +1,28 @@
-"""The aten → torch vocabulary of :mod:`compress.io.pt2`: one handler per aten op, and the shared pieces.
+"""What every aten handler of :mod:`compress.capture` shares: the handler table, constants, argument binding.
 
 A handler gets the raiser, the aten node and its arguments by schema name (nodes already rebuilt, constants
-as ``_Const``) and returns the new value (an fx node of the rebuilt graph, or a constant).
+as ``_Const``) and returns the new value (an fx node of the rebuilt graph, or a constant). A handler that
+meets a form it cannot rebuild calls ``r.generic(node, why)``: the aten op is then kept as is in the raised
+graph (see :meth:`compress.capture.raiser._Raiser.generic`).
+
+The handlers live in ``aten_layers`` (weight layers), ``aten_math`` (elementwise, activations, comparisons,
+reductions), ``aten_shape`` (views, indexing, padding, resizing, constants) and ``aten_sequence``
+(recurrent layers, attention); importing :mod:`compress.capture.raiser` registers them all.
 """
 
 from __future__ import annotations
 
 import operator
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
-from compress.errors import ModelLoadError
-
 if TYPE_CHECKING:
-    from compress.io.pt2 import _Raiser
+    from compress.capture.raiser import _Raiser
 
 
 _EVAL_HINT = "call model.eval() before torch.export.export and save the program again"
@@ -37,11 +39,15 @@ class _Const:
 
 @dataclass(eq=False)
 class _Multi:
-    """An op with several outputs (``_native_batch_norm_legit_no_training``): the ones we can produce."""
+    """An op with several outputs (``_native_batch_norm_legit_no_training``, ``lstm``): the ones we produce."""
 
     outputs: dict[int, Any]
     op: str
     fix: str  # what to do when the graph reads another output
+
+
+class _KeepGeneric(Exception):
+    """Raised by a handler for a form it has no torch-level equivalent for: keep the aten op itself."""
 
 
 _Handler = Callable[["_Raiser", fx.Node, dict[str, Any]], Any]
@@ -64,12 +70,17 @@ def _handles(*names: str) -> Callable[[_Handler], _Handler]:
 
 
 def supported_aten_ops() -> list[str]:
-    """Names of the aten ops :func:`raise_exported_program` maps (in-place ``op_`` forms included).
+    """Names of the aten ops the raiser maps to torch-level forms (in-place ``op_`` forms included).
+
+    Any other aten op stays in the raised graph as itself (a "generic" node), which ONNX can still export in
+    float and the coverage check reports.
 
     Example:
         >>> "aten.conv2d" in supported_aten_ops()
         True
     """
+    import compress.capture.raiser  # noqa: F401  (importing it registers every handler module)
+
     return sorted(f"aten.{name}" for name in _HANDLERS)
 
 
@@ -102,10 +113,28 @@ def _bind(target: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict[str,
     return bound
 
 
-def _rank(node: fx.Node, index: int = 0) -> int | None:
+def _val(node: fx.Node, index: int | None = 0) -> Any:
+    """The example value (a FakeTensor) of the aten node's ``index``-th argument, or of its output (None)."""
+    if index is None:
+        return node.meta.get("val")
     arg = node.args[index] if len(node.args) > index else None
-    val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+    return arg.meta.get("val") if isinstance(arg, fx.Node) else None
+
+
+def _rank(node: fx.Node, index: int = 0) -> int | None:
+    val = _val(node, index)
     return val.dim() if isinstance(val, torch.Tensor) else None
+
+
+def _dims(node: fx.Node, dims: Any, index: int = 0) -> list[int]:
+    """``dims`` (an int, a list, or empty / None for "all") as a sorted list of non-negative dimensions."""
+    rank = _rank(node, index)
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        if rank is None:
+            raise _KeepGeneric("a reduction over all dimensions of a tensor of unknown rank")
+        return list(range(rank))
+    dims = list(dims) if isinstance(dims, (list, tuple)) else [dims]
+    return sorted(int(d) % rank for d in dims) if rank else [int(d) for d in dims]
 
 
 def _tuple(value: Any, n: int) -> tuple:
@@ -113,13 +142,15 @@ def _tuple(value: Any, n: int) -> tuple:
     return value * n if len(value) == 1 else value
 
 
-# --- the aten → torch vocabulary ---------------------------------------------------------------------------
-# A handler gets the raiser, the aten node and its arguments by schema name (nodes already rebuilt, constants
-# as _Const) and returns the new value.
-
-
 def _param(tensor: torch.Tensor) -> nn.Parameter:
     return nn.Parameter(tensor.detach().clone())
+
+
+def _scalar(value: Any) -> Any:
+    """A constant 0-d tensor as a Python number (``masked_fill(x, m, torch.tensor(-1e4))``); else unchanged."""
+    if isinstance(value, _Const) and isinstance(value.value, torch.Tensor) and value.value.dim() == 0:
+        return value.value.item()
+    return value
 
 
 def _weighted(r: _Raiser, node: fx.Node, mod: nn.Module, x: Any, w: _Const, b: _Const | None, key: tuple,
@@ -128,238 +159,3 @@ def _weighted(r: _Raiser, node: fx.Node, mod: nn.Module, x: Any, w: _Const, b: _
     if b is not None:
         mod.bias = _param(b.value.reshape(mod.bias.shape))
     return r.module(mod, node, x, weight=w, key=(*key, id(b)))
-
-
-@_handles("conv1d", "conv2d", "convolution", "_convolution")
-def _conv(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    w, b = r.const(node, a["weight"], "weight"), r.const(node, a["bias"], "bias", optional=True)
-    n = w.value.dim() - 2
-    if n not in (1, 2) or a.get("transposed") or any(int(p) != 0 for p in a.get("output_padding") or ()):
-        r._unsupported(node, f"{node.target.overloadpacket.__name__} (transposed or 3-d)")
-    groups, padding = int(a["groups"]), a["padding"]
-    hyper = dict(stride=_tuple(a["stride"], n), padding=padding if isinstance(padding, str) else _tuple(padding, n),
-                 dilation=_tuple(a["dilation"], n), groups=groups, bias=b is not None)
-    cls = nn.Conv1d if n == 1 else nn.Conv2d
-    mod = cls(w.value.shape[1] * groups, w.value.shape[0], tuple(w.value.shape[2:]), **hyper)
-    return _weighted(r, node, mod, a["input"], w, b, tuple(hyper.items()))
-
-
-def _linear(r: _Raiser, node: fx.Node, x: Any, w: _Const, b: _Const | None, weight: torch.Tensor) -> fx.Node:
-    mod = nn.Linear(weight.shape[1], weight.shape[0], bias=b is not None)
-    return _weighted(r, node, mod, x, w, b, (tuple(weight.shape),), weight)
-
-
-@_handles("linear")
-def _linear_op(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    w = r.const(node, a["weight"], "weight")
-    return _linear(r, node, a["input"], w, r.const(node, a["bias"], "bias", optional=True), w.value)
-
-
-@_handles("addmm")
-def _addmm(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    w, b = r.const(node, a["mat2"], "weight"), r.const(node, a["self"], "bias")  # mat2: linear's weight, transposed
-    if b.value.numel() != w.value.shape[1] or a["alpha"] != 1 or a["beta"] != 1:
-        r._unsupported(node, "addmm (with alpha/beta or a bias that is not one value per output)")
-    return _linear(r, node, a["mat1"], w, b, w.value.t())
-
-
-@_handles("mm", "matmul", "bmm")
-def _matmul(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    x, other = a["self"], a.get("mat2", a.get("other"))
-    if isinstance(other, _Const) and other.value.dim() == 2 and not isinstance(x, _Const):
-        return _linear(r, node, x, other, None, other.value.t())  # x @ W with a constant W: a linear layer
-    return r.fn(torch.matmul, node, x, other)
-
-
-@_handles("batch_norm", "_native_batch_norm_legit_no_training", "native_batch_norm")
-def _batch_norm(r: _Raiser, node: fx.Node, a: dict) -> Any:
-    if a.get("training"):
-        raise ModelLoadError(f"{r.source}: BatchNorm node {node.name!r} uses batch statistics: the model was "
-                             f"exported in training mode; {_EVAL_HINT}")
-    mean, var = r.const(node, a["running_mean"], "running mean"), r.const(node, a["running_var"], "running var")
-    w, b = r.const(node, a["weight"], "weight", optional=True), r.const(node, a["bias"], "bias", optional=True)
-    rank, eps = _rank(node), float(a["eps"])
-    if rank not in (2, 3, 4):
-        r._unsupported(node, f"{node.target.overloadpacket.__name__} (on a {rank}-d input)")
-    cls = nn.BatchNorm2d if rank == 4 else nn.BatchNorm1d
-    mod = cls(mean.value.numel(), eps=eps, momentum=float(a["momentum"]), affine=w is not None or b is not None)
-    mod.running_mean.copy_(mean.value)
-    mod.running_var.copy_(var.value)
-    if mod.affine:
-        mod.weight = _param(w.value if w else torch.ones_like(mean.value))
-        mod.bias = _param(b.value if b else torch.zeros_like(mean.value))
-    out = r.module(mod, node, a["input"], weight=w or mean, key=(id(mean), id(b), eps))
-    if node.target.overloadpacket.__name__ == "batch_norm":
-        return out
-    return _Multi({0: out}, str(node.target), _EVAL_HINT)  # outputs 1, 2: the batch statistics of training
-
-
-@_handles("layer_norm", "native_layer_norm")
-def _layer_norm(r: _Raiser, node: fx.Node, a: dict) -> Any:
-    w, b = r.const(node, a["weight"], "weight", optional=True), r.const(node, a["bias"], "bias", optional=True)
-    mod = nn.LayerNorm(list(a["normalized_shape"]), eps=float(a["eps"]), elementwise_affine=w is not None,
-                       bias=b is not None)
-    if w is not None:
-        mod.weight = _param(w.value)
-    if b is not None:
-        mod.bias = _param(b.value)
-    out = r.module(mod, node, a["input"], weight=w, key=(id(b), float(a["eps"])))
-    if node.target.overloadpacket.__name__ == "layer_norm":
-        return out
-    return _Multi({0: out}, str(node.target), "use only the normalized output")
-
-
-@_handles("embedding")
-def _embedding(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    w, pad = r.const(node, a["weight"], "weight"), int(a["padding_idx"])
-    mod = nn.Embedding(*w.value.shape, padding_idx=None if pad < 0 else pad)
-    return _weighted(r, node, mod, a["indices"], w, None, (pad,))
-
-
-def _pool(cls: type[nn.Module], multi: bool = False) -> _Handler:
-    def handler(r: _Raiser, node: fx.Node, a: dict) -> Any:
-        n = 2 if cls.__name__.endswith("2d") else 1
-        kernel = _tuple(a["kernel_size"], n)
-        extra = {k: a[k] for k in ("dilation", "count_include_pad", "divisor_override") if a.get(k) is not None}
-        mod = cls(kernel, _tuple(a["stride"], n) if a["stride"] else kernel, _tuple(a["padding"], n),
-                  ceil_mode=bool(a["ceil_mode"]), **extra)
-        out = r.module(mod, node, a["self"])
-        fix = "use only the pooled values (return_indices=False)"
-        return _Multi({0: out}, str(node.target), fix) if multi else out
-
-    return handler
-
-
-for _name, _cls in (("max_pool2d", nn.MaxPool2d), ("max_pool1d", nn.MaxPool1d), ("avg_pool2d", nn.AvgPool2d),
-                    ("avg_pool1d", nn.AvgPool1d)):
-    _handles(_name)(_pool(_cls))
-_handles("max_pool2d_with_indices")(_pool(nn.MaxPool2d, multi=True))
-
-
-@_handles("adaptive_avg_pool2d", "_adaptive_avg_pool2d", "adaptive_avg_pool1d")
-def _adaptive_pool(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    if node.target.overloadpacket.__name__.endswith("1d"):
-        return r.module(nn.AdaptiveAvgPool1d(_tuple(a["output_size"], 1)[0]), node, a["self"])
-    size = _tuple(a["output_size"], 2)
-    return r.module(nn.AdaptiveAvgPool2d(size[0] if size[0] == size[1] else size), node, a["self"])
-
-
-@_handles("mean")
-def _mean(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    rank, dims = _rank(node), a.get("dim")
-    if a.get("dtype") is not None:
-        r._unsupported(node, "mean (with a dtype)")
-    if not dims:
-        return r.fn(torch.mean, node, a["self"])
-    dims = sorted(int(d) % rank for d in dims) if rank else list(dims)
-    if rank == 4 and dims == [2, 3] and a["keepdim"]:
-        return r.module(nn.AdaptiveAvgPool2d(1), node, a["self"])  # global average pooling
-    return r.fn(torch.mean, node, a["self"], dim=dims, keepdim=bool(a["keepdim"]))
-
-
-def _binary(fn: Callable, swap: bool = False) -> _Handler:
-    def handler(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-        x, other = a["self"], a["other"]
-        if a.get("alpha", 1) != 1:
-            other = _Const(other.value * a["alpha"]) if isinstance(other, _Const) else r.fn(
-                operator.mul, node, other, a["alpha"])
-        return r.fn(fn, node, *((other, x) if swap else (x, other)))
-
-    return handler
-
-
-for _name, _fn in (("add", operator.add), ("sub", operator.sub), ("mul", operator.mul)):
-    _handles(_name)(_binary(_fn))
-_handles("rsub")(_binary(operator.sub, swap=True))
-
-
-@_handles("div")
-def _div(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    if a.get("rounding_mode") is not None:
-        r._unsupported(node, f"div (rounding_mode={a['rounding_mode']!r})")
-    return r.fn(operator.truediv, node, a["self"], a["other"])
-
-
-def _unary(fn: Callable, **named: str) -> _Handler:
-    """``fn(x, kwarg=<schema argument>)`` for each ``kwarg=schema_name`` in ``named``."""
-    return lambda r, node, a: r.fn(fn, node, a["self"], **{k: a[v] for k, v in named.items()})
-
-
-for _name, _fn in (("relu", torch.relu), ("relu6", F.relu6), ("sigmoid", torch.sigmoid), ("tanh", torch.tanh),
-                   ("hardswish", F.hardswish), ("silu", F.silu), ("neg", operator.neg)):
-    _handles(_name)(_unary(_fn))
-_handles("softmax", "_softmax")(_unary(torch.softmax, dim="dim"))
-_handles("log_softmax", "_log_softmax")(_unary(torch.log_softmax, dim="dim"))
-_handles("leaky_relu")(_unary(F.leaky_relu, negative_slope="negative_slope"))
-
-
-@_handles("gelu")
-def _gelu(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    if a["approximate"] in (None, "none"):
-        return r.fn(F.gelu, node, a["self"])
-    return r.fn(F.gelu, node, a["self"], approximate=a["approximate"])
-
-
-@_handles("hardtanh", "clamp", "clamp_min")
-def _clamp(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    low, high = a.get("min_val", a.get("min")), a.get("max_val", a.get("max"))
-    if low == 0 and high is None:
-        return r.fn(torch.relu, node, a["self"])
-    if low == 0 and high == 6:
-        return r.fn(F.relu6, node, a["self"])  # ReLU6: MobileNet's nn.ReLU6 exports as hardtanh(0, 6)
-    if not all(isinstance(v, (int, float)) for v in (low, high)):
-        r._unsupported(node, f"{node.target.overloadpacket.__name__} (min={low}, max={high})")
-    return r.fn(F.hardtanh, node, a["self"], float(low), float(high))
-
-
-@_handles("view", "_unsafe_view", "reshape", "view_copy")
-def _reshape(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    src, out = (node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None), node.meta.get("val")
-    if isinstance(src, torch.Tensor) and isinstance(out, torch.Tensor) and 1 <= out.dim() < src.dim():
-        k = out.dim() - 1
-        if [str(d) for d in src.shape[:k]] == [str(d) for d in out.shape[:k]]:
-            # x.view(x.size(0), -1) is a flatten: written so, it keeps working for batch sizes other than export's.
-            return r.fn(torch.flatten, node, a["self"], k)
-    return r.fn(torch.reshape, node, a["self"], list(a["size"] if "size" in a else a["shape"]))
-
-
-@_handles("transpose", "t")
-def _transpose(r: _Raiser, node: fx.Node, a: dict) -> Any:
-    if "dim0" not in a and (_rank(node) or 2) < 2:
-        return a["self"]  # .t() of a vector
-    return r.fn(torch.transpose, node, a["self"], int(a.get("dim0", 0)), int(a.get("dim1", 1)))
-
-
-@_handles("squeeze")
-def _squeeze(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
-    dim = a.get("dim")  # squeeze.default: none; squeeze.dim: an int; squeeze.dims: a list
-    if dim is None:
-        return r.fn(torch.squeeze, node, a["self"])
-    dims = tuple(dim) if isinstance(dim, (list, tuple)) else (dim,)
-    return r.fn(torch.squeeze, node, a["self"], dims[0] if len(dims) == 1 else dims)
-
-
-@_handles("select", "slice")
-def _index(r: _Raiser, node: fx.Node, a: dict) -> Any:
-    rank = _rank(node)
-    dim = int(a["dim"]) % rank if rank else int(a["dim"])
-    if "index" in a:
-        key: Any = a["index"]
-    elif a["start"] in (None, 0) and a["step"] == 1 and a["end"] in (None, sys.maxsize):
-        return a["self"]  # x[:] over a whole (dynamic) dimension
-    else:
-        key = slice(a["start"], a["end"], None if a["step"] == 1 else a["step"])
-    return r.fn(operator.getitem, node, a["self"], (*[slice(None)] * dim, key))
-
-
-_handles("flatten")(lambda r, node, a: r.fn(torch.flatten, node, a["self"], int(a["start_dim"]), int(a["end_dim"])))
-_handles("permute")(lambda r, node, a: r.fn(torch.permute, node, a["self"], list(a["dims"])))
-_handles("unsqueeze")(lambda r, node, a: r.fn(torch.unsqueeze, node, a["self"], int(a["dim"])))
-_handles("cat", "concat", "concatenate")(lambda r, node, a: r.fn(torch.cat, node, list(a["tensors"]),
-                                                                  dim=int(a["dim"])))
-_handles("sym_size")(lambda r, node, a: r.method("size", node, a["self"], int(a["dim"])))
-_handles("_to_copy", "to")(lambda r, node, a: a["self"] if a.get("dtype") is None else r.method(
-    "to", node, a["self"], a["dtype"]))
-# Inference: dropout is the identity and copies change nothing.
-_handles("contiguous", "clone", "alias", "detach", "lift_fresh_copy", "dropout", "feature_dropout",
-         "alpha_dropout")(lambda r, node, a: a["self"] if "self" in a else a["input"])

@@ -4,8 +4,10 @@ The passes and exporters reason about ``nn.Conv2d`` / ``nn.Linear`` / ``nn.Batch
 functions (docs/architecture.md, "The converted model"). Weight ops become modules holding the weights, named
 after the original parameters (``layer1.0.conv1``); other lifted tensors become attributes, so the only
 placeholders are the user's inputs; ops over constants only (``weight.t()`` feeding ``addmm``) are evaluated
-once; in-place ops become out-of-place, and later readers of the mutated tensor read the result. Any other op
-raises :class:`~compress.errors.ModelLoadError` naming it and the supported ones.
+once; in-place ops become out-of-place, and later readers of the mutated tensor read the result. An aten op
+with no torch-level form stays in the graph as itself (a "generic" node, ``torch.ops.aten.cumprod.default``)
+for the coverage check to report. Every new node keeps the ``stack_trace`` and ``nn_module_stack`` of the aten
+node it came from, so later errors can name the user's source line and module.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import torch
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
-from compress.errors import ModelLoadError
-from compress.io._pt2_ops import (
+from compress.capture import aten_layers, aten_math, aten_sequence, aten_shape  # noqa: F401  (register handlers)
+from compress.capture._aten import (
     _DROPPED,
     _EVAL_HINT,
     _HANDLERS,
@@ -29,10 +31,15 @@ from compress.io._pt2_ops import (
     _bind,
     _Const,
     _is_value,
+    _KeepGeneric,
     _Multi,
     _plain_structure,
     supported_aten_ops,
 )
+from compress.errors import ModelLoadError
+
+#: What each raised node copies from the aten node it comes from (user source line, owning module).
+KEPT_META = ("stack_trace", "nn_module_stack")
 
 __all__ = ["raise_exported_program", "supported_aten_ops"]
 
@@ -47,12 +54,13 @@ def raise_exported_program(ep: torch.export.ExportedProgram, *, source: str = ""
 
     Returns:
         A GraphModule in eval mode whose placeholders are the user inputs (same names, same order), with
-        ``nn.Conv1d/2d``, ``nn.Linear``, ``nn.BatchNorm1d/2d``, ``nn.LayerNorm``, ``nn.Embedding`` and pooling
-        modules, and torch functions between them; it computes what ``ep.module()`` computes.
+        ``nn.Conv1d/2d``, ``nn.ConvTranspose1d/2d``, ``nn.Linear``, ``nn.BatchNorm1d/2d``, ``nn.LayerNorm``,
+        ``nn.Embedding``, ``nn.PReLU``, ``nn.LSTM`` / ``nn.GRU`` and pooling modules, torch functions between
+        them, and aten ops with no torch-level form as themselves; it computes what ``ep.module()`` computes.
+        ``gm.meta["compress_capture"]`` is ``"export"``.
 
     Raises:
-        ModelLoadError: an aten op with no module-level equivalent here, nested (non-tensor) inputs, or a
-            program exported in training mode.
+        ModelLoadError: nested (non-tensor) inputs, or a program exported in training mode.
 
     Example:
         >>> from compress.models import DemoCNN
@@ -88,8 +96,10 @@ class _Raiser:
                 self._output(node)
         gm = fx.GraphModule(self.root, self.graph, class_name=self._class_name())
         gm.graph.eliminate_dead_code()  # e.g. size() reads only the dropped shape asserts used
+        gm.delete_all_unused_submodules()  # modules of a handler that gave up half-way (a generic node)
         gm.graph.lint()
         gm.recompile()
+        gm.meta["compress_capture"] = "export"  # prepare() uses a raised graph as is
         return gm.eval()
 
     def _check_signature(self) -> None:
@@ -156,17 +166,25 @@ class _Raiser:
             return self.attrs[id(v)]
         return v
 
+    def _create(self, op: str, target: Any, args: tuple, kwargs: dict, node: fx.Node) -> fx.Node:
+        # Module calls are named after the module, as torch.fx names them (quantizer "fc_act_quant" follows fc).
+        name = target.replace(".", "_") if op == "call_module" else node.name
+        new = self.graph.create_node(op, target, args, kwargs, name=name)
+        new.meta.update({k: node.meta[k] for k in KEPT_META if k in node.meta})
+        return new
+
     def fn(self, target: Callable, node: fx.Node, *args: Any, **kwargs: Any) -> fx.Node:
         args, kwargs = pytree.tree_map(self.value, (args, kwargs), is_leaf=_is_value)
-        return self.graph.create_node("call_function", target, tuple(args), dict(kwargs), name=node.name)
+        return self._create("call_function", target, tuple(args), dict(kwargs), node)
 
     def method(self, name: str, node: fx.Node, *args: Any) -> fx.Node:
         args = pytree.tree_map(self.value, args, is_leaf=_is_value)
-        return self.graph.create_node("call_method", name, tuple(args), {}, name=node.name)
+        return self._create("call_method", name, tuple(args), {}, node)
 
-    def module(self, mod: nn.Module, node: fx.Node, x: Any, *, weight: _Const | None = None,
+    def module(self, mod: nn.Module, node: fx.Node, x: Any, *extra: Any, weight: _Const | None = None,
                key: tuple | None = None) -> fx.Node:
-        """Call ``mod`` (stored once per tied weight) on ``x``; named after its weight or the original module."""
+        """Call ``mod`` (stored once per tied weight) on ``x`` (and ``extra`` inputs, an LSTM's state); named
+        after its weight or the original module."""
         full_key = (type(mod).__name__, id(weight), key) if weight is not None and key is not None else None
         path = self.shared.get(full_key) if full_key else None
         if path is None:
@@ -175,11 +193,26 @@ class _Raiser:
             parent.add_module(name, mod.eval())
             if full_key:
                 self.shared[full_key] = path
-        return self.graph.create_node("call_module", path, (self.value(x),), {}, name=node.name)
+        args = pytree.tree_map(self.value, (x, *extra), is_leaf=_is_value)
+        return self._create("call_module", path, tuple(args), {}, node)
+
+    def generic(self, node: fx.Node, why: str) -> None:
+        """Give up on a torch-level form for ``node`` (``why`` says which form): the aten op is kept as is."""
+        raise _KeepGeneric(why)
+
+    def _keep_aten(self, node: fx.Node, args: tuple, kwargs: dict, in_place: bool) -> fx.Node:
+        # The op itself, callable in eager torch (and exportable by torch.onnx): ONNX runs it in float; the
+        # coverage check names it with node.meta["stack_trace"]. In-place ops get their out-of-place form.
+        target = node.target
+        if in_place:
+            packet = getattr(torch.ops.aten, target.overloadpacket.__name__[:-1], None)
+            target = getattr(packet, target._overloadname, target) if packet is not None else target
+        return self.fn(target, node, *args, **kwargs)
 
     def _module_name(self, node: fx.Node, mod: nn.Module, weight: _Const | None) -> str:
-        if weight is not None and weight.source.endswith(".weight"):
-            return weight.source[: -len(".weight")]
+        for suffix in (".weight", "_weight"):  # conv.weight -> conv; attention's in_proj_weight -> in_proj
+            if weight is not None and weight.source.endswith(suffix) and len(weight.source) > len(suffix):
+                return weight.source[: -len(suffix)]
         stack = node.meta.get("nn_module_stack") or {}
         if stack:
             path, type_name = list(stack.values())[-1]
@@ -225,8 +258,11 @@ class _Raiser:
             if all(isinstance(a, _Const) or not isinstance(a, fx.Node) for a in args):
                 return _Const(target(*[a.value if isinstance(a, _Const) else a for a in args]))
             return self.fn(target, node, *args)
-        if node.op != "call_function" or not isinstance(target, torch._ops.OpOverload):
-            self._unsupported(node, str(getattr(target, "__name__", target)), prefix="")
+        if node.op != "call_function":
+            raise ModelLoadError(f"{self.source}: node {node.name!r} is a {node.op} of {target!r}, which a "
+                                 "torch.export program does not contain; re-export with torch.export.export")
+        if not isinstance(target, torch._ops.OpOverload):  # e.g. torch.sym_max, math.ceil over sizes
+            return self.fn(target, node, *args, **kwargs)
         name = target.overloadpacket.__name__
         if name in _DROPPED:
             return None
@@ -237,9 +273,12 @@ class _Raiser:
             return self._fold(target, args, kwargs, in_place, node)
         base = name[:-1] if in_place and name.endswith("_") else name
         handler = _HANDLERS.get(base)
-        if handler is None:
-            self._unsupported(node, f"{name}.{target._overloadname}")
-        result = handler(self, node, _bind(target, args, kwargs))
+        try:
+            if handler is None:
+                raise _KeepGeneric("no handler")
+            result = handler(self, node, _bind(target, args, kwargs))
+        except _KeepGeneric:
+            result = self._keep_aten(node, args, kwargs, in_place)
         if in_place and isinstance(node.args[0], fx.Node):
             self.env[node.args[0]] = result  # later readers of the mutated tensor see the new value
         return result
@@ -267,22 +306,12 @@ class _Raiser:
             return _Const(source.value[index], source.source)
         return self.fn(operator.getitem, node, source, index)
 
-    def _unsupported(self, node: fx.Node, op: str, prefix: str = "aten.") -> None:
-        path, kind = list((node.meta.get("nn_module_stack") or {"": ("", "")}).values())[-1]
-        where = f" in {path or 'the top module'} ({str(kind).rsplit('.', 1)[-1]})" if kind else ""
-        raise ModelLoadError(
-            f"{self.source}: {prefix}{op} at node {node.name!r}{where} has no module-level equivalent; supported aten "
-            f"ops: {', '.join(n.removeprefix('aten.') for n in supported_aten_ops())}. Save model.state_dict() and "
-            "load it with --arch MODULE:CALLABLE instead (unsupported layers then stay float), or export without it"
-        )
-
     def const(self, node: fx.Node, value: Any, what: str, optional: bool = False) -> _Const | None:
         """``value`` as a constant tensor (a weight); None for a missing optional one."""
         if optional and value is None:
             return None
         if not isinstance(value, _Const) or not isinstance(value.value, torch.Tensor):
-            raise ModelLoadError(f"{self.source}: the {what} of aten node {node.name!r} is computed at run time; "
-                                 "only parameters can be raised to layers: export with the weights as parameters")
+            self.generic(node, f"a {what} computed at run time")  # only stored tensors become layer weights
         return value
 
 

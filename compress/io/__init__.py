@@ -2,7 +2,5 @@
 
 from compress.io.data import Dataset, check_fits, load_data, match_model_dtype
 from compress.io.model import ExportedModule, build_arch, load_model
-from compress.io.pt2 import raise_exported_program
 
-__all__ = ["Dataset", "ExportedModule", "build_arch", "check_fits", "load_data", "load_model", "match_model_dtype",
-           "raise_exported_program"]
+__all__ = ["Dataset", "ExportedModule", "build_arch", "check_fits", "load_data", "load_model", "match_model_dtype"]

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.capture import raise_exported_program
 from compress.errors import ModelLoadError, UnsafePickleError
 from compress.io._callables import SpecError, resolve_callable
-from compress.io.pt2 import raise_exported_program
 
 __all__ = ["ExportedModule", "build_arch", "load_model"]
 

@@ -1,6 +1,9 @@
 """prepare(): turn an ordinary float model into a quantization-simulating one.
 
-Graph capture with torch.fx (compress layers as leaves). Then, on the graph:
+Graph capture with ``torch.export`` (:func:`compress.capture.capture`: shape checks, buffer slices, Conv
+subclasses with their own ``forward`` and functional code all arrive as one graph of torch layers). torch.fx
+symbolic tracing remains for models that already hold compress layers (``torch.export`` would decompose them)
+and as the fallback when export fails. Then, on the graph:
 
 1. fold BatchNorm into the conv before it (PTQ), or fuse the pair into a ``QuantConvBn2d`` (QAT, so BN
    statistics stay live while training);
@@ -9,8 +12,8 @@ Graph capture with torch.fx (compress layers as leaves). Then, on the graph:
    output of each op that computes new values; ReLU after a conv/linear/add shares the producer's
    requantization, and grid-preserving ops (max pool, reshape...) need none.
 
-Models fx cannot trace fall back to swapping layers in place with their own input/output quantizers; the ops
-between layers then stay float and are listed in ``model.compress_info.float_ops``.
+Models neither can capture fall back to swapping layers in place with their own input/output quantizers; the
+ops between layers then stay float and are listed in ``model.compress_info.float_ops`` with the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from compress.capture import capture
 from compress.errors import CompressError, DataError
 from compress.layers.base import QuantLayerMixin
 from compress.layers.conv import QuantConvBn2d
@@ -41,7 +45,8 @@ class FloatOp:
 
 @dataclass
 class PrepareInfo:
-    """How a model was prepared: ``capture`` is ``"fx"`` or ``"module_swap"``."""
+    """How a model was prepared: ``capture`` is ``"export"`` (torch.export), ``"fx"`` (torch.fx symbolic
+    tracing: models holding compress layers, or export failed) or ``"module_swap"`` (neither could capture)."""
 
     capture: str
     qat: bool
@@ -89,35 +94,74 @@ def prepare(
         keep_float: qualified names of modules to leave in float (e.g. a sensitive first conv).
 
     Returns:
-        A ``torch.fx.GraphModule`` (or, when fx cannot trace the model, the module with layers swapped in
+        A ``torch.fx.GraphModule`` (or, when the model cannot be captured, the module with layers swapped in
         place) with ``compress_info`` describing what was done.
 
     Example:
         >>> from compress.models import DemoCNN
         >>> prepared = prepare(DemoCNN(), torch.randn(1, 1, 8, 8))
         >>> prepared.compress_info.capture
-        'fx'
+        'export'
     """
     config = config or QuantConfig()
     example_inputs = _as_tuple(example_inputs)
-    model = copy.deepcopy(model).train(qat)
     if g.QuantTracer().is_leaf_module(model, ""):
-        # A bare torch layer would be traced into its functional form; as a child it stays a module node.
+        # A bare layer as a child keeps a module node (and a path, "0") in either capture.
         model = nn.Sequential(model)
     try:
-        gm = g.trace(model)
+        gm, how = _capture(model, example_inputs)
     except CompressError as exc:
-        return _prepare_module_swap(model, config, qat, keep_float, str(exc))
-    gm.train(qat)
-    _untie_shared_calls(gm)
+        return _prepare_module_swap(copy.deepcopy(model).train(qat), config, qat, keep_float, str(exc))
+    gm.train(qat)  # captured in eval mode; QAT trains the graph (BatchNorm statistics live in QuantConvBn2d)
+    shared = _untie_shared_calls(gm)
+    keep_float = tuple(keep_float) + tuple(c for name, copies in shared.items() if name in keep_float
+                                           for c in copies)
     _fold_batchnorm(gm, config, qat, keep_float)
     swapped = _swap_layers(gm, config, keep_float)
+    _retie_shared(gm, shared)
     _propagate_shapes(gm, example_inputs)
     _insert_quantizers(gm, config)
     gm.graph.lint()
     gm.recompile()
-    gm.compress_info = PrepareInfo("fx", qat, config, _float_ops(gm, keep_float), swapped)
+    gm.compress_info = PrepareInfo(how, qat, config, _float_ops(gm, keep_float), swapped)
     return gm
+
+
+def _capture(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, str]:
+    """The model as one graph, and how it was captured (``"export"`` or ``"fx"``).
+
+    Raises:
+        CompressError: neither torch.export nor torch.fx can capture it (the message names both reasons).
+    """
+    if isinstance(model, fx.GraphModule) and getattr(model, "meta", {}).get("compress_capture") == "export":
+        return copy.deepcopy(model), "export"  # a raised program (a loaded .pt2): already this vocabulary
+    if _holds_compress_modules(model):
+        # torch.export would decompose quant layers and quantizers into aten ops; fx keeps them as leaves.
+        return g.trace(copy.deepcopy(model)), "fx"
+    if any(isinstance(m, _FX_LEAVES) for m in model.modules()):
+        try:
+            return g.trace(copy.deepcopy(model)), "fx"
+        except CompressError:
+            pass  # export's decomposition (linear / bmm / softmax) still quantizes it
+    try:
+        return capture(model, example_inputs), "export"
+    except CompressError as export_exc:
+        try:
+            return g.trace(copy.deepcopy(model)), "fx"
+        except CompressError as fx_exc:
+            raise CompressError(f"{export_exc}; {fx_exc}") from export_exc
+
+
+# Layers with a quant layer of their own that torch.export decomposes into aten ops: as an fx leaf,
+# nn.MultiheadAttention becomes one QuantMultiheadAttention (its q/k/v/probability quantizers, 1/sqrt(d) folded
+# into the q projection) that both exporters write as a unit.
+_FX_LEAVES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
+
+
+def _holds_compress_modules(model: nn.Module) -> bool:
+    tracer = g.QuantTracer()
+    return any(type(m).__module__.startswith("compress.") and tracer.is_leaf_module(m, name)
+               for name, m in model.named_modules())
 
 
 def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
@@ -126,21 +170,50 @@ def _set_module(root: nn.Module, qualname: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def _untie_shared_calls(gm: fx.GraphModule) -> None:
-    """Give every call of a module used more than once its own copy.
+def _untie_shared_calls(gm: fx.GraphModule) -> dict[str, list[str]]:
+    """Give every call of a module used more than once its own module, sharing the first one's parameters.
 
-    Each call sees different inputs, so each needs its own input scale (for the int32 bias) and, for BN
-    folding, its own fused layer. Tied weights become copies: exact for PTQ; in QAT the copies train apart.
+    Each call sees different inputs, so each needs its own input scale (for the int32 bias), its own
+    quantizers and, for BN folding, its own fused layer; the weights stay one set of ``nn.Parameter`` objects
+    (QAT trains one set, the exporters store one). Returns ``{module path: [paths of its per-call copies]}``.
     """
-    calls: dict[str, int] = {}
+    seen: set[str] = set()
+    shared: dict[str, list[str]] = {}
     for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
-        calls[node.target] = calls.get(node.target, 0) + 1
-        if calls[node.target] > 1:
-            copy_name = _free_name(gm, f"{node.target.replace('.', '_')}_call{calls[node.target]}")
-            gm.add_submodule(copy_name, copy.deepcopy(gm.get_submodule(node.target)))
-            node.target = copy_name
+        if node.target not in seen:
+            seen.add(node.target)
+            continue
+        copies = shared.setdefault(node.target, [])
+        copy_name = _free_name(gm, f"{node.target.replace('.', '_')}_call{len(copies) + 2}")
+        gm.add_submodule(copy_name, _sharing_copy(gm.get_submodule(node.target)))
+        copies.append(copy_name)
+        node.target = copy_name
+    return shared
+
+
+def _sharing_copy(mod: nn.Module) -> nn.Module:
+    """A deep copy of ``mod`` whose parameters are ``mod``'s own objects (buffers and quantizers copied)."""
+    return copy.deepcopy(mod, memo={id(p): p for p in mod.parameters()})
+
+
+def _retie_shared(gm: fx.GraphModule, shared: dict[str, list[str]]) -> None:
+    """Point the per-call copies at the first call's parameters again once layers are swapped.
+
+    ``from_float`` and BN folding build new parameters; a copy whose parameter still holds the same values
+    (same weights, same folded BatchNorm) gets the original object back, so one tensor is trained and stored.
+    """
+    for original, copies in shared.items():
+        first = dict(gm.get_submodule(original).named_parameters())
+        for name in copies:
+            mod = gm.get_submodule(name)
+            for pname, param in list(mod.named_parameters()):
+                mine = first.get(pname)
+                if mine is None or mine is param or mine.shape != param.shape or not torch.equal(mine, param):
+                    continue
+                owner, _, leaf = pname.rpartition(".")
+                setattr(mod.get_submodule(owner) if owner else mod, leaf, mine)
 
 
 def _fold_batchnorm(gm: fx.GraphModule, config: QuantConfig, qat: bool, keep_float) -> None:

@@ -1,4 +1,4 @@
-"""compress.io.pt2: torch.export programs raised to module-level fx graphs the passes and exporters accept.
+"""compress.capture.raiser: torch.export programs raised to module-level fx graphs the passes and exporters accept.
 
 The reference for every numeric check is torch itself running the program (``ExportedProgram.module()``) or
 the original eager model, never the raised graph.
@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
+from compress.capture import raise_exported_program, supported_aten_ops
 from compress.errors import ModelLoadError
 from compress.io import load_model
-from compress.io.pt2 import raise_exported_program, supported_aten_ops
 from compress.models import DemoCNN, MobileNetV2, ResNet18, randomize_bn
 from compress.passes import prepare
 
@@ -87,7 +87,7 @@ def test_raised_model_matches_the_program_and_prepares(name, tmp_path):
         torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
 
     prepared = prepare(gm, x[:1])
-    assert prepared.compress_info.capture == "fx"
+    assert prepared.compress_info.capture == "export"
     assert not [m for m in prepared.modules() if isinstance(m, nn.BatchNorm2d)]  # every BN folded into its conv
     assert set(prepared.compress_info.quantized_layers) == {
         n for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)
@@ -108,7 +108,7 @@ def test_decomposed_program_raises_to_the_same_layers(tmp_path):
     x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
-    assert prepare(gm, x[:1]).compress_info.capture == "fx"
+    assert prepare(gm, x[:1]).compress_info.capture == "export"
 
 
 class _Odds(nn.Module):
@@ -148,24 +148,24 @@ def test_constants_inplace_tied_weights_and_tuple_outputs(dynamic, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_unsupported_op_names_the_op_and_the_way_out(tmp_path):
+def test_op_without_handler_stays_as_the_aten_op_with_its_source_line(tmp_path):
     class Cumulative(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(1, 2, 3)
 
         def forward(self, x):
-            return torch.cumsum(self.conv(x), dim=-1)
+            return torch.cumprod(self.conv(x), dim=-1)  # no torch-level form in the raiser
 
-    _, path = _export(Cumulative(), torch.zeros(1, 1, 8, 8), tmp_path, dynamic=False)
-    with pytest.raises(ModelLoadError) as info:
-        load_model(path)
-    message = str(info.value)
-    assert "\n" not in message
-    assert message.startswith("model.pt2: aten.cumsum.default at node 'cumsum'")
-    assert "aten.conv2d" not in message and " conv2d," in message  # the supported list, without the prefix
-    assert "--arch" in message and "state_dict" in message
-    assert "aten.cumsum" not in supported_aten_ops()
+    model = Cumulative().eval()
+    _, path = _export(model, torch.zeros(2, 1, 8, 8), tmp_path)
+    gm = load_model(path)
+    generic = [n for n in gm.graph.nodes if n.target is torch.ops.aten.cumprod.default]
+    assert len(generic) == 1 and "aten.cumprod" not in supported_aten_ops()
+    assert type(gm.get_submodule("conv")) is nn.Conv2d  # the rest is raised as usual
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_program_exported_in_training_mode_is_refused(tmp_path):
@@ -199,7 +199,7 @@ def test_cli_quantize_pt2_end_to_end(cli, tmp_path, write_npz, digits_like):
     assert result.exit_code == 0, result.output
     out = tmp_path / "out"
     report = json.loads((out / "report.json").read_text())
-    assert report["capture"] == "fx" and report["float_ops"] == []
+    assert report["capture"] == "export" and report["float_ops"] == []
     assert report["model"]["class"] == "DemoCNN"
     assert set(report["quantized_layers"]) == {"stem.0", "conv1", "conv2", "head_conv", "fc"}  # the model's names
     assert report["parity"]["within_1lsb_fraction"] >= 0.99
