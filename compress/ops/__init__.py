@@ -6,7 +6,7 @@ Example:
     True
 """
 
-from compress.ops import nn_ops, tensor_ops  # noqa: F401  (the declarations)
+from compress.ops import kernels_onnx, kernels_tflite, nn_ops, tensor_ops
 from compress.ops.spec import (
     FORMATS,
     Coupling,
@@ -21,6 +21,23 @@ from compress.ops.spec import (
     register_emitter,
     target_label,
 )
+
+
+def _apply_kernels() -> None:
+    from compress.errors import CompressError
+
+    tables = {"onnx": kernels_onnx.KERNELS, "tflite": kernels_tflite.KERNELS}
+    for fmt, table in tables.items():
+        unknown = set(table) - {s.name for s in all_specs()}
+        if unknown:
+            raise CompressError(f"kernels_{fmt}.py names ops that are not declared: {sorted(unknown)}")
+    for spec in all_specs():
+        for fmt, table in tables.items():
+            spec.kernels[fmt] = table.get(spec.name, Kernel.NONE)
+
+
+_apply_kernels()
+del nn_ops, tensor_ops
 
 __all__ = [
     "FORMATS",

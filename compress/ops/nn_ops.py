@@ -1,7 +1,7 @@
 """Declarations: weight layers, normalization, pooling and activations.
 
-Kernels say how each format's *default* export runs the op in an int8 model (see :class:`~compress.ops.Kernel`);
-an exporter that registers an emitter for a spec must honour it (``tests/ops`` checks both ways).
+How each format runs an op lives in ``kernels_onnx.py`` / ``kernels_tflite.py`` (one table per exporter, so
+each exporter's owner edits one file); ``tests/ops`` checks them against the registered emitters.
 """
 
 from __future__ import annotations
@@ -18,14 +18,9 @@ from compress.layers.conv import QuantConv1d, QuantConv2d
 from compress.layers.embedding import QuantEmbedding
 from compress.layers.linear import QuantLinear
 from compress.layers.recurrent import QuantGRU, QuantLSTM
-from compress.ops.spec import Coupling, Kernel, OpSpec, Policy, declare
+from compress.ops.spec import Coupling, OpSpec, Policy, declare
 
 C, P, S = Policy.COMPUTE, Policy.PRESERVING, Policy.SHAPE
-INT8, FLOAT, NONE = Kernel.INT8, Kernel.FLOAT, Kernel.NONE
-
-
-def kernels(onnx: Kernel, tflite: Kernel) -> dict[str, Kernel]:
-    return {"onnx": onnx, "tflite": tflite}
 
 
 def _sigmoid(x):
@@ -37,8 +32,7 @@ declare(OpSpec("conv1d", Policy.WEIGHTED, modules=(nn.Conv1d,), aten=("conv1d", 
                quant_class=QuantConv1d, coupling=Coupling.PRODUCER))
 declare(OpSpec("conv2d", Policy.WEIGHTED, modules=(nn.Conv2d,), aten=("conv2d", "convolution"),
                quant_class=QuantConv2d, coupling=Coupling.PRODUCER))
-declare(OpSpec("conv_transpose", C, modules=(nn.ConvTranspose1d, nn.ConvTranspose2d), aten=("convolution",),
-               kernels=kernels(FLOAT, FLOAT), coupling=Coupling.PRODUCER,
+declare(OpSpec("conv_transpose", C, modules=(nn.ConvTranspose1d, nn.ConvTranspose2d), aten=("convolution",), coupling=Coupling.PRODUCER,
                reason="no quantized ConvTranspose layer yet; its weights stay float"))
 declare(OpSpec("linear", Policy.WEIGHTED, modules=(nn.Linear,), aten=("linear", "addmm", "mm"),
                quant_class=QuantLinear, coupling=Coupling.PRODUCER))
@@ -54,8 +48,7 @@ declare(OpSpec("batch_norm", Policy.FOLDED, modules=(nn.BatchNorm1d, nn.BatchNor
                aten=("batch_norm", "_native_batch_norm_legit_no_training"), coupling=Coupling.PASSTHROUGH))
 
 # -- normalization and pooling ------------------------------------------------------------------------------
-declare(OpSpec("layer_norm", C, modules=(nn.LayerNorm,), functions=(F.layer_norm,), aten=("layer_norm",),
-               kernels=kernels(FLOAT, FLOAT), coupling=Coupling.PASSTHROUGH))
+declare(OpSpec("layer_norm", C, modules=(nn.LayerNorm,), functions=(F.layer_norm,), aten=("layer_norm",), coupling=Coupling.PASSTHROUGH))
 declare(OpSpec("max_pool", P, modules=(nn.MaxPool1d, nn.MaxPool2d), functions=(F.max_pool1d, F.max_pool2d),
                aten=("max_pool1d", "max_pool2d"), coupling=Coupling.PASSTHROUGH))
 declare(OpSpec("avg_pool", C, modules=(nn.AvgPool1d, nn.AvgPool2d), functions=(F.avg_pool2d,),
@@ -78,32 +71,28 @@ declare(OpSpec("hardtanh", C, modules=(nn.Hardtanh,), functions=(F.hardtanh,), a
 declare(OpSpec("sigmoid", C, modules=(nn.Sigmoid,), functions=(torch.sigmoid, F.sigmoid), methods=("sigmoid",),
                aten=("sigmoid",), grid="unit", coupling=Coupling.PASSTHROUGH, reference=_sigmoid))
 declare(OpSpec("tanh", C, modules=(nn.Tanh,), functions=(torch.tanh, F.tanh), methods=("tanh",), aten=("tanh",),
-               grid="symmetric_unit", kernels=kernels(FLOAT, INT8), coupling=Coupling.PASSTHROUGH,
+               grid="symmetric_unit", coupling=Coupling.PASSTHROUGH,
                reference=np.tanh))
 declare(OpSpec("softmax", C, modules=(nn.Softmax,), functions=(torch.softmax, F.softmax), methods=("softmax",),
-               aten=("softmax", "_softmax"), grid="unit", kernels=kernels(INT8, FLOAT),
+               aten=("softmax", "_softmax"), grid="unit",
                coupling=Coupling.BLOCKING))
 declare(OpSpec("log_softmax", C, modules=(nn.LogSoftmax,), functions=(torch.log_softmax, F.log_softmax),
-               methods=("log_softmax",), aten=("log_softmax", "_log_softmax"), kernels=kernels(FLOAT, NONE),
+               methods=("log_softmax",), aten=("log_softmax", "_log_softmax"),
                coupling=Coupling.BLOCKING))
-declare(OpSpec("hardswish", C, modules=(nn.Hardswish,), functions=(F.hardswish,), aten=("hardswish",),
-               kernels=kernels(FLOAT, FLOAT), coupling=Coupling.PASSTHROUGH,
+declare(OpSpec("hardswish", C, modules=(nn.Hardswish,), functions=(F.hardswish,), aten=("hardswish",), coupling=Coupling.PASSTHROUGH,
                reference=lambda x: x * np.clip(x + 3, 0, 6) / 6))
-declare(OpSpec("hardsigmoid", C, modules=(nn.Hardsigmoid,), functions=(F.hardsigmoid,), aten=("hardsigmoid",),
-               kernels=kernels(FLOAT, NONE), coupling=Coupling.PASSTHROUGH,
+declare(OpSpec("hardsigmoid", C, modules=(nn.Hardsigmoid,), functions=(F.hardsigmoid,), aten=("hardsigmoid",), coupling=Coupling.PASSTHROUGH,
                reference=lambda x: np.clip(x / 6 + 0.5, 0, 1)))
-declare(OpSpec("gelu", C, modules=(nn.GELU,), functions=(F.gelu,), aten=("gelu",), kernels=kernels(FLOAT, FLOAT),
+declare(OpSpec("gelu", C, modules=(nn.GELU,), functions=(F.gelu,), aten=("gelu",),
                coupling=Coupling.PASSTHROUGH))
-declare(OpSpec("silu", C, modules=(nn.SiLU,), functions=(F.silu,), aten=("silu",), kernels=kernels(FLOAT, NONE),
+declare(OpSpec("silu", C, modules=(nn.SiLU,), functions=(F.silu,), aten=("silu",),
                coupling=Coupling.PASSTHROUGH, reference=lambda x: x * _sigmoid(x)))
-declare(OpSpec("leaky_relu", C, modules=(nn.LeakyReLU,), functions=(F.leaky_relu,), aten=("leaky_relu",),
-               kernels=kernels(INT8, NONE), coupling=Coupling.PASSTHROUGH,
+declare(OpSpec("leaky_relu", C, modules=(nn.LeakyReLU,), functions=(F.leaky_relu,), aten=("leaky_relu",), coupling=Coupling.PASSTHROUGH,
                reference=lambda x: np.where(x >= 0, x, 0.01 * x)))
-declare(OpSpec("prelu", C, modules=(nn.PReLU,), aten=("prelu", "_prelu_kernel"), kernels=kernels(NONE, NONE),
+declare(OpSpec("prelu", C, modules=(nn.PReLU,), aten=("prelu", "_prelu_kernel"),
                coupling=Coupling.PASSTHROUGH))
-declare(OpSpec("elu", C, modules=(nn.ELU,), functions=(F.elu,), aten=("elu",), kernels=kernels(NONE, NONE),
+declare(OpSpec("elu", C, modules=(nn.ELU,), functions=(F.elu,), aten=("elu",),
                coupling=Coupling.PASSTHROUGH, reference=lambda x: np.where(x > 0, x, np.expm1(x))))
-declare(OpSpec("mish", C, modules=(nn.Mish,), functions=(F.mish,), aten=("mish",), kernels=kernels(NONE, NONE),
+declare(OpSpec("mish", C, modules=(nn.Mish,), functions=(F.mish,), aten=("mish",),
                coupling=Coupling.PASSTHROUGH, reference=lambda x: x * np.tanh(np.log1p(np.exp(x)))))
-declare(OpSpec("neg", C, functions=(operator.neg, torch.neg), methods=("neg",), aten=("neg",),
-               kernels=kernels(FLOAT, NONE), coupling=Coupling.PASSTHROUGH, reference=np.negative))
+declare(OpSpec("neg", C, functions=(operator.neg, torch.neg), methods=("neg",), aten=("neg",), coupling=Coupling.PASSTHROUGH, reference=np.negative))

@@ -83,7 +83,7 @@ class OpSpec:
             into this op (documentation and the coverage table of ``compress inspect``).
         quant_class: for WEIGHTED ops, the compress layer that replaces the float module.
         grid: a fixed output grid (``"unit"`` [0, 1), ``"symmetric_unit"`` [-1, 1)) for bounded ops.
-        kernels: per format, how an int8 model runs it; a format missing here means :attr:`Kernel.NONE`.
+        kernels: per format, how an int8 model runs it (from ``kernels_onnx.py`` / ``kernels_tflite.py``).
         reason: why an op with a FLOAT kernel stays float (shown in ``float_ops``).
         coupling: channel flow, for pruning.
         reference: a numpy function computing the float op (the golden cases' oracle), or None.
@@ -97,7 +97,7 @@ class OpSpec:
     aten: tuple[str, ...] = ()
     quant_class: type[nn.Module] | None = None
     grid: str | None = None
-    kernels: dict[str, Kernel] = field(default_factory=lambda: dict.fromkeys(FORMATS, Kernel.INT8))
+    kernels: dict[str, Kernel] = field(default_factory=dict)  # filled from kernels_<format>.py
     reason: str = ""
     coupling: Coupling = Coupling.NONE
     reference: Callable | None = None

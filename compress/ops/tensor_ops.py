@@ -24,7 +24,7 @@ from compress.layers.elementwise import (
     QuantMatmul,
     QuantMul,
 )
-from compress.ops.nn_ops import FLOAT, INT8, NONE, C, P, S, kernels
+from compress.ops.nn_ops import C, P, S
 from compress.ops.spec import Coupling, OpSpec, Policy, declare
 from compress.quant.fake import Quantizer
 
@@ -35,43 +35,37 @@ declare(OpSpec("quantize", Policy.QUANTIZER, modules=(Quantizer,), coupling=Coup
 # -- elementwise arithmetic ---------------------------------------------------------------------------------
 declare(OpSpec("add", C, modules=(FloatAdd, QuantAdd), functions=(operator.add, torch.add, operator.iadd),
                methods=("add",), aten=("add",), coupling=E, reference=np.add))
-declare(OpSpec("sub", C, functions=(operator.sub, torch.sub), methods=("sub",), aten=("sub", "rsub"),
-               kernels=kernels(FLOAT, INT8), coupling=E, reference=np.subtract))
+declare(OpSpec("sub", C, functions=(operator.sub, torch.sub), methods=("sub",), aten=("sub", "rsub"), coupling=E, reference=np.subtract))
 declare(OpSpec("mul", C, modules=(FloatMul, QuantMul), functions=(operator.mul, torch.mul), methods=("mul",),
                aten=("mul",), coupling=E, reference=np.multiply))
-declare(OpSpec("div", C, functions=(operator.truediv, torch.div), methods=("div",), aten=("div",),
-               kernels=kernels(FLOAT, FLOAT), coupling=E, reference=np.divide))
+declare(OpSpec("div", C, functions=(operator.truediv, torch.div), methods=("div",), aten=("div",), coupling=E, reference=np.divide))
 declare(OpSpec("matmul", C, modules=(FloatMatmul, QuantMatmul),
                functions=(operator.matmul, torch.matmul, torch.bmm), methods=("matmul", "bmm"),
-               aten=("matmul", "bmm", "mm"), kernels=kernels(INT8, FLOAT), coupling=Coupling.BLOCKING,
+               aten=("matmul", "bmm", "mm"), coupling=Coupling.BLOCKING,
                reason="", reference=np.matmul))
 declare(OpSpec("cat", C, modules=(FloatCat, QuantCat), functions=(torch.cat, torch.concat), aten=("cat",),
                coupling=Coupling.CONCAT))
-declare(OpSpec("where", C, functions=(torch.where,), aten=("where",), kernels=kernels(NONE, NONE), coupling=E,
+declare(OpSpec("where", C, functions=(torch.where,), aten=("where",), coupling=E,
                reference=np.where))
-declare(OpSpec("masked_fill", C, functions=(torch.masked_fill,), methods=("masked_fill",), aten=("masked_fill",),
-               kernels=kernels(NONE, NONE), coupling=E))
+declare(OpSpec("masked_fill", C, functions=(torch.masked_fill,), methods=("masked_fill",), aten=("masked_fill",), coupling=E))
 for _name, _fn, _ref in (("exp", torch.exp, np.exp), ("log", torch.log, np.log), ("sqrt", torch.sqrt, np.sqrt),
                          ("rsqrt", torch.rsqrt, lambda x: 1 / np.sqrt(x)), ("abs", torch.abs, np.abs),
                          ("reciprocal", torch.reciprocal, np.reciprocal), ("erf", torch.erf, None)):
-    declare(OpSpec(_name, C, functions=(_fn,), methods=(_name,), aten=(_name,), kernels=kernels(NONE, NONE),
+    declare(OpSpec(_name, C, functions=(_fn,), methods=(_name,), aten=(_name,),
                    coupling=Coupling.PASSTHROUGH, reference=_ref))
-declare(OpSpec("pow", C, functions=(torch.pow, operator.pow), methods=("pow",), aten=("pow",),
-               kernels=kernels(NONE, NONE), coupling=Coupling.PASSTHROUGH, reference=np.power))
-declare(OpSpec("cumsum", C, functions=(torch.cumsum,), methods=("cumsum",), aten=("cumsum",),
-               kernels=kernels(NONE, NONE), coupling=Coupling.BLOCKING, reference=np.cumsum))
+declare(OpSpec("pow", C, functions=(torch.pow, operator.pow), methods=("pow",), aten=("pow",), coupling=Coupling.PASSTHROUGH, reference=np.power))
+declare(OpSpec("cumsum", C, functions=(torch.cumsum,), methods=("cumsum",), aten=("cumsum",), coupling=Coupling.BLOCKING, reference=np.cumsum))
 
 # -- reductions ---------------------------------------------------------------------------------------------
 declare(OpSpec("mean", C, functions=(torch.mean,), methods=("mean",), aten=("mean",), coupling=Coupling.BLOCKING,
                reference=np.mean))
-declare(OpSpec("sum", C, functions=(torch.sum,), methods=("sum",), aten=("sum",), kernels=kernels(NONE, NONE),
+declare(OpSpec("sum", C, functions=(torch.sum,), methods=("sum",), aten=("sum",),
                coupling=Coupling.BLOCKING, reference=np.sum))
-declare(OpSpec("amax", P, functions=(torch.amax, torch.amin), methods=("amax", "amin"), aten=("amax", "amin"),
-               kernels=kernels(NONE, NONE), coupling=Coupling.BLOCKING))
-declare(OpSpec("max_min", P, functions=(torch.max, torch.min), aten=("max", "min"), kernels=kernels(NONE, NONE),
+declare(OpSpec("amax", P, functions=(torch.amax, torch.amin), methods=("amax", "amin"), aten=("amax", "amin"), coupling=Coupling.BLOCKING))
+declare(OpSpec("max_min", P, functions=(torch.max, torch.min), aten=("max", "min"),
                coupling=Coupling.BLOCKING))
 declare(OpSpec("argmax", S, functions=(torch.argmax, torch.argmin), methods=("argmax", "argmin"),
-               aten=("argmax", "argmin"), kernels=kernels(NONE, NONE)))
+               aten=("argmax", "argmin")))
 
 # -- shapes, layout and indexing (values move, none is computed) --------------------------------------------
 declare(OpSpec("reshape", P, modules=(nn.Flatten, nn.Unflatten),
@@ -85,33 +79,30 @@ declare(OpSpec("getitem", P, functions=(operator.getitem,), methods=("__getitem_
                coupling=Coupling.BLOCKING))
 declare(OpSpec("split", P, functions=(torch.split, torch.chunk, torch.unbind), methods=("split", "chunk", "unbind"),
                aten=("split", "split_with_sizes", "chunk", "unbind"), coupling=Coupling.BLOCKING))
-declare(OpSpec("expand", P, methods=("expand", "expand_as", "repeat"), aten=("expand", "repeat"),
-               kernels=kernels(INT8, NONE), coupling=Coupling.BLOCKING))
+declare(OpSpec("expand", P, methods=("expand", "expand_as", "repeat"), aten=("expand", "repeat"), coupling=Coupling.BLOCKING))
 declare(OpSpec("pad", P, functions=(F.pad,), modules=(nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d,
                                                       nn.ReflectionPad1d, nn.ReflectionPad2d,
                                                       nn.ReplicationPad1d, nn.ReplicationPad2d),
                aten=("constant_pad_nd", "pad", "reflection_pad1d", "reflection_pad2d", "replication_pad1d",
-                     "replication_pad2d"), kernels=kernels(NONE, NONE), coupling=Coupling.PASSTHROUGH))
+                     "replication_pad2d"), coupling=Coupling.PASSTHROUGH))
 declare(OpSpec("interpolate", C, functions=(F.interpolate,), modules=(nn.Upsample,),
-               aten=("upsample_nearest2d", "upsample_bilinear2d"), kernels=kernels(NONE, NONE),
+               aten=("upsample_nearest2d", "upsample_bilinear2d"),
                coupling=Coupling.PASSTHROUGH))
 declare(OpSpec("gather", P, functions=(torch.gather, torch.index_select), methods=("gather", "index_select"),
-               aten=("gather", "index_select", "index"), kernels=kernels(NONE, NONE), coupling=Coupling.BLOCKING))
+               aten=("gather", "index_select", "index"), coupling=Coupling.BLOCKING))
 
 # -- booleans, indices, sizes and constants: no real-valued activation --------------------------------------
 declare(OpSpec("compare", S, functions=(torch.eq, torch.ne, torch.lt, torch.le, torch.gt, torch.ge, operator.eq,
                                         operator.ne, operator.lt, operator.le, operator.gt, operator.ge),
-               methods=("eq", "ne", "lt", "le", "gt", "ge"), aten=("eq", "ne", "lt", "le", "gt", "ge"),
-               kernels=kernels(NONE, NONE)))
+               methods=("eq", "ne", "lt", "le", "gt", "ge"), aten=("eq", "ne", "lt", "le", "gt", "ge")))
 declare(OpSpec("logical", S, functions=(torch.logical_and, torch.logical_or, torch.logical_not),
                methods=("logical_and", "logical_or", "logical_not"),
-               aten=("logical_and", "logical_or", "logical_not", "bitwise_not"), kernels=kernels(NONE, NONE)))
+               aten=("logical_and", "logical_or", "logical_not", "bitwise_not")))
 declare(OpSpec("shape", S, methods=("size", "dim", "numel"), aten=("sym_size",)))
 declare(OpSpec("cast", S, methods=("to", "type", "type_as", "float", "long", "int", "bool"),
                aten=("_to_copy", "to")))
 declare(OpSpec("constant", S, functions=(torch.arange, torch.zeros, torch.ones, torch.full, torch.zeros_like,
                                          torch.ones_like, torch.full_like),
-               aten=("arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like"),
-               kernels=kernels(NONE, NONE)))
-declare(OpSpec("aten", C, kernels=kernels(FLOAT, NONE), coupling=Coupling.BLOCKING,
+               aten=("arange", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like")))
+declare(OpSpec("aten", C, coupling=Coupling.BLOCKING,
                reason="no torch-level form in compress; exported alone by torch.onnx and run in float"))
