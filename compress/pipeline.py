@@ -21,6 +21,7 @@ from torch import nn
 
 from compress.errors import ConfigError, DataError, ExportError, VerificationError
 from compress.io.data import match_model_dtype
+from compress.ops.coverage import check_coverage
 from compress.passes import QATConfig, calibrate, convert, prepare, train_qat
 from compress.quant.config import QuantConfig
 from compress.quant.spec import WEIGHT_INT8, WEIGHT_INT8_PER_TENSOR, ObserverKind
@@ -139,6 +140,8 @@ def quantize_model(
             "model: move data-dependent `if`/loops out of forward(), or quantize the layers with compress.passes "
             "in Python and deploy the simulated model"
         )
+    # Before the long work: an op a requested format cannot write fails now, naming the user's source line.
+    check_coverage(prepared, tuple(f.value for f in options.formats))
     calibrate(prepared, calib, batch_size=options.batch_size, max_batches=options.max_calib_batches,
               progress=progress)
     timings["calibrate_s"] = time.perf_counter() - t0
