@@ -2,17 +2,20 @@
 
 from compress.passes.calibrate import calibrate
 from compress.passes.convert import convert
+from compress.passes.describe import OpRow, describe
 from compress.passes.fuse import fold_bn
 from compress.passes.prepare import FloatOp, PrepareInfo, prepare
 from compress.passes.qat import OptimizerKind, QATConfig, freeze_bn_stats, resolve_device, train_qat
 
 __all__ = [
     "FloatOp",
+    "OpRow",
     "OptimizerKind",
     "PrepareInfo",
     "QATConfig",
     "calibrate",
     "convert",
+    "describe",
     "fold_bn",
     "freeze_bn_stats",
     "prepare",
