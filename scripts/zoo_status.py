@@ -145,10 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(ZOO)}")
 
+    # Resolve the revision once: others commit while the table runs, and the header must name what ran.
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", f"{args.rev or 'HEAD'}^{{commit}}"],
+                          capture_output=True, text=True).stdout.strip()
+    if args.rev and not head:
+        ap.error(f"--rev {args.rev}: not a commit of {REPO_ROOT}")
     with tempfile.TemporaryDirectory(prefix="zoo-status-") as tmp:
         root = REPO_ROOT
         if args.rev:
-            root = extract_rev(args.rev, Path(tmp) / "src")
+            root = extract_rev(head, Path(tmp) / "src")
         work = args.keep or Path(tmp) / "runs"
         runs: list[ZooRun] = []
         training: dict[str, dict] = {}
@@ -168,9 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
 
     rev = args.rev or "working tree"
-    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", args.rev or "HEAD"],
-                          capture_output=True, text=True).stdout.strip()
-    header = f"### Zoo status — compress from {rev} ({head}), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    where = f"{rev} ({head})" if args.rev else f"the working tree (on {head})"
+    header = f"### Zoo status — compress from {where}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     print(markdown(runs, header))
     print("\nTraining (float, test split): " + "; ".join(
         f"{n} {t['metric']:.3f} (target {t['target']}, {t['train_s']:.1f} s{', cached' if t['cached'] else ''})"
