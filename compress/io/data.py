@@ -2,45 +2,51 @@
 
 A data spec is either
 
-* a path to an ``.npz`` file holding an array ``x`` (inputs, ``[N, ...]``, any real dtype; cast to float32 and
-  fed to the model as they are — normalise them the way the model was trained) and optionally ``y`` (integer
-  class labels ``[N]``), e.g. ``np.savez("calib.npz", x=x, y=y)``; or
+* a path to an ``.npz`` file holding the inputs and optionally ``y`` (integer class labels ``[N]``): one array
+  ``x`` (``[N, ...]``, any real dtype; cast to float32 and fed to the model as it is — normalise it the way
+  the model was trained), e.g. ``np.savez("calib.npz", x=x, y=y)``; or, for a model with several inputs, one
+  array per ``forward`` parameter, named after it (``input_ids=..., attention_mask=...``) or ``x0, x1, ...``
+  in order; or
 * ``MODULE:CALLABLE`` / ``path/to/file.py:CALLABLE`` naming a function that returns an iterable of batches,
-  each an array / tensor of inputs or an ``(x, y)`` pair (a ``torch.utils.data.DataLoader`` works as it is).
+  each an array / tensor of inputs, an ``(x, y)`` pair, ``((a, b), y)`` for several inputs, or a dict
+  ``{"input_ids": ..., "attention_mask": ..., "y": ...}`` (a ``torch.utils.data.DataLoader`` works as it is).
 
 Everything is validated once, here, so the long steps that follow never meet NaNs, empty sets or a
-mismatched label count.
+mismatched label count; :mod:`compress.io.fit` binds named inputs to ``forward``'s parameters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from compress.errors import ConfigError, DataError
 from compress.io._callables import SpecError, looks_like_callable_spec, resolve_callable
 
-__all__ = ["Dataset", "check_fits", "load_data"]
+__all__ = ["Dataset", "load_data"]
 
 
 def _shape(shape: tuple[int, ...] | torch.Size) -> str:
     return "[" + ", ".join(str(int(d)) for d in shape) + "]"
 
 
-@dataclass(frozen=True)
 class Dataset:
-    """Inputs ``x`` (float32 ``[N, ...]``, or int64 for integer inputs such as token ids), optional integer labels
-    ``y`` (int64 ``[N]``) and where they came from.
+    """Model inputs (one array, or several named ones), optional integer labels ``y`` and where they came from.
 
-    The constructor validates and converts: ``x`` of any real dtype is cast to float32, integral ``y`` to
-    int64; empty sets, NaN/inf, fractional or negative labels and length mismatches raise
-    :class:`~compress.errors.DataError`.
+    ``x`` is one array ``[N, ...]`` (a model with one input), a mapping ``{name: array}`` (several inputs,
+    named after ``forward``'s parameters, e.g. ``input_ids`` and ``attention_mask``), or a tuple of arrays
+    (named ``x0, x1, ...``, bound by position). Each input of a real dtype is cast to float32; integer inputs
+    stay int64 (token ids; :func:`match_model_dtype` makes them float32 for models that take real values).
+    Integral ``y`` becomes int64. Empty sets, NaN/inf, inputs with different sample counts, fractional or
+    negative labels and length mismatches raise :class:`~compress.errors.DataError`. Immutable.
+
+    ``.x`` is the array of a one-input set; on a set with several inputs it raises :class:`DataError` (which
+    one would be ambiguous): use ``.inputs[name]``, ``.arrays`` or ``.example()``.
 
     Args:
         x: model inputs, first axis is the sample axis.
@@ -50,31 +56,91 @@ class Dataset:
     Example:
         >>> import numpy as np
         >>> ds = Dataset(np.zeros((10, 1, 8, 8)), np.arange(10) % 2, source="zeros")
-        >>> len(ds), ds.x.dtype, ds.take(4).y.tolist()
-        (10, dtype('float32'), [0, 1, 0, 1])
+        >>> len(ds), ds.x.dtype, ds.names, ds.take(4).y.tolist()
+        (10, dtype('float32'), ('x',), [0, 1, 0, 1])
+        >>> two = Dataset({"input_ids": np.ones((4, 6), np.int64), "attention_mask": np.ones((4, 6))})
+        >>> two.names, [tuple(t.shape) for t in two.example()]
+        (('input_ids', 'attention_mask'), [(1, 6), (1, 6)])
     """
 
-    x: np.ndarray
-    y: np.ndarray | None = None
-    source: str = "<arrays>"
+    __slots__ = ("_inputs", "y", "source")
 
-    def __post_init__(self):
-        object.__setattr__(self, "x", _as_inputs(self.x, self.source))
-        if self.y is not None:
-            object.__setattr__(self, "y", _as_labels(self.y, len(self.x), self.source))
+    def __init__(self, x: Any, y: Any = None, source: str = "<arrays>"):
+        raw = _named(x, source)
+        inputs = {name: _as_inputs(a, source, name) for name, a in raw.items()}
+        counts = {name: int(a.shape[0]) for name, a in inputs.items()}
+        if len(set(counts.values())) > 1:
+            listed = ", ".join(f"{name} {n}" for name, n in counts.items())
+            raise DataError(f"inputs from {source} have different sample counts ({listed}); give every input "
+                            "one row per sample")
+        n = next(iter(counts.values()))
+        what = "inputs x" if list(inputs) == ["x"] else "samples"
+        labels = None if y is None else _as_labels(y, n, source, what)
+        object.__setattr__(self, "_inputs", MappingProxyType(inputs))
+        object.__setattr__(self, "y", labels)
+        object.__setattr__(self, "source", source)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"Dataset is immutable; build a new one instead of setting {name!r}")
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={_shape(a.shape)} {a.dtype}" for k, a in self._inputs.items())
+        return f"Dataset({shapes}, y={'None' if self.y is None else len(self.y)}, source={self.source!r})"
+
+    @classmethod
+    def _trusted(cls, inputs: dict[str, np.ndarray], y: np.ndarray | None, source: str) -> Dataset:
+        """A Dataset of already validated arrays (subsets, reorderings, dtype changes): no second scan."""
+        ds = object.__new__(cls)
+        object.__setattr__(ds, "_inputs", MappingProxyType(dict(inputs)))
+        object.__setattr__(ds, "y", y)
+        object.__setattr__(ds, "source", source)
+        return ds
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The inputs' names, in the order the model is fed (``("x",)`` for one unnamed array)."""
+        return tuple(self._inputs)
+
+    @property
+    def inputs(self) -> Mapping[str, np.ndarray]:
+        """``{name: array}`` (read-only), in feeding order."""
+        return self._inputs
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        """The input arrays in feeding order."""
+        return tuple(self._inputs.values())
+
+    @property
+    def x(self) -> np.ndarray:
+        """The input array of a one-input set (several inputs: :class:`DataError`; use ``inputs``)."""
+        if len(self._inputs) != 1:
+            raise DataError(f"data from {self.source} has {len(self._inputs)} inputs ({', '.join(self._inputs)}); "
+                            "read them with .inputs[name] or .arrays (.x is for one input)")
+        return next(iter(self._inputs.values()))
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return int(next(iter(self._inputs.values())).shape[0])
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
-        """Shape of one input, without the batch axis."""
+        """Shape of one input, without the batch axis (one-input sets; see :attr:`sample_shapes`)."""
         return tuple(self.x.shape[1:])
+
+    @property
+    def sample_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``{name: shape of one sample}`` for every input."""
+        return {name: tuple(a.shape[1:]) for name, a in self._inputs.items()}
+
+    def _tensors(self, idx) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        ts = tuple(torch.from_numpy(np.ascontiguousarray(a[idx])) for a in self._inputs.values())
+        return ts[0] if len(ts) == 1 else ts
 
     def batches(
         self, batch_size: int, *, shuffle: bool = False, seed: int = 0
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        """Yield ``(x, y)`` tensor batches (``y`` is ``None`` for unlabelled data); the last may be smaller.
+    ) -> Iterator[tuple[torch.Tensor | tuple[torch.Tensor, ...], torch.Tensor | None]]:
+        """Yield ``(x, y)`` batches: ``x`` a tensor (one input) or a tuple of tensors in feeding order
+        (several), ``y`` ``None`` for unlabelled data; the last batch may be smaller.
 
         Args:
             batch_size: samples per batch (≥ 1).
@@ -85,6 +151,8 @@ class Dataset:
             >>> import numpy as np
             >>> [tuple(xb.shape) for xb, _ in Dataset(np.zeros((5, 3))).batches(2)]
             [(2, 3), (2, 3), (1, 3)]
+            >>> [len(xb) for xb, _ in Dataset((np.zeros((5, 3)), np.zeros((5, 2)))).batches(8)]
+            [2]
         """
         if batch_size < 1:
             raise ConfigError(f"batch size must be ≥ 1, got {batch_size}")
@@ -92,9 +160,20 @@ class Dataset:
         order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
         for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
-            xb = torch.from_numpy(np.ascontiguousarray(self.x[idx]))
             yb = None if self.y is None else torch.from_numpy(np.ascontiguousarray(self.y[idx]))
-            yield xb, yb
+            yield self._tensors(idx), yb
+
+    def example(self, n: int = 1) -> tuple[torch.Tensor, ...]:
+        """The first ``n`` samples as a tuple of tensors, one per input: ``model(*ds.example())`` runs.
+
+        Example:
+            >>> import numpy as np
+            >>> [tuple(t.shape) for t in Dataset(np.zeros((5, 3))).example(2)]
+            [(2, 3)]
+        """
+        if n < 1:
+            raise ConfigError(f"example(n) needs n ≥ 1, got {n}")
+        return tuple(torch.from_numpy(np.ascontiguousarray(a[:n])) for a in self._inputs.values())
 
     def take(self, n: int) -> Dataset:
         """The first ``n`` samples (all of them when ``n ≥ len(self)``).
@@ -109,21 +188,37 @@ class Dataset:
         if n >= len(self):
             return self
         y = None if self.y is None else self.y[:n]
-        return Dataset(self.x[:n], y, source=f"{self.source}[:{n}]")
+        return Dataset._trusted({k: a[:n] for k, a in self._inputs.items()}, y, f"{self.source}[:{n}]")
 
 
-def _as_inputs(x: Any, source: str) -> np.ndarray:
+def _named(x: Any, source: str) -> dict[str, Any]:
+    """``x`` as ``{name: array-like}``: one array is ``x``, a tuple of arrays ``x0, x1, ...``."""
+    if isinstance(x, Mapping):
+        if not x:
+            raise DataError(f"data from {source} has no inputs; give at least one array")
+        bad = [k for k in x if not isinstance(k, str) or not k.isidentifier()]
+        if bad:
+            raise DataError(f"data from {source} has input names {bad!r}; name inputs after forward's parameters")
+        if "y" in x:
+            raise DataError(f"data from {source} lists y among the inputs; pass labels as y=..., not as an input")
+        return dict(x)
+    if isinstance(x, tuple) and x and all(isinstance(a, np.ndarray | torch.Tensor) for a in x):
+        return {"x": x[0]} if len(x) == 1 else {f"x{i}": a for i, a in enumerate(x)}
+    return {"x": x}
+
+
+def _as_inputs(x: Any, source: str, name: str = "x") -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.asarray(x)
     if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
-        raise DataError(f"data x from {source} has dtype {x.dtype}; save the inputs as a numeric array (float32)")
+        raise DataError(f"data {name} from {source} has dtype {x.dtype}; save the inputs as a numeric array (float32)")
     if np.iscomplexobj(x):
-        raise DataError(f"data x from {source} is complex; save real-valued inputs (float32)")
+        raise DataError(f"data {name} from {source} is complex; save real-valued inputs (float32)")
     if x.ndim == 0:
-        raise DataError(f"data x from {source} is a scalar; save inputs as an array [N, ...] (N samples)")
+        raise DataError(f"data {name} from {source} is a scalar; save inputs as an array [N, ...] (N samples)")
     if x.shape[0] == 0:
-        raise DataError(f"data from {source} is empty (x has shape {_shape(x.shape)}); give at least one sample")
+        raise DataError(f"data from {source} is empty ({name} has shape {_shape(x.shape)}); give at least one sample")
     if np.issubdtype(x.dtype, np.integer):
         # Kept as int64: token ids for embeddings. match_model_dtype() turns them into float32 for models that
         # take real-valued input (e.g. uint8 images for a conv net).
@@ -136,13 +231,13 @@ def _as_inputs(x: Any, source: str) -> np.ndarray:
         overflow = bool(np.isfinite(x).all()) if np.issubdtype(x.dtype, np.floating) else False
         why = "values beyond the float32 range" if overflow else "NaN or inf values"
         raise DataError(
-            f"data x from {source} has {why} in {bad} of {len(x32)} samples (first at index {first}); "
+            f"data {name} from {source} has {why} in {bad} of {len(x32)} samples (first at index {first}); "
             "clean or drop those samples"
         )
     return x32
 
 
-def _as_labels(y: Any, n: int, source: str) -> np.ndarray:
+def _as_labels(y: Any, n: int, source: str, what: str = "inputs x") -> np.ndarray:
     if isinstance(y, torch.Tensor):
         y = y.detach().cpu().numpy()
     y = np.asarray(y)
@@ -154,7 +249,7 @@ def _as_labels(y: Any, n: int, source: str) -> np.ndarray:
             f"labels y from {source} have shape {_shape(y.shape)}; save integer class indices with shape [N]{hint}"
         )
     if len(y) != n:
-        raise DataError(f"data from {source} has {n} inputs x but {len(y)} labels y; save one label per sample")
+        raise DataError(f"data from {source} has {n} {what} but {len(y)} labels y; save one label per sample")
     if np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_:
         y64 = y.astype(np.int64)
     elif np.issubdtype(y.dtype, np.floating):
@@ -198,12 +293,17 @@ def _load_npz(path: Path, spec: str) -> Dataset:
         raise DataError(f"{spec!r} is corrupt or truncated ({type(exc).__name__}); re-create it with np.savez") from exc
     try:
         with arrays:
-            names = list(arrays.files)
-            if "x" not in names:
-                found = ", ".join(names) or "none"
-                raise DataError(f"{spec!r} has no array named x (found: {found}); save it as np.savez(path, x=..., y=...)")
-            x = arrays["x"]
-            y = arrays["y"] if "y" in names else None
+            names = [n for n in arrays.files if n != "y"]  # every array but the labels is a model input
+            if not names:
+                found = ", ".join(arrays.files) or "none"
+                raise DataError(f"{spec!r} has no input arrays (found: {found}); save the inputs as x, or named "
+                                "after forward's parameters: np.savez(path, x=..., y=...)")
+            bad = [n for n in names if not n.isidentifier()]
+            if bad:
+                raise DataError(f"{spec!r} has arrays named {', '.join(bad)}; name the inputs x, or after "
+                                "forward's parameters (input_ids, attention_mask, ...), or x0, x1, ...")
+            x = {n: arrays[n] for n in names} if len(names) > 1 or names != ["x"] else arrays["x"]
+            y = arrays["y"] if "y" in arrays.files else None
     except DataError:
         raise
     except ValueError as exc:  # an object array inside the archive
@@ -224,49 +324,87 @@ def _to_numpy(part: Any, what: str, spec: str) -> np.ndarray:
         raise DataError(f"loader {spec} yielded a {what} of type {type(part).__name__}; yield arrays or tensors") from exc
 
 
+def _is_array(v: Any) -> bool:
+    return isinstance(v, np.ndarray | torch.Tensor)
+
+
+def _split_batch(batch: Any, i: int, spec: str) -> tuple[dict[str, Any], Any]:
+    """One loader batch → ``({input name: array}, labels or None)``.
+
+    Accepted: ``x``; ``(x,)`` / ``(x, y)``; ``((a, b), y)`` / ``([a, b], y)`` (inputs ``x0, x1``, what a
+    DataLoader collates from ``((a, b), y)`` samples); ``({"input_ids": .., ...}, y)``; and dicts
+    ``{"input_ids": .., "attention_mask": .., "y" or "labels": ..}`` (what a HuggingFace collator yields).
+    """
+    if isinstance(batch, Mapping):
+        label_keys = [k for k in ("y", "labels") if k in batch]
+        if len(label_keys) > 1:
+            raise DataError(f"loader {spec} yielded a dict with both y and labels (batch {i}); keep one")
+        y = batch[label_keys[0]] if label_keys else None
+        inputs = {k: v for k, v in batch.items() if k not in ("y", "labels")}
+        if not inputs:
+            raise DataError(f"loader {spec} yielded a dict with no inputs (batch {i}); yield "
+                            "{'x': ..., 'y': ...} or arrays named after forward's parameters")
+        return inputs, y
+    if isinstance(batch, tuple | list) and not _is_array(batch):
+        if len(batch) == 1:
+            x, y = batch[0], None
+        elif len(batch) == 2:
+            x, y = batch
+        else:
+            raise DataError(f"loader {spec} yielded a batch of {len(batch)} items (batch {i}); yield x, (x, y) "
+                            "or ((x1, x2), y) for several inputs")
+    else:
+        x, y = batch, None
+    if isinstance(x, Mapping):
+        return dict(x), y
+    if isinstance(x, tuple | list) and x and all(_is_array(v) for v in x):
+        return ({"x": x[0]} if len(x) == 1 else {f"x{j}": v for j, v in enumerate(x)}), y
+    return {"x": x}, y
+
+
 def _from_batches(batches: Iterable[Any], spec: str) -> Dataset:
-    xs: list[np.ndarray] = []
+    parts: dict[str, list[np.ndarray]] = {}
     ys: list[np.ndarray] = []
     labelled: bool | None = None
     for i, batch in enumerate(batches):
-        if isinstance(batch, dict):
-            if "x" not in batch:
-                raise DataError(f"loader {spec} yielded a dict without key 'x' (batch {i}); yield x or (x, y)")
-            batch = (batch["x"], batch["y"]) if "y" in batch else batch["x"]
-        if isinstance(batch, (tuple, list)):
-            if len(batch) == 1:
-                x, y = batch[0], None
-            elif len(batch) == 2:
-                x, y = batch
-            else:
-                raise DataError(f"loader {spec} yielded a batch of {len(batch)} items (batch {i}); yield x or (x, y)")
-        else:
-            x, y = batch, None
+        inputs, y = _split_batch(batch, i, spec)
         if labelled is None:
             labelled = y is not None
         elif labelled != (y is not None):
             raise DataError(f"loader {spec} yielded batches with and without labels (batch {i}); yield the same kind")
-        xa = _to_numpy(x, "batch", spec)
-        if xa.ndim == 0:
-            raise DataError(f"loader {spec} yielded a scalar as batch {i}; yield arrays [B, ...] with a batch axis")
-        if xs and xa.shape[1:] != xs[0].shape[1:]:
-            raise DataError(
-                f"loader {spec}: batch {i} has samples of shape {_shape(xa.shape[1:])}, batch 0 "
-                f"{_shape(xs[0].shape[1:])}; yield samples of one shape"
-            )
-        xs.append(xa)
+        if parts and list(inputs) != list(parts):
+            raise DataError(f"loader {spec}: batch {i} has inputs {', '.join(inputs)}, batch 0 "
+                            f"{', '.join(parts)}; yield the same inputs in every batch")
+        n = None
+        for name, value in inputs.items():
+            xa = _to_numpy(value, "batch", spec)
+            what = "" if name == "x" else f"{name} "
+            if xa.ndim == 0:
+                raise DataError(f"loader {spec} yielded a scalar {what}as batch {i}; yield arrays [B, ...] with a "
+                                "batch axis")
+            first = parts.setdefault(name, [])
+            if first and xa.shape[1:] != first[0].shape[1:]:
+                raise DataError(
+                    f"loader {spec}: batch {i} has {what}samples of shape {_shape(xa.shape[1:])}, batch 0 "
+                    f"{_shape(first[0].shape[1:])}; yield samples of one shape"
+                )
+            if n is not None and len(xa) != n:
+                raise DataError(f"loader {spec}: batch {i} has inputs with different batch sizes "
+                                f"({name} {len(xa)} vs {n}); yield one row per sample in every input")
+            n = len(xa)
+            first.append(xa)
         if y is not None:
             ya = _to_numpy(y, "label batch", spec).reshape(-1)
-            if len(ya) != len(xa):
+            if len(ya) != n:
                 raise DataError(
-                    f"loader {spec}: batch {i} has {len(xa)} inputs but {len(ya)} labels; yield one label per sample"
+                    f"loader {spec}: batch {i} has {n} inputs but {len(ya)} labels; yield one label per sample"
                 )
             ys.append(ya)
-    if not xs:
+    if not parts:
         raise DataError(f"loader {spec} yielded no batches (empty data); make it yield at least one sample")
-    x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+    arrays = {name: np.concatenate(xs) if len(xs) > 1 else xs[0] for name, xs in parts.items()}
     y = (np.concatenate(ys) if len(ys) > 1 else ys[0]) if labelled else None
-    return Dataset(x, y, source=spec)
+    return Dataset(arrays["x"] if list(arrays) == ["x"] else arrays, y, source=spec)
 
 
 def _load_callable(spec: str) -> Dataset:
@@ -298,16 +436,18 @@ def _load_callable(spec: str) -> Dataset:
 
 
 def load_data(spec: str | Path) -> Dataset:
-    """Load and validate a data spec: an ``.npz`` path (array ``x``, optional ``y``) or ``MODULE:CALLABLE``.
+    """Load and validate a data spec: an ``.npz`` path (array ``x`` or several named inputs, optional ``y``) or
+    ``MODULE:CALLABLE``.
 
     Args:
         spec: ``calib.npz``, ``mypkg.data:calib_batches`` or ``path/to/loader.py:batches``.
 
     Returns:
-        A :class:`Dataset` (float32 ``x``, int64 ``y`` or ``None``).
+        A :class:`Dataset` (float32 or int64 inputs, int64 ``y`` or ``None``).
 
     Raises:
-        DataError: missing or unreadable file, no ``x`` array, empty data, NaN/inf, bad labels, loader failure.
+        DataError: missing or unreadable file, no input array, empty data, NaN/inf, inputs of different
+            lengths, bad labels, loader failure.
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -327,83 +467,11 @@ def load_data(spec: str | Path) -> Dataset:
     raise DataError(f"data file {text!r} not found; pass an .npz path (x[, y]) or MODULE:CALLABLE returning batches")
 
 
-def _first_layer_hint(model: nn.Module) -> str:
-    """What the first weight layer wants, e.g. 'its first layer stem.0 (Conv2d) takes [N, 1, H, W]'."""
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            spatial = {1: "L", 2: "H, W", 3: "D, H, W"}[m.weight.dim() - 2]
-            return f"its first layer {name} ({type(m).__name__}) takes [N, {m.in_channels}, {spatial}]"
-        if isinstance(m, nn.Linear):
-            return f"its first layer {name} (Linear) takes [N, ..., {m.in_features}]"
-        if isinstance(m, nn.Embedding):
-            return f"its first layer {name} (Embedding) takes integer indices [N, ...]"
-    return "check the input shape the model was trained with"
+def __getattr__(name: str):
+    # bind_inputs / match_model_dtype / check_fits live in compress.io.fit (they need the model); this keeps
+    # `from compress.io.data import match_model_dtype` working for callers written before the move.
+    if name in ("bind_inputs", "match_model_dtype", "check_fits"):
+        from compress.io import fit
 
-
-def match_model_dtype(model: nn.Module, dataset: Dataset) -> Dataset:
-    """Integer inputs stay integer when the model takes them (token ids), else become float32 (images).
-
-    Example:
-        >>> import numpy as np
-        >>> match_model_dtype(nn.Linear(3, 2), Dataset(np.zeros((4, 3), np.uint8))).x.dtype
-        dtype('float32')
-        >>> match_model_dtype(nn.Embedding(5, 2), Dataset(np.zeros((4, 3), np.uint8))).x.dtype
-        dtype('int64')
-    """
-    if not np.issubdtype(dataset.x.dtype, np.integer):
-        return dataset
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.from_numpy(dataset.x[:1]))
-        return dataset
-    except Exception:  # the model rejects integer input: it wants real values
-        return Dataset(dataset.x.astype(np.float32), dataset.y, source=dataset.source)
-    finally:
-        model.train(was_training)
-
-
-def check_fits(model: nn.Module, dataset: Dataset, *, max_samples: int = 2) -> torch.Tensor:
-    """Run a couple of samples through ``model`` and turn a shape error into a one-line :class:`DataError`.
-
-    Called before calibration / training so a wrong data file fails in a second, not after minutes.
-    The model's train/eval mode and parameters are left as they were.
-
-    Args:
-        model: the float model.
-        dataset: data to be fed to it.
-        max_samples: how many samples to try.
-
-    Returns:
-        The model's output on those samples.
-
-    Example:
-        >>> import numpy as np
-        >>> check_fits(nn.Linear(3, 2), Dataset(np.zeros((4, 3)))).shape
-        torch.Size([2, 2])
-    """
-    xb, _ = next(dataset.batches(max(1, min(max_samples, len(dataset)))))
-    param = next(model.parameters(), None)
-    if param is not None and param.is_floating_point():
-        xb = xb.to(device=param.device, dtype=param.dtype if xb.is_floating_point() else xb.dtype)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(xb)
-    except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "Guard failed" in detail:  # a torch.export program traced with static shapes
-            raise DataError(
-                f"data x from {dataset.source} has shape {_shape(dataset.x.shape)} but the exported model only "
-                f"accepts other shapes ({detail[:120]}); re-export it with a dynamic batch dimension: "
-                "dynamic_shapes=({0: torch.export.Dim('batch')},)"
-            ) from exc
-        raise DataError(
-            f"data x from {dataset.source} has shape {_shape(dataset.x.shape)} but the model rejects it "
-            f"({detail[:200]}); {_first_layer_hint(model)}. Reshape the data to match"
-        ) from exc
-    finally:
-        model.train(was_training)
-    return out
+        return getattr(fit, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -120,7 +120,8 @@ def train_qat(
 
     Args:
         model: from ``prepare(..., qat=True)`` followed by ``calibrate``.
-        train_data: a :class:`compress.io.Dataset` with labels, or an iterable of ``(x, y)`` batches.
+        train_data: a :class:`compress.io.Dataset` with labels, or an iterable of ``(x, y)`` batches
+            (``((a, b), y)`` for a model with several inputs).
         config: training options.
         loss_fn: defaults to cross-entropy (classification).
         progress: show a progress bar.
@@ -157,9 +158,9 @@ def train_qat(
             if epoch >= config.epochs - config.freeze_bn_epochs:
                 freeze_bn_stats(model)
             losses = []
-            for x, y in _labelled_batches(train_data, config.batch_size, config.seed + epoch, dist_info):
-                x, y = x.to(device), y.to(device)
-                loss = loss_fn(trained(x), y)
+            for inputs, y in _labelled_batches(train_data, config.batch_size, config.seed + epoch, dist_info):
+                y = y.to(device)
+                loss = loss_fn(trained(*(x.to(device) for x in inputs)), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -193,5 +194,7 @@ def _labelled_batches(data, batch_size: int, seed: int, dist_info: tuple[int, in
     for batch in source:
         if not isinstance(batch, tuple | list) or len(batch) < 2 or batch[1] is None:
             raise DataError("QAT needs labels: pass an .npz with both x and y, or batches of (x, y)")
-        x, y = (torch.as_tensor(v) for v in batch[:2])
-        yield x.float(), y.long()
+        x, y = batch[0], torch.as_tensor(batch[1])
+        # One input or several (a tuple, in forward's order); integer inputs (token ids, masks) stay integer.
+        inputs = tuple(torch.as_tensor(v) for v in x) if isinstance(x, tuple | list) else (torch.as_tensor(x),)
+        yield tuple(v.float() if v.is_floating_point() else v for v in inputs), y.long()

@@ -51,7 +51,7 @@ def test_float_labels_that_are_whole_numbers_are_accepted(write_npz):
         ({"x": np.zeros((2, 2)), "y": np.array([0, -1])}, "negative"),
         ({"x": np.array(["a", "b"])}, "numeric array"),
         ({"x": np.array(3.0)}, "scalar"),
-        ({"inputs": np.zeros((2, 2))}, "no array named x (found: inputs)"),
+        ({"y": np.array([0, 1])}, "no input arrays (found: y)"),
     ],
 )
 def test_bad_npz_contents_raise_one_line_data_error(write_npz, arrays, fragment):
@@ -249,7 +249,7 @@ def test_integer_inputs_follow_the_model():
     import numpy as np
     from torch import nn
 
-    from compress.io.data import Dataset, match_model_dtype
+    from compress.io import Dataset, match_model_dtype
 
     ids = Dataset(np.arange(12).reshape(4, 3) % 5)
     assert ids.x.dtype == np.int64
