@@ -30,15 +30,19 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 FORMATS = ("onnx", "tflite")
 SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 
-# ONNX ops that compute a conv / linear / matmul. Integer kernels count as int8 as they are; float ones count
-# when every data input arrives through DequantizeLinear (onnxruntime fuses such QDQ groups into QLinearConv /
-# QLinearMatMul). LSTM / GRU are listed too: only DynamicQuantizeLSTM runs them in int8 in onnxruntime.
+# ONNX ops that compute a conv / linear / matmul. Integer kernels count as int8 as they are; Conv / MatMul /
+# Gemm / ConvTranspose count when both data inputs arrive through DequantizeLinear (onnxruntime fuses such QDQ
+# groups into QLinearConv / QLinearMatMul). A float LSTM is float (onnxruntime's int8 LSTM is
+# DynamicQuantizeLSTM, DequantizeLinear'd weights only save space). GRU / RNN have no int8 kernel in
+# onnxruntime: they are listed as exempt, not counted.
 ONNX_INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
                      "MatMulIntegerToFloat", "QGemm", "DynamicQuantizeLSTM", "QAttention"}
-ONNX_FLOAT_KERNELS = {"Conv": 2, "ConvTranspose": 2, "MatMul": 2, "Gemm": 2, "LSTM": 3, "GRU": 3, "RNN": 3}
+ONNX_QDQ_KERNELS = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+ONNX_FLOAT_ONLY = {"LSTM"}
+ONNX_NO_INT8_KERNEL = {"GRU", "RNN"}
 # TFLite: (input index of the activation, input index of the weight) per op.
 TFLITE_OPS = {"CONV_2D": (0, 1), "DEPTHWISE_CONV_2D": (0, 1), "FULLY_CONNECTED": (0, 1), "TRANSPOSE_CONV": (2, 1),
-              "BATCH_MATMUL": (0, 1), "UNIDIRECTIONAL_SEQUENCE_LSTM": (0, 4), "CONV_3D": (0, 1)}
+              "BATCH_MATMUL": (0, 1), "UNIDIRECTIONAL_SEQUENCE_LSTM": (0, 2), "CONV_3D": (0, 1)}
 
 
 @dataclass
@@ -48,6 +52,7 @@ class Coverage:
     total: int = 0
     int8: int = 0
     float_ops: list[str] = field(default_factory=list)
+    exempt: list[str] = field(default_factory=list)  # ops the runtime has no int8 kernel for (not counted)
 
     @property
     def all_int8(self) -> bool:
@@ -196,13 +201,17 @@ def onnx_coverage(path: Path) -> Coverage:
         if node.op_type in ONNX_INT8_KERNELS:
             cov.total += 1
             cov.int8 += 1
-        elif node.op_type in ONNX_FLOAT_KERNELS:
+        elif node.op_type in ONNX_QDQ_KERNELS:
             cov.total += 1
-            data_inputs = [i for i in node.input[:ONNX_FLOAT_KERNELS[node.op_type]] if i]
-            if all(producer.get(i) == "DequantizeLinear" for i in data_inputs):
+            if all(producer.get(i) == "DequantizeLinear" for i in node.input[:2] if i):
                 cov.int8 += 1
             else:
                 cov.float_ops.append(label)
+        elif node.op_type in ONNX_FLOAT_ONLY:
+            cov.total += 1
+            cov.float_ops.append(label)
+        elif node.op_type in ONNX_NO_INT8_KERNEL:
+            cov.exempt.append(label)
     return cov
 
 
@@ -225,11 +234,16 @@ def tflite_coverage(path: Path) -> Coverage:
             act, weight = TFLITE_OPS[name]
             types = [sub.Tensors(op.Inputs(i)).Type() if op.Inputs(i) >= 0 else None for i in (act, weight)]
             # Full int8 (int8 activations) or dynamic range (int8 weights read by the kernel itself); a weight
-            # that went through DEQUANTIZE into a float kernel is float compute and is not counted.
+            # that went through DEQUANTIZE into a float kernel is float compute (weight-only), not int8.
             if types[0] in int8_types or types[1] in int8_types:
                 cov.int8 += 1
             else:
-                cov.float_ops.append(f"{name}#{k}")
+                w = op.Inputs(weight)
+                dequantized = w >= 0 and any(
+                    names.get(max(model.OperatorCodes(p.OpcodeIndex()).BuiltinCode(),
+                                  model.OperatorCodes(p.OpcodeIndex()).DeprecatedBuiltinCode())) == "DEQUANTIZE"
+                    and p.Outputs(0) == w for p in (sub.Operators(j) for j in range(sub.OperatorsLength())))
+                cov.float_ops.append(f"{name}#{k}" + (" (weight-only)" if dequantized else ""))
     return cov
 
 
