@@ -16,11 +16,10 @@ from enum import Enum
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from compress.errors import ConfigError, DataError, ExportError, VerificationError
-from compress.io.data import match_model_dtype
+from compress.io.fit import match_model_dtype
 from compress.ops.coverage import check_coverage
 from compress.passes import QATConfig, calibrate, convert, prepare, train_qat
 from compress.quant.config import QuantConfig
@@ -97,7 +96,9 @@ def quantize_model(
 
     Args:
         model: the trained float model.
-        calib: calibration :class:`compress.io.Dataset` (representative inputs; labels unused).
+        calib: calibration :class:`compress.io.Dataset` (representative inputs; labels unused). Several inputs
+            are bound to ``forward``'s parameters by name (:func:`compress.io.bind_inputs`) and fed to every
+            step, file and runtime.
         out_dir: directory for ``model.onnx`` (int8), ``model_fp32.onnx`` (and ``model.tflite`` /
             ``model_fp32.tflite`` with the tflite format) and ``report.json``.
         options: see :class:`QuantizeOptions`.
@@ -128,7 +129,7 @@ def quantize_model(
     model = model.cpu().eval()
     calib, eval_data, train_data = (d if d is None else match_model_dtype(model, d) for d in (calib, eval_data,
                                                                                           train_data))
-    example = (torch.from_numpy(calib.x[:1]),)
+    example = calib.example(1)  # one tensor per input, in forward's order (match_model_dtype bound them)
     evaluation = eval_data if eval_data is not None else calib
 
     t0 = time.perf_counter()
@@ -157,7 +158,8 @@ def quantize_model(
     report: dict = {
         "version": REPORT_VERSION,
         "model": {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
-                  "input_shape": list(example[0].shape)},
+                  "input_shape": list(example[0].shape),
+                  "inputs": {name: list(t.shape) for name, t in zip(calib.names, example, strict=True)}},
         "options": options.to_dict(),
         "capture": info.capture,
         "quantized_layers": info.quantized_layers,
@@ -224,7 +226,7 @@ class _Backend:
     suffix: str
     export: Callable  # (model, example, path, options, quantized) -> export info
     verify: Callable  # (path, int8_model, batches, info) -> ParityReport
-    runner: Callable  # (path, threads) -> callable(batch ndarray) -> ndarray
+    runner: Callable  # (path, threads) -> callable(tuple of input arrays, forward's order) -> first output
 
 
 def _run_backend(backend: _Backend, model, int8_model, example, out_dir: Path, options: QuantizeOptions,
@@ -235,10 +237,10 @@ def _run_backend(backend: _Backend, model, int8_model, example, out_dir: Path, o
         t0 = time.perf_counter()
         infos[kind] = backend.export(src, example, paths[kind], options, kind == "int8")
         timings[f"export_{backend.fmt.value}_{kind}_s"] = time.perf_counter() - t0
-    eval_x = evaluation.x[:512]
+    eval_x = tuple(a[:512] for a in evaluation.arrays)  # every input, in forward's order
     parity = backend.verify(paths["int8"], int8_model, _batches(eval_x, options.batch_size), infos["int8"])
     runners = {kind: backend.runner(paths[kind], 1) for kind in ("fp32", "int8")}  # one session per file
-    logits = {kind: _predict(run, evaluation.x, options.batch_size) for kind, run in runners.items()}
+    logits = {kind: _predict(run, evaluation.arrays, options.batch_size) for kind, run in runners.items()}
     section: dict = {"runtime": backend.runtime, "parity": parity.to_dict(), "artifacts": []}
     for kind in ("fp32", "int8"):
         path = paths[kind]
@@ -290,8 +292,8 @@ def _onnx_runner(path: Path, threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    return lambda x: sess.run(None, {name: x})[0]
+    names = [i.name for i in sess.get_inputs()]  # the file's inputs are forward's parameters, in order
+    return lambda batch: sess.run(None, dict(zip(names, batch, strict=True)))[0]
 
 
 def _export_tflite(model, example, path, options: QuantizeOptions, quantized: bool):
@@ -310,7 +312,7 @@ def _tflite_runner(path: Path, threads: int):
     from compress.exporters.verify_tflite import load_interpreter, run_tflite
 
     interpreter = load_interpreter(path, threads)
-    return lambda x: run_tflite(interpreter, (x,))[0]
+    return lambda batch: run_tflite(interpreter, batch)[0]
 
 
 _BACKENDS = {
@@ -323,18 +325,20 @@ def _is_classifier(*logits: np.ndarray) -> bool:
     return all(lg.ndim == 2 and lg.shape[1] > 1 for lg in logits)
 
 
-def _batches(x: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    return [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
+def _batches(arrays: tuple[np.ndarray, ...], batch_size: int) -> list[tuple[np.ndarray, ...]]:
+    """Batches of every input together: ``[(a[0:b], m[0:b]), ...]``."""
+    n = len(arrays[0])
+    return [tuple(a[i:i + batch_size] for a in arrays) for i in range(0, n, batch_size)]
 
 
-def _predict(run, x: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate([run(b) for b in _batches(x, batch_size)])
+def _predict(run, arrays: tuple[np.ndarray, ...], batch_size: int) -> np.ndarray:
+    return np.concatenate([run(b) for b in _batches(arrays, batch_size)])
 
 
-def _median_latency_ms(run, eval_x: np.ndarray, options: QuantizeOptions) -> float:
+def _median_latency_ms(run, eval_x: tuple[np.ndarray, ...], options: QuantizeOptions) -> float:
     # One sample at a time (the edge case: batch 1). Sequential sessions in one process are fine; it is
     # *interleaving* multi-threaded sessions that distorts (compress bench does paired, isolated runs).
-    x = eval_x[:1]
+    x = tuple(a[:1] for a in eval_x)
     for _ in range(5):
         run(x)
     times = []
