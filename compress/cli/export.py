@@ -64,14 +64,13 @@ def _example_and_batches(net, input_shape: str | None, sample: str | None):
     if sample is not None:
         data = match_model_dtype(net, load_data(sample))
         check_fits(net, data)
-        x = data.x[:VERIFY_SAMPLES]
-        example = torch.from_numpy(x[:1])
-        return example, [x]
+        # Every input (in forward's order, bound by match_model_dtype): one example tuple, one batch tuple.
+        return data.example(1), [tuple(a[:VERIFY_SAMPLES] for a in data.arrays)]
     shape = parse_shape(input_shape)
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal(shape, dtype=np.float32) for _ in range(VERIFY_BATCHES)]
     check_fits(net, Dataset(batches[0], None, source=f"--input-shape {input_shape}"))
-    return torch.from_numpy(batches[0]), batches
+    return (torch.from_numpy(batches[0]),), batches
 
 
 def _export(fmt: str, net, example, path: Path, opset: int | None):
@@ -79,7 +78,7 @@ def _export(fmt: str, net, example, path: Path, opset: int | None):
         from compress.exporters.onnx import OnnxExportConfig, export_onnx
 
         config = OnnxExportConfig() if opset is None else OnnxExportConfig(opset=opset)
-        return export_onnx(net, (example,), path, config)
+        return export_onnx(net, example, path, config)
     from compress.exporters.tflite import export_tflite
 
     return export_tflite(net, example, path)
@@ -155,7 +154,7 @@ def export_command(model: str, fmt: str | None, out: Path, arch: str | None, tru
 
     quantized = bool(getattr(info, "quantized", False)) or any(getattr(info, "output_scales", []) or [])
     ops = getattr(info, "op_counts", None) or getattr(info, "op_histogram", {})
-    samples = sum(len(b) for b in batches)
+    samples = sum(len(b[0] if isinstance(b, tuple) else b) for b in batches)
     detail = f"opset {info.opset}, " if fmt == "onnx" else ""
     stdout_console().print(
         f"wrote {out} ({fmt} {'int8' if quantized else 'fp32'}, {detail}{out.stat().st_size / 1024:.1f} kB, "
