@@ -54,6 +54,19 @@ class MissingDependencyError(CompressError, ImportError):
     exit_code = 7
 
 
+class QualityError(CompressError):
+    """The int8 result is unusable (accuracy or agreement with fp32 collapsed); the CLI accepts it with
+    ``--accept-degraded``."""
+
+    exit_code = 9
+
+
+class ResourceError(CompressError):
+    """The machine cannot do what was asked: not enough memory for the input shape, or no disk space."""
+
+    exit_code = 10
+
+
 def require(module: str, extra: str):
     """Import an optional dependency, or raise :class:`MissingDependencyError` naming the extra to install.
 

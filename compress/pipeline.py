@@ -6,9 +6,6 @@ onnxruntime → accuracy, size, latency → ``report.json``.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -18,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from compress.errors import ConfigError, DataError, ExportError, VerificationError
+from compress.errors import ConfigError, DataError, ExportError, QualityError, VerificationError
+from compress.io.atomic import write_json_atomic
 from compress.io.fit import match_model_dtype
 from compress.ops.coverage import check_coverage
 from compress.passes import QATConfig, calibrate, convert, prepare, train_qat
@@ -51,6 +49,7 @@ class QuantizeOptions:
     latency_runs: int = 50
     formats: tuple = ("onnx",)
     tflite_int8_io: bool = False
+    accept_degraded: bool = False  # return a collapsed int8 model (warnings in the report) instead of QualityError
 
     def __post_init__(self):
         for name, enum in (("observer", ObserverKind), ("target", Target)):
@@ -198,6 +197,11 @@ def quantize_model(
         report["formats"]["tflite"]["int8_vs_onnx_int8"] = cross
     if history is not None:
         report["qat"] = {"epochs": options.epochs, "loss_per_epoch": history}
+    # Which set every accuracy / agreement / parity figure was measured on: without --eval it is the
+    # calibration set, which the int8 model was tuned on, so it is not a test accuracy.
+    report["evaluated_on"] = {"set": "eval" if eval_data is not None else "calibration",
+                              "source": str(evaluation.source), "samples": len(evaluation)}
+    collapse, report["warnings"] = quality_warnings(report)
     write_json_atomic(out_dir / "report.json", report)
     failed = {fmt: sec["parity"] for fmt, sec in report["formats"].items() if not sec["parity"].get("passed", True)}
     if failed:
@@ -207,7 +211,48 @@ def quantize_model(
             f"of outputs within 1 LSB, max {p.get('max_abs_lsb', float('nan')):.0f} LSB; the contract is ≥ 99%); "
             "see parity in report.json, try --target arm or --per-tensor, and report the model if it persists"
         )
+    if collapse and not options.accept_degraded:
+        raise QualityError(f"{collapse}; {_COLLAPSE_FIX['qat' if options.qat else 'ptq']}, or pass "
+                           "--accept-degraded to keep this result")
     return report
+
+
+COLLAPSE_AGREEMENT = 0.5  # int8 picks another class than fp32 on most inputs: the model is broken, not degraded
+WARN_AGREEMENT = 0.9
+WARN_ACCURACY_DROP = 0.05
+_COLLAPSE_FIX = {"qat": "QAT destroyed it: lower --lr (e.g. 1e-4) or use fewer --epochs",
+                 "ptq": "try --observer percentile or mse, or --qat with --train DATA"}
+
+
+def quality_warnings(report: dict) -> tuple[str | None, list[str]]:
+    """(why the int8 result is unusable or None, warnings to show) from a report's figures.
+
+    Example:
+        >>> r = {"evaluated_on": {"set": "eval", "samples": 100}, "formats": {"onnx": {
+        ...     "fp32": {"accuracy": 0.9}, "int8": {"accuracy": 0.1, "top1_agreement": 0.11}}}}
+        >>> quality_warnings(r)[0]
+        'the int8 onnx model collapsed: its top-1 agrees with fp32 on 11.0% of 100 eval samples (< 50%)'
+    """
+    where = report["evaluated_on"]
+    on = f"{where['samples']} {where['set']} samples"
+    collapse, warns = None, []
+    for fmt, section in report["formats"].items():
+        fp32, int8 = section["fp32"], section["int8"]
+        agree = int8.get("top1_agreement")
+        if agree is not None and agree < COLLAPSE_AGREEMENT:
+            why = (f"the int8 {fmt} model collapsed: its top-1 agrees with fp32 on {100 * agree:.1f}% of {on} "
+                   f"(< {100 * COLLAPSE_AGREEMENT:.0f}%)")
+            collapse = collapse or why
+            warns.append(why)
+        elif agree is not None and agree < WARN_AGREEMENT:
+            warns.append(f"int8 {fmt} top-1 agrees with fp32 on only {100 * agree:.1f}% of {on}")
+        if "accuracy" in fp32 and fp32["accuracy"] - int8["accuracy"] > WARN_ACCURACY_DROP:
+            warns.append(f"int8 {fmt} accuracy {100 * int8['accuracy']:.2f}% is "
+                         f"{100 * (fp32['accuracy'] - int8['accuracy']):.1f} points below fp32 on {on}")
+    if where["set"] == "calibration" and any("accuracy" in sec["fp32"] for sec in report["formats"].values()):
+        warns.append("accuracy was measured on the calibration set (no --eval): it is not a test accuracy; "
+                     "pass --eval DATA with held-out samples")
+    return collapse, warns
 
 
 class Format(str, Enum):
@@ -349,26 +394,15 @@ def _median_latency_ms(run, eval_x: tuple[np.ndarray, ...], options: QuantizeOpt
     return float(np.median(times) * 1e3)
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it into place (never a half-written file)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def render_summary(report: dict):
-    """A rich Table: fp32 vs int8 accuracy, size, latency and parity per runtime — what the CLI prints."""
+    """A rich Table and its notes: fp32 vs int8 accuracy, size, latency and parity per runtime (the CLI's output)."""
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"compress quantize — {report['model']['class']}", title_justify="left")
-    for col in ("runtime", "accuracy", "agree", "size", "latency", "parity"):
+    on = report.get("evaluated_on", {}).get("set", "eval")
+    for col in ("runtime", f"accuracy ({on})", "agree", "size", "latency", "parity"):
         table.add_column(col, justify="left" if col == "runtime" else "right", no_wrap=True)
     runtime_names = {"onnx": "onnxruntime", "tflite": "LiteRT"}
     for fmt, section in report["formats"].items():
@@ -386,12 +420,15 @@ def render_summary(report: dict):
             table.add_row(f"{runtime_names.get(fmt, fmt)} {kind}", acc, agree, size,
                           f"{r['latency_ms_median']:.3f} ms", parity)
     ops = report["float_ops"]
-    table.caption = (
-        "agree: top-1 agreement with fp32 · latency: median, batch 1, 1 thread · parity: int8 outputs within "
+    where = report.get("evaluated_on")
+    measured = (f"accuracy, agree and parity on {where['samples']} samples of the {where['set']} set "
+                f"({Path(where['source']).name}) · " if where else "")
+    notes = Text(
+        measured + "agree: top-1 agreement with fp32 · latency: median, batch 1, 1 thread · parity: int8 outputs within "
         "1 LSB of the torch simulation · ops left in float: "
-        + (", ".join(f"{f['name']} ({f['op']})" for f in ops[:5]) if ops else "none")
-    )
-    return table
+        + (", ".join(f"{f['name']} ({f['op']})" for f in ops[:5]) if ops else "none"), style="dim")
+    # Notes below the table, not a caption: a caption wraps to the table's width even when piped to a file.
+    return Group(table, notes)
 
 
 def _human_bytes(n: int) -> str:

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import click
 
-from compress.cli._common import debug_option, handle_errors, progress_enabled, stdout_console
+from compress.cli._common import (
+    check_output_file,
+    debug_option,
+    handle_errors,
+    progress_enabled,
+    stdout_console,
+)
+from compress.cli.quantize import _spec_files
 from compress.errors import ConfigError
 
 
@@ -57,20 +64,27 @@ def parse_input_shapes(values: tuple[str, ...]) -> tuple[tuple[str, tuple[int, .
     return tuple(out)
 
 
-def _check_outputs(json_path: Path | None, markdown: Path | None, plot: Path | None) -> None:
-    for option, path in (("--json", json_path), ("--markdown", markdown), ("--plot", plot)):
+def _check_outputs(outputs: dict[str, Path | None], *, inputs: list[Path], force: bool) -> None:
+    """Every output path: not an input, not another output, not an existing file (without --force)."""
+    seen: dict[Path, str] = {}
+    for option, path in outputs.items():
         if path is None:
             continue
-        if path.is_dir():
-            raise ConfigError(f"{option} {path} is a directory; pass a file name")
-        if not path.absolute().parent.is_dir():
-            raise ConfigError(f"{option} {path}: folder {path.absolute().parent} does not exist; create it first")
+        check_output_file(path, inputs=inputs, force=force, option=option, example=f"bench{_SUFFIXES[option]}")
+        target = path.resolve()
+        if target in seen:
+            raise ConfigError(f"{seen[target]} and {option} both name {path}; give each its own file")
+        seen[target] = option
+    plot = outputs.get("--plot")
     if plot is not None:
         if plot.suffix.lower() != ".png":
             raise ConfigError(f"--plot writes PNG; name the file {plot.with_suffix('.png').name}")
         from compress.errors import require
 
         require("matplotlib", "plot")  # before measuring, not after minutes of it
+
+
+_SUFFIXES = {"--json": ".json", "--markdown": ".md", "--plot": ".png"}
 
 
 @contextlib.contextmanager
@@ -117,6 +131,7 @@ def _progress_bar(enabled: bool):
               help="Measure on a remote device over SSH (honours ~/.ssh/config aliases, ports, keys).")
 @click.option("--remote-python", default="python3", show_default=True, metavar="PATH",
               help="Python on the device (needs numpy and the runtime).")
+@click.option("--force", is_flag=True, help="Replace existing --json / --markdown / --plot files.")
 @click.option("--ssh-config", type=click.Path(path_type=Path), metavar="FILE",
               help="An ssh config file to use instead of ~/.ssh/config (ssh -F).")
 @debug_option
@@ -125,14 +140,14 @@ def bench_command(artifacts: tuple[str, ...], runtimes: tuple[str, ...], threads
                   runs: int | None, seconds: float | None, rounds: int, batch: int, input_shapes: tuple[str, ...],
                   arch: str | None, data: str | None, json_path: Path | None, markdown: Path | None,
                   plot: Path | None, pin: bool, device: str | None, remote_python: str,
-                  ssh_config: Path | None) -> None:
+                  ssh_config: Path | None, force: bool) -> None:
     """Benchmark ONNX, TFLite and PyTorch model files side by side.
 
     Every measurement is a fresh process with one session; contenders alternate round by round, and ratios
     against the first ARTIFACT are paired within rounds with their noise printed beside them.
     """
     from compress.runtime.bench import BenchConfig, run_bench
-    from compress.runtime.report import render_tables, to_markdown, write_json
+    from compress.runtime.report import render_tables, write_json, write_markdown
     from compress.runtime.runners import parse_runtimes
 
     if runs is not None and seconds is not None:
@@ -143,7 +158,11 @@ def bench_command(artifacts: tuple[str, ...], runtimes: tuple[str, ...], threads
         input_shapes=parse_input_shapes(input_shapes), data=data, pin=pin, arch=arch)
     if device is None and (ssh_config is not None or remote_python != "python3"):
         raise ConfigError("--ssh-config and --remote-python apply to --device ssh://...; add --device or drop them")
-    _check_outputs(json_path, markdown, plot)
+    inputs = [Path(a) for a in artifacts] + _spec_files(data) + _spec_files(arch)
+    inputs += [Path(a).with_name(Path(a).name + ".data") for a in artifacts]  # ONNX external weights
+    if ssh_config is not None:
+        inputs.append(ssh_config)
+    _check_outputs({"--json": json_path, "--markdown": markdown, "--plot": plot}, inputs=inputs, force=force)
 
     with contextlib.ExitStack() as stack:
         executor, where = None, None
@@ -163,11 +182,7 @@ def bench_command(artifacts: tuple[str, ...], runtimes: tuple[str, ...], threads
     if json_path is not None:
         written.append(str(write_json(report, json_path)))
     if markdown is not None:
-        try:
-            markdown.write_text(to_markdown(report), encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError(f"cannot write {markdown} ({exc.strerror}); choose another --markdown path") from exc
-        written.append(str(markdown))
+        written.append(str(write_markdown(report, markdown)))
     if plot is not None:
         from compress.runtime.plot import plot_report
 

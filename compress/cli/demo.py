@@ -9,6 +9,7 @@ import click
 from compress.cli._common import (
     check_output_dir,
     debug_option,
+    echo_warnings,
     finish_report,
     handle_errors,
     progress_enabled,
@@ -40,6 +41,7 @@ def demo_command(out: Path, epochs: int, qat: bool, force: bool) -> None:
 
     console = stdout_console()
     console.print(render_summary(report))
+    echo_warnings(report.get("warnings", []))
     demo = report.get("demo", {})
     if demo:
         console.print(

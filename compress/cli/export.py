@@ -8,16 +8,22 @@ after the new one has passed.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import click
 
-from compress.cli._common import debug_option, handle_errors, parse_shape, stdout_console
+from compress.cli._common import (
+    check_output_file,
+    debug_option,
+    handle_errors,
+    is_out_of_memory,
+    quiet_library,
+    stdout_console,
+)
+from compress.cli._shapes import check_shape_memory, parse_shape, shape_error
 from compress.cli.quantize import FORMAT_CHOICES, _spec_files
-from compress.errors import ConfigError
+from compress.errors import ConfigError, DataError
 
 _SUFFIX = {"onnx": ".onnx", "tflite": ".tflite"}
 _RUNTIME = {"onnx": "onnxruntime", "tflite": "LiteRT"}
@@ -38,22 +44,6 @@ def _resolve_format(fmt: str | None, out: Path) -> str:
     return fmt
 
 
-def check_output_file(out: Path, *, inputs: list[Path], force: bool) -> None:
-    """Refuse an output file that is an input, a directory, or exists (without ``--force``).
-
-    Raises:
-        ConfigError: naming the conflict and the fix.
-    """
-    target = out.resolve()
-    for inp in inputs:
-        if inp.exists() and inp.resolve() == target:
-            raise ConfigError(f"output {out} is the input file {inp}; choose another -o")
-    if out.is_dir():
-        raise ConfigError(f"output {out} is a directory; pass a file name such as {out / 'model'}.onnx")
-    if (out.exists() or out.is_symlink()) and not force:
-        raise ConfigError(f"output file {out} already exists; pass --force to replace it or choose another -o")
-
-
 def _example_and_batches(net, input_shape: str | None, sample: str | None):
     """(example batch of 1 for the file's static shapes, verification batches) from a shape or a data file."""
     import numpy as np
@@ -67,9 +57,16 @@ def _example_and_batches(net, input_shape: str | None, sample: str | None):
         # Every input (in forward's order, bound by match_model_dtype): one example tuple, one batch tuple.
         return data.example(1), [tuple(a[:VERIFY_SAMPLES] for a in data.arrays)]
     shape = parse_shape(input_shape)
+    # The batches, the exporter's trace and the runtime's session all hold inputs: check before allocating.
+    check_shape_memory(net, input_shape, shape, copies=VERIFY_BATCHES + 2)
     rng = np.random.default_rng(0)
     batches = [rng.standard_normal(shape, dtype=np.float32) for _ in range(VERIFY_BATCHES)]
-    check_fits(net, Dataset(batches[0], None, source=f"--input-shape {input_shape}"))
+    try:
+        check_fits(net, Dataset(batches[0], None, source=f"--input-shape {input_shape}"))
+    except DataError as exc:
+        if exc.__cause__ is None or is_out_of_memory(exc.__cause__):
+            raise
+        raise shape_error(net, input_shape, shape, str(exc.__cause__)) from exc
     return (torch.from_numpy(batches[0]),), batches
 
 
@@ -123,34 +120,21 @@ def export_command(model: str, fmt: str | None, out: Path, arch: str | None, tru
     if (input_shape is None) == (sample is None):
         raise ConfigError("export needs the model's input: pass --input-shape 1,3,224,224 or --sample DATA "
                           "(one of them)")
-    check_output_file(out, inputs=[Path(model), *_spec_files(sample)], force=force)
+    check_output_file(out, inputs=[Path(model), *_spec_files(sample), *_spec_files(arch)], force=force)
 
     from compress.io import load_model
 
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     example, batches = _example_and_batches(net, input_shape, sample)
 
-    parent = out.absolute().parent
-    created = [p for p in [parent, *parent.parents][::-1] if not p.exists()]
-    parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.partial-", suffix=_SUFFIX[fmt], dir=parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    from compress.io.atomic import staged_file
+
+    with staged_file(out) as tmp:
         start = time.perf_counter()
-        info = _export(fmt, net, example, tmp, opset)
+        with quiet_library():
+            info = _export(fmt, net, example, tmp, opset)
         seconds = time.perf_counter() - start
         report = _verify(fmt, tmp, net, batches, info)
-        _apply_umask(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        for p in reversed(created):
-            try:
-                p.rmdir()
-            except OSError:
-                pass
-        raise
 
     quantized = bool(getattr(info, "quantized", False)) or any(getattr(info, "output_scales", []) or [])
     ops = getattr(info, "op_counts", None) or getattr(info, "op_histogram", {})
@@ -161,9 +145,3 @@ def export_command(model: str, fmt: str | None, out: Path, arch: str | None, tru
         f"{sum(ops.values())} ops) in {seconds:.2f} s; {_RUNTIME[fmt]} vs torch on {samples} inputs: "
         f"max rel err {report.max_rel_diff:.1e}", highlight=False, soft_wrap=True)
 
-
-def _apply_umask(path: Path) -> None:
-    """mkstemp creates 0600 files; give the output the permissions a plain open() would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)

@@ -7,8 +7,10 @@ from pathlib import Path
 import click
 
 from compress.cli._common import (
+    check_labels,
     check_output_dir,
     debug_option,
+    echo_warnings,
     finish_report,
     handle_errors,
     progress_enabled,
@@ -75,12 +77,15 @@ def _spec_files(spec: str | None) -> list[Path]:
               help="Allow loading a fully pickled model. Unpickling runs code from the file: trusted files only.")
 @click.option("--force", is_flag=True, help="Replace OUTDIR if it exists (only after the new output is complete).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Batch size [default: 32].")
+@click.option("--accept-degraded", is_flag=True,
+              help="Keep an int8 model whose predictions collapsed (top-1 agreement with fp32 < 50%) instead of "
+                   "failing with exit code 9.")
 @debug_option
 @handle_errors
 def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, qat: bool, train_spec: str | None,
                      epochs: int | None, lr: float | None, per_tensor: bool, observer: str, target: str,
                      formats: str, int8_io: bool, arch: str | None, trust_pickle: bool, force: bool,
-                     batch_size: int | None) -> None:
+                     batch_size: int | None, accept_degraded: bool) -> None:
     """Quantize MODEL to int8 ONNX (and TFLite), verify each file against the torch simulation, write a report.
 
     MODEL is a state dict (.pt/.pth/.safetensors, with --arch), a torch.export program (.pt2), or a pickled
@@ -95,7 +100,8 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
             raise ConfigError(f"{', '.join(given)} only apply to quantization-aware training; add --qat")
     elif train_spec is None:
         raise ConfigError("--qat needs labelled training data; pass --train DATA (an .npz with x and y)")
-    inputs = [Path(model), *_spec_files(calib), *_spec_files(eval_spec), *_spec_files(train_spec)]
+    inputs = [Path(model), *_spec_files(calib), *_spec_files(eval_spec), *_spec_files(train_spec),
+              *_spec_files(arch)]
     check_output_dir(out, inputs=inputs, force=force)
 
     from compress.io import check_fits, load_data, load_model, match_model_dtype
@@ -105,14 +111,14 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     extra = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     options = QuantizeOptions(
         per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat,
-        formats=format_names, tflite_int8_io=int8_io, **extra
+        formats=format_names, tflite_int8_io=int8_io, accept_degraded=accept_degraded, **extra
     )
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     datasets = {}
     for role, spec in (("calib", calib), ("eval", eval_spec), ("train", train_spec)):
         if spec is not None:
             datasets[role] = match_model_dtype(net, load_data(spec))
-            check_fits(net, datasets[role])
+            check_labels(datasets[role], check_fits(net, datasets[role]), f"--{role}")
 
     with staged_output(out, kind="quantize") as staging:
         report = quantize_model(
@@ -123,6 +129,7 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
 
     console = stdout_console()
     console.print(render_summary(report))
+    echo_warnings(report.get("warnings", []))
     written = ", ".join(f"{p.name} ({p.stat().st_size / 1024:.1f} kB)" for p in sorted(out.iterdir())
                         if p.is_file() and not p.name.startswith("."))
     console.print(f"wrote {out}: {written}", soft_wrap=True, highlight=False)

@@ -55,10 +55,13 @@ def plot_report(report: dict, path: str | os.PathLike) -> Path:
     fig.suptitle(f"compress bench{where}: batch {s['batch']}, {s['rounds']} alternated rounds, one process each",
                  fontsize=11)
     fig.supxlabel(machine_line(report.get("machine"), short=True), fontsize=7, color="0.35")
-    try:
-        fig.savefig(out, dpi=110)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {out} ({exc.strerror}); choose another --plot path") from exc
+    from compress.io.atomic import os_error, staged_file
+
+    with staged_file(out, option="--plot") as tmp:  # a killed or failed savefig leaves no half-written PNG
+        try:
+            fig.savefig(tmp, dpi=110, format="png")
+        except OSError as exc:
+            raise os_error(exc, out, "--plot") from exc
     return out
 
 

@@ -117,18 +117,26 @@ def _ratio_note(report: dict) -> str:
 
 
 def write_json(report: dict, path: str | os.PathLike) -> Path:
-    """Write the report as indented JSON (UTF-8) and return the path.
+    """Write the report as indented JSON (UTF-8) all-or-nothing (temporary file, then rename); return the path.
 
     Example:
         >>> write_json(report, "r.json")  # doctest: +SKIP
     """
+    from compress.io.atomic import write_text_atomic
+
     _check(report)
-    out = Path(path)
-    try:
-        out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {out} ({exc.strerror}); choose another --json path") from exc
-    return out
+    return write_text_atomic(path, json.dumps(report, indent=2) + "\n", option="--json")
+
+
+def write_markdown(report: dict, path: str | os.PathLike) -> Path:
+    """Write :func:`to_markdown` all-or-nothing (temporary file, then rename); return the path.
+
+    Example:
+        >>> write_markdown(report, "r.md")  # doctest: +SKIP
+    """
+    from compress.io.atomic import write_text_atomic
+
+    return write_text_atomic(path, to_markdown(report), option="--markdown")
 
 
 def to_markdown(report: dict) -> str:

@@ -180,12 +180,15 @@ def test_unexpected_exceptions_are_internal_errors_and_debug_shows_them(cli, mon
     line = assert_one_line_error(result, 70, "internal error: ValueError: boom second line", "--debug")
     assert not line.startswith("error:")
     debug = cli("quantize", state_dict_file, "--calib", calib_npz, "-o", "out", "--debug")
-    assert isinstance(debug.exception, ValueError)
+    assert debug.exit_code == 70  # --debug adds the traceback and keeps the documented code
+    assert "Traceback" in debug.stderr and "ValueError: boom" in debug.stderr
 
 
-def test_debug_reraises_user_errors_for_the_traceback(cli, calib_npz):
+def test_debug_shows_the_traceback_of_user_errors_and_keeps_their_exit_code(cli, calib_npz):
     result = cli("quantize", "absent.pt", "--calib", calib_npz, "-o", "out", "--debug")
-    assert isinstance(result.exception, ModelLoadError)
+    assert result.exit_code == ModelLoadError.exit_code
+    assert "Traceback" in result.stderr and "ModelLoadError" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
 
 
 def test_failure_inside_the_pipeline_leaves_no_partial_output(cli, monkeypatch, tmp_path, calib_npz,

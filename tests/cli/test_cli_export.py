@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from compress.cli.quantize import FORMAT_CHOICES, parse_formats
-from compress.errors import ConfigError, DataError, VerificationError
+from compress.errors import ConfigError, VerificationError
 
 ARCH_ARGS = ("--arch", "compress.models:DemoCNN(width=4)")
 
@@ -78,7 +78,8 @@ def test_export_onnx_from_sample_with_opset(cli, tmp_path, state_dict_file, tiny
     (("--input-shape", "1,1,8,8", "--format", "tflite", "-o", "m.onnx"), ConfigError.exit_code, ("m.tflite",)),
     (("--input-shape", "1,1,8,8", "--opset", "13", "-o", "m.tflite"), ConfigError.exit_code, ("ONNX only",)),
     (("--input-shape", "1,three,8", "-o", "m.tflite"), ConfigError.exit_code, ("1,3,224,224",)),
-    (("--input-shape", "1,3,8,8", "-o", "m.tflite"), DataError.exit_code, ("[N, 1, H, W]",)),
+    # an --input-shape the model rejects is an option to change: exit 2, naming the shape it takes
+    (("--input-shape", "1,3,8,8", "-o", "m.tflite"), ConfigError.exit_code, ("1 channels", "--input-shape 1,1,8,8")),
 ])
 def test_export_bad_input(cli, tmp_path, state_dict_file, args, code, fragments):
     result = cli("export", state_dict_file, *ARCH_ARGS, *args)
@@ -105,7 +106,7 @@ def test_export_refuses_to_overwrite_and_to_write_over_its_input(cli, tmp_path, 
 def test_failed_verification_writes_nothing_and_keeps_the_old_file(cli, monkeypatch, tmp_path, state_dict_file):
     import importlib
 
-    vt = importlib.import_module("compress.exporters.verify_tflite")  # the package re-exports a same-named function
+    vt = importlib.import_module("compress.exporters.verify_tflite")  # the packages re-export a same-named function
 
     def failing(*args, **kwargs):
         raise VerificationError("LiteRT disagrees (max rel err 3e-1); check the exported ops")
