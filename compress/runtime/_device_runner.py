@@ -9,8 +9,9 @@ Modes (the request is JSON on stdin, the answer one JSON object on the original 
 
 * ``measure``: create the session, warm up, time ``runs`` runs (or ``seconds``), report the raw per-run
   samples, load and first-run times, peak resident memory and the file size.
-* ``evaluate``: run every sample of ``data`` (``.npz`` with ``x`` and optional ``y``) and report the top-1
-  class per sample and the accuracy when labels are given.
+* ``evaluate``: run every sample of ``data`` (``.npz`` with ``x``, or one array per model input named after
+  it or ``x0, x1, ...``, and optional ``y``) and report the top-1 class per sample and the accuracy when labels
+  are given.
 * ``describe``: this machine's description (the package's ``machine.py`` when it was copied beside this file).
 
 Errors come back as ``{"ok": false, "error": {"kind", "message", "module"}}``: ``kind`` is one of
@@ -202,7 +203,15 @@ class _TorchSession:
                                                        "it runs; benchmark a .pt2 or .onnx file instead",
                                       "compress") from exc
                 model = load_model(path, arch=arch)
-                shapes.append(("input", [], "float32"))
+                # Named after forward's parameters, so --data arrays named after them feed the right input.
+                import inspect
+
+                params = [p for p in inspect.signature(model.forward).parameters.values()
+                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+                if len(params) > 1:
+                    shapes.extend((p.name, [], "float32") for p in params)
+                else:
+                    shapes.append(("input", [], "float32"))
         except RunnerError:
             raise
         except Exception as exc:
@@ -323,16 +332,51 @@ def _check_fits(x, inp, what):
 
 
 def load_data(path, np):
-    """``x`` (and ``y`` when present) from an .npz file."""
+    """The input arrays (every array but ``y``, by name, in file order) and ``y`` (or None) of an .npz file."""
     try:
         with np.load(path, allow_pickle=False) as npz:
-            if "x" not in npz.files:
-                raise RunnerError("DataError", f"{path} has no array 'x' (found {npz.files}); save inputs as x")
-            return npz["x"], (npz["y"] if "y" in npz.files else None)
+            names = [n for n in npz.files if n != "y"]
+            if not names:
+                raise RunnerError("DataError", f"{path} has no input arrays (found {npz.files}); save inputs as x, "
+                                               "or named after the model's inputs")
+            return {n: npz[n] for n in names}, (npz["y"] if "y" in npz.files else None)
     except RunnerError:
         raise
     except Exception as exc:
         raise RunnerError("DataError", f"cannot read {path} as .npz ({_first_line(exc)})") from exc
+
+
+def _plain_name(name):
+    """A file's input name as the model's code wrote it (TF-converted files say 'serving_default_ids:0')."""
+    name = name.split(":")[0]
+    return name[len("serving_default_"):] if name.startswith("serving_default_") else name
+
+
+def _positional(names):
+    """``x0, x1, ...`` (exactly 0..k-1, any order) → the names in index order; else None."""
+    idx = {}
+    for n in names:
+        if not (n.startswith("x") and n[1:].isdigit()):
+            return None
+        idx[int(n[1:])] = n
+    return [idx[i] for i in range(len(idx))] if sorted(idx) == list(range(len(idx))) else None
+
+
+def match_inputs(inputs, arrays):
+    """The data arrays in the order of the model's inputs: by name, else ``x0, x1, ...`` by position; one
+    array feeds a one-input model whatever its name."""
+    names = list(arrays)
+    wanted = [_plain_name(i.name) for i in inputs]
+    if len(inputs) == 1 and len(names) == 1:
+        return [arrays[names[0]]]
+    if sorted(wanted) == sorted(names):
+        return [arrays[n] for n in wanted]
+    ordered = _positional(names)
+    if ordered is not None and len(ordered) == len(inputs):
+        return [arrays[n] for n in ordered]
+    raise RunnerError("DataError", f"the model takes inputs {', '.join(wanted)} but --data has "
+                                   f"{', '.join(names)}; name the arrays after the model's inputs (or x0, x1, ... in "
+                                   "order)")
 
 
 def make_feeds(session, request, np):
@@ -340,15 +384,14 @@ def make_feeds(session, request, np):
     batch = int(request.get("batch", 1))
     inputs = session.inputs
     if request.get("data"):
-        x, _ = load_data(request["data"], np)
-        if len(inputs) != 1:
-            raise RunnerError("DataError", f"the model takes {len(inputs)} inputs but --data gives one array x; "
-                                           "drop --data to time it on random inputs")
-        if inputs[0].shape:
-            _check_fits(x, inputs[0], "--data x")
-        if x.shape[0] < batch:
-            raise RunnerError("DataError", f"--data has {x.shape[0]} samples, fewer than --batch {batch}")
-        return [_to_input_dtype(x[:batch], inputs[0], np)]
+        arrays, _ = load_data(request["data"], np)
+        xs = match_inputs(inputs, arrays)
+        for x, inp in zip(xs, inputs):
+            if inp.shape:
+                _check_fits(x, inp, "--data x" if len(xs) == 1 else f"--data {inp.name}")
+        if xs[0].shape[0] < batch:
+            raise RunnerError("DataError", f"--data has {xs[0].shape[0]} samples, fewer than --batch {batch}")
+        return [_to_input_dtype(x[:batch], inp, np) for x, inp in zip(xs, inputs)]
     rng = np.random.default_rng(0)
     feeds = []
     for i, inp in enumerate(inputs):
@@ -426,26 +469,29 @@ def evaluate(request):
     np = _import("numpy")
 
     session = open_session(request, np)
-    x, y = load_data(request["data"], np)
-    if len(session.inputs) != 1:
-        raise RunnerError("DataError", f"the model takes {len(session.inputs)} inputs but --data gives one array "
-                                       "x; evaluate it with compress quantize --eval instead")
-    inp = session.inputs[0]
-    if inp.shape:
-        _check_fits(x, inp, "--data x")
-    if y is not None and (y.ndim != 1 or len(y) != len(x)):
+    arrays, y = load_data(request["data"], np)
+    inputs = session.inputs
+    xs = match_inputs(inputs, arrays)
+    for x, inp in zip(xs, inputs):
+        if inp.shape:
+            _check_fits(x, inp, "--data x" if len(xs) == 1 else f"--data {inp.name}")
+    n_all = len(xs[0])
+    if any(len(x) != n_all for x in xs):
+        raise RunnerError("DataError", f"--data inputs have different sample counts ({[len(x) for x in xs]}); "
+                                       "give every input one row per sample")
+    if y is not None and (y.ndim != 1 or len(y) != n_all):
         raise RunnerError("DataError", f"--data y has shape {list(y.shape)}; it must hold one label per sample "
-                                       f"of x ({len(x)})")
+                                       f"of the inputs ({n_all})")
     # A fixed batch in the file (TFLite) is kept: the last partial batch is padded and the padding dropped.
-    fixed_batch = bool(inp.shape) and inp.shape[0] is not None
-    step = inp.shape[0] if fixed_batch else max(int(request.get("batch", 1)), 64)
+    fixed = [inp.shape[0] for inp in inputs if inp.shape and inp.shape[0] is not None]
+    step = fixed[0] if fixed else max(int(request.get("batch", 1)), 64)
     preds = []
-    for start in range(0, len(x), step):
-        chunk = x[start:start + step]
-        n = len(chunk)
-        if n < step and fixed_batch:
-            chunk = np.concatenate([chunk, np.zeros((step - n,) + chunk.shape[1:], chunk.dtype)])
-        run = session.bind([_to_input_dtype(chunk, inp, np)])
+    for start in range(0, n_all, step):
+        chunks = [x[start:start + step] for x in xs]
+        n = len(chunks[0])
+        if n < step and fixed:
+            chunks = [np.concatenate([c, np.zeros((step - n,) + c.shape[1:], c.dtype)]) for c in chunks]
+        run = session.bind([_to_input_dtype(c, inp, np) for c, inp in zip(chunks, inputs)])
         out = np.asarray(session.first_output(run()))
         preds.extend(int(p) for p in out.reshape(out.shape[0], -1)[:n].argmax(axis=1))
     result = {"predictions": preds, "samples": len(preds), "accuracy": None}

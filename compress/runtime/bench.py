@@ -48,7 +48,8 @@ class BenchConfig:
         batch: items per run (the batch dimension of synthesised inputs; the throughput counts items).
         input_shapes: ``(input name, shape)`` pairs for dimensions the file leaves dynamic; name ``""`` is the
             first input.
-        data: an ``.npz`` with ``x`` (and ``y`` labels) to time on real inputs and to measure accuracy.
+        data: an ``.npz`` with ``x`` (or one array per model input, named after it) and ``y`` labels, to time
+            on real inputs and to measure accuracy.
         pin: pin each measured process to ``threads`` cores (Linux).
         arch: ``MODULE:CALLABLE`` building the model a ``.pt``/``.pth`` state dict is loaded into.
         timeout: seconds one process may take.
@@ -158,11 +159,15 @@ def _display_names(paths: list[str]) -> list[str]:
 def check_data(path: str) -> dict:
     """Validate a ``--data`` file here, before any process starts (its fit to the model is checked there).
 
+    The inputs are ``x``, or one array per model input named after it (``input_ids``, ``attention_mask``) or
+    ``x0, x1, ...``; ``y`` holds labels. The runner feeds each array to the model input of its name.
+
     Returns:
         ``{"path", "samples", "labels"}``.
 
     Raises:
-        DataError: missing, unreadable, no ``x``, empty, non-finite, or labels that do not match.
+        DataError: missing, unreadable, no input array, empty, non-finite, inputs of different lengths, or
+            labels that do not match.
     """
     import numpy as np
 
@@ -171,21 +176,31 @@ def check_data(path: str) -> dict:
         raise DataError(f"data file {path} does not exist; pass an .npz with x (and y labels)")
     try:
         with np.load(p, allow_pickle=False) as npz:
-            if "x" not in npz.files:
-                raise DataError(f"{path} has no array 'x' (found {npz.files}); save inputs with np.savez(f, x=x, y=y)")
-            x, y = npz["x"], (npz["y"] if "y" in npz.files else None)
+            names = [n for n in npz.files if n != "y"]
+            if not names:
+                raise DataError(f"{path} has no input arrays (found {npz.files}); save inputs with "
+                                "np.savez(f, x=x, y=y), or one array per model input named after it")
+            arrays = {n: npz[n] for n in names}
+            y = npz["y"] if "y" in npz.files else None
     except DataError:
         raise
     except Exception as exc:
         raise DataError(f"cannot read {path} as .npz ({type(exc).__name__}); write it with numpy.savez") from exc
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise DataError(f"{path}: x is empty; it needs one sample per row")
-    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-        raise DataError(f"{path}: x holds NaN or inf; clean the data")
-    if y is not None and (y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer)):
-        raise DataError(f"{path}: y must hold one integer label per sample of x ({len(x)}), got {y.dtype} "
+    for name, x in arrays.items():
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise DataError(f"{path}: {name} is empty; it needs one sample per row")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise DataError(f"{path}: {name} holds NaN or inf; clean the data")
+    counts = {name: len(x) for name, x in arrays.items()}
+    if len(set(counts.values())) > 1:
+        raise DataError(f"{path}: the inputs have different sample counts ({counts}); give every input one row "
+                        "per sample")
+    n = next(iter(counts.values()))
+    of = "x" if names == ["x"] else "the inputs"
+    if y is not None and (y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer)):
+        raise DataError(f"{path}: y must hold one integer label per sample of {of} ({n}), got {y.dtype} "
                         f"{list(y.shape)}")
-    return {"path": str(p), "samples": int(len(x)), "labels": y is not None}
+    return {"path": str(p), "samples": int(n), "labels": y is not None}
 
 
 def _request(c: BenchContender, where: Mapping[str, str], config: BenchConfig) -> dict:
