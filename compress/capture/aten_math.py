@@ -133,11 +133,11 @@ def _bitwise_not(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
     return r.fn(torch.logical_not, node, a["self"])  # ~mask on a bool mask
 
 
-@_handles("bitwise_and", "bitwise_or")
+@_handles("bitwise_and", "bitwise_or", "__and__", "__or__")  # mask & mask, mask | mask
 def _bitwise_logic(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
     if not (_is_bool(node, 0) and (_is_bool(node, 1) or isinstance(a["other"], bool))):
         r.generic(node, "bitwise logic on integer tensors")
-    fn = torch.logical_and if node.target.overloadpacket.__name__ == "bitwise_and" else torch.logical_or
+    fn = torch.logical_and if "and" in node.target.overloadpacket.__name__ else torch.logical_or
     return r.fn(fn, node, a["self"], a["other"])
 
 

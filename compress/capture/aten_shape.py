@@ -70,6 +70,14 @@ _handles("unflatten")(lambda r, node, a: r.fn(torch.unflatten, node, a["self"], 
                                                list(a["sizes"])))
 _handles("cat", "concat", "concatenate")(lambda r, node, a: r.fn(torch.cat, node, list(a["tensors"]),
                                                                   dim=int(a["dim"])))
+@_handles("stack")
+def _stack(r: _Raiser, node: fx.Node, a: dict) -> fx.Node:
+    # stack = cat of unsqueezed tensors: two forms the registry already has, rather than a third.
+    rank = _val(node, None).dim()
+    dim = int(a["dim"]) % rank
+    return r.fn(torch.cat, node, [r.fn(torch.unsqueeze, node, t, dim) for t in a["tensors"]], dim=dim)
+
+
 _handles("expand")(lambda r, node, a: r.method("expand", node, a["self"], *a["size"]))
 _handles("expand_as")(lambda r, node, a: r.method("expand_as", node, a["self"], a["other"]))
 _handles("repeat")(lambda r, node, a: r.method("repeat", node, a["self"], *a["repeats"]))
@@ -181,7 +189,7 @@ def _constructor(fill: Any) -> Any:
         if not isinstance(value, (int, float, bool)):
             r.generic(node, "a fill value computed at run time")
         out = _val(node, None)
-        name = node.target.overloadpacket.__name__
+        name = node.target.overloadpacket.__name__.rstrip("_")  # fill_ (in place) is fill
         if name.endswith("_like") or name == "fill":  # fill(x, v): x's shape and dtype, every value v
             sizes = _sizes(r, node, a["self"])
         else:

@@ -9,6 +9,7 @@ runs at calibration, evaluation and deployment batch sizes alike.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 import traceback
@@ -76,7 +77,17 @@ def _export_dynamic(model: nn.Module, inputs: tuple) -> torch.export.ExportedPro
     tiled = tuple(torch.cat([t, t]) if _batched(t) and t.shape[0] == 1 else t for t in inputs)
     # Dim.AUTO: dynamic where the code allows it; a batch the code fixes (x.view(2, -1)) stays static.
     shapes = tuple({0: torch.export.Dim.AUTO} if _batched(t) else None for t in inputs)
-    return torch.export.export(model, tiled, dynamic_shapes=shapes)
+    return torch.export.export(model, tiled, dynamic_shapes=_by_signature(model, shapes))
+
+
+def _by_signature(model: nn.Module, shapes: tuple) -> tuple:
+    """``shapes`` grouped as ``forward`` binds the inputs: a ``*args`` parameter takes one tuple of them."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return shapes
+    star = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_POSITIONAL), None)
+    return shapes if star is None or star > len(shapes) else (*shapes[:star], tuple(shapes[star:]))
 
 
 def _batched(t: object) -> bool:

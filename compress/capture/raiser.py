@@ -218,7 +218,8 @@ class _Raiser:
             path, type_name = list(stack.values())[-1]
             if path and str(type_name).endswith("." + type(mod).__name__):
                 return path
-        return node.name
+        # A bare parameter of functional code (F.conv2d(x, self.w1)): the module is named after it.
+        return weight.source if weight is not None and weight.source else node.name
 
     def _free_path(self, wanted: str) -> str:
         """``wanted`` (made of identifiers), or ``wanted_1``, ``wanted_2``... when something lives there."""

@@ -29,6 +29,7 @@ from compress.capture import capture
 from compress.errors import CompressError, DataError
 from compress.layers.base import QuantLayerMixin
 from compress.layers.conv import QuantConvBn2d
+from compress.ops import quant_class_for
 from compress.passes import graph as g
 from compress.passes.fuse import can_fold, fold_bn
 from compress.quant.config import QuantConfig
@@ -41,6 +42,7 @@ class FloatOp:
     name: str
     op: str
     reason: str
+    formats: tuple[str, ...] = ("onnx", "tflite")  # the export formats that run it in float
 
 
 @dataclass
@@ -62,12 +64,6 @@ class PrepareInfo:
             "float_ops": [asdict(f) for f in self.float_ops],
             "quantized_layers": list(self.quantized_layers),
         }
-
-
-def quant_class_for(module: nn.Module) -> type | None:
-    from compress.layers.registry import quant_class_for as lookup
-
-    return lookup(module)
 
 
 def _as_tuple(example_inputs) -> tuple:
@@ -284,7 +280,7 @@ def _wants_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
         return False
     if node.op == "placeholder":
         return True
-    if g.is_quantizer(node, modules) or node.op == "call_method" and node.target in g.SHAPE_METHODS:
+    if g.is_quantizer(node, modules) or g.is_shape(node, modules):
         return False
     if g.is_preserving(node, modules):
         # Slicing a tuple (LSTM / attention outputs) yields a new value; slicing a tensor keeps its grid.
@@ -319,21 +315,28 @@ def _free_name(gm: fx.GraphModule, base: str) -> str:
 
 
 def _float_ops(gm: fx.GraphModule, keep_float) -> list[FloatOp]:
+    """Every op some export format runs in float (or cannot write), from the op registry's kernels."""
     modules = dict(gm.named_modules())
     out = []
     for node in gm.graph.nodes:
-        if node.op not in ("call_module", "call_function", "call_method") or g.is_quantizer(node, modules):
+        if node.op not in ("call_module", "call_function", "call_method"):
             continue
-        if node.op == "call_method" and node.target in g.SHAPE_METHODS or g.is_int8_op(node, modules):
+        formats = g.float_formats(node, modules)
+        if not formats:
             continue
+        spec = g.spec_of(node, modules)
         label = g.node_label(node, modules)
         if node.op == "call_module" and node.target in keep_float:
             reason = "kept in float on request (keep_float)"
-        elif node.op == "call_module" and any(True for _ in modules[node.target].parameters()):
-            reason = "no quantized implementation of this layer; its weights stay float"
+        elif spec is None:
+            reason = "not in the op registry: no exporter knows it"
+        elif node.op == "call_module" and any(True for _ in modules[node.target].parameters()) \
+                and not isinstance(modules[node.target], QuantLayerMixin):
+            reason = spec.reason or "no quantized implementation of this layer; its weights stay float"
         else:
-            reason = "no int8 kernel; runs in float between DequantizeLinear and QuantizeLinear"
-        out.append(FloatOp(node.name, label, reason))
+            reason = spec.float_reason(formats[0]) if len(formats) == 1 else (
+                spec.reason or "no int8 kernel; runs in float between dequantize and quantize")
+        out.append(FloatOp(node.name, label, reason, formats))
     return out
 
 

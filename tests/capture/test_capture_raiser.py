@@ -162,6 +162,7 @@ def test_op_without_handler_stays_as_the_aten_op_with_its_source_line(tmp_path):
     gm = load_model(path)
     generic = [n for n in gm.graph.nodes if n.target is torch.ops.aten.cumprod.default]
     assert len(generic) == 1 and "aten.cumprod" not in supported_aten_ops()
+    assert "torch.cumprod(self.conv(x), dim=-1)" in generic[0].meta["stack_trace"]  # for the coverage check
     assert type(gm.get_submodule("conv")) is nn.Conv2d  # the rest is raised as usual
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
