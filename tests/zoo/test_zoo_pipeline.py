@@ -18,20 +18,24 @@ from .train import ZOO
 
 PASSING = {"resnet"}
 
-#: Model → why it does not pass yet (first error line, library commit a953542, 2026-12-01).
+#: Model → why it does not pass yet: the first error line of scripts/zoo_status.py (working tree on 40cfdb7,
+#: 2026-12-01 21:03 UTC), shortened. Update the reason when it changes; move the model to PASSING when it passes.
 PENDING = {
-    "shape_checked": "capture: torch.fx cannot trace the `if x.shape[-2:] != (28, 28)` guard "
-                     "('symbolically traced variables cannot be used as inputs to control flow'); needs torch.export",
-    "bert": "capture: torch.fx cannot trace the sliced position-id buffer `self.position_ids[:, :seq_length]` "
-            "('slice indices must be integers or None or have an __index__ method'); needs torch.export",
-    "bert_two_input": "data: several named inputs (input_ids, attention_mask) are not accepted "
-                      "('calib.npz has no array named x')",
-    "efficient_lite": "capture: torch.fx cannot trace Conv2dSame's size-dependent padding "
-                      "('symbolically traced variables cannot be used as inputs to control flow')",
-    "audio_lstm": "tflite: no TFLite mapping for ReflectionPad1d / F.pad(mode='reflect'); ONNX passes",
-    "gru_seq2seq": "capture: torch.fx cannot trace the decoder loop "
-                   "('empty() takes 1 positional argument but 2 were given')",
-    "unet": "tflite: no TFLite mapping for ConvTranspose2d; ONNX leaves ConvTranspose float (35 % size)",
+    "shape_checked": "export: the fp32 ONNX/TFLite writers still fx-trace the float model: 'torch.fx could not "
+                     "trace ShapeCheckedClassifier: symbolically traced variables cannot be used as inputs to "
+                     "control flow' (the `if x.shape[-2:] != (28, 28)` guard)",
+    "bert": "onnx: 'ne at models_seq.py:250 (input_ids != pad_token_id) has no onnx mapping'; tflite: fx-traces "
+            "the float model ('slice indices must be integers', the position_ids[:, :seq_length] buffer slice)",
+    "bert_two_input": "fp32 export fx-traces the float model: 'torch.fx could not trace BertStyleEncoderWithMask: "
+                      "slice indices must be integers or None or have an __index__ method'",
+    "efficient_lite": "onnx: 'pad at models_vision.py:96 (nn.ZeroPad2d in Conv2dStaticSamePadding) has no onnx "
+                      "mapping'; tflite: fx-traces the float model (Conv2dSame's size-dependent padding)",
+    "audio_lstm": "tflite: ''lstm': LSTM with the final state used ... is not exported to TFLite' although "
+                  "forward only unpacks `out, (h_n, c_n)` and uses out[:, -1]; ONNX passes (29 %, 5/5 int8)",
+    "gru_seq2seq": "fp32 export fx-traces the float model: 'torch.fx could not trace GRUSeq2Seq: empty() takes 1 "
+                   "positional argument but 2 were given' (torch.empty(batch, 1, dtype=...).fill_(SOS))",
+    "unet": "ConvTranspose2d stays float in both formats (ONNX ConvTranspose, TFLite TRANSPOSE_CONV): 11/12 int8, "
+            "size 34 % (ONNX) / 33 % (TFLite) > 30 %; both files written and verified",
 }
 
 MAX_SIZE_RATIO = 0.30
