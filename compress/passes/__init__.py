@@ -4,7 +4,7 @@ from compress.passes.calibrate import calibrate
 from compress.passes.convert import convert
 from compress.passes.describe import OpRow, describe
 from compress.passes.fuse import fold_bn
-from compress.passes.prepare import FloatOp, PrepareInfo, prepare
+from compress.passes.prepare import FloatOp, PrepareInfo, capture_graph, prepare
 from compress.passes.qat import OptimizerKind, QATConfig, freeze_bn_stats, resolve_device, train_qat
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "PrepareInfo",
     "QATConfig",
     "calibrate",
+    "capture_graph",
     "convert",
     "describe",
     "fold_bn",

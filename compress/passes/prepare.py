@@ -123,6 +123,20 @@ def prepare(
     return gm
 
 
+def capture_graph(model: nn.Module, example_inputs) -> tuple[fx.GraphModule, str]:
+    """A float model as the one graph every pass and exporter reads, and how (``"export"`` or ``"fx"``).
+
+    The same capture ``prepare`` uses, so a fp32 baseline export and the int8 model see the same graph.
+
+    Raises:
+        CompressError: neither torch.export nor torch.fx can capture it (the message names both reasons).
+    """
+    example_inputs = _as_tuple(example_inputs)
+    if g.QuantTracer().is_leaf_module(model, ""):
+        model = nn.Sequential(model)  # a bare layer as a child keeps a module node in either capture
+    return _capture(model, example_inputs)
+
+
 def _capture(model: nn.Module, example_inputs: tuple) -> tuple[fx.GraphModule, str]:
     """The model as one graph, and how it was captured (``"export"`` or ``"fx"``).
 
