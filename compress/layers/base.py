@@ -17,6 +17,7 @@ from enum import Enum
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 from compress.quant.config import QuantConfig
 from compress.quant.fake import Quantizer, QuantState
@@ -106,21 +107,35 @@ class QuantLayerMixin:
 
 
 def copy_float_params(dst: nn.Module, src: nn.Module) -> None:
-    """Copy parameters and buffers of ``src`` into the same-named tensors of ``dst`` (no grad history)."""
+    """Copy parameters and buffers of ``src`` into the same-named tensors of ``dst`` (no grad history).
+
+    A pruning mask on a tensor of ``src`` is carried over to ``dst`` (a masked layer stays masked through
+    ``from_float`` / ``to_float``, so QAT after pruning keeps the sparsity pattern).
+    """
+    from compress.layers.prune import get_mask, original, set_mask
+
     with torch.no_grad():
         for name, p in src.named_parameters(recurse=False):
             getattr(dst, name).copy_(p)
         for name, b in src.named_buffers(recurse=False):
             if b is not None and getattr(dst, name, None) is not None:
                 getattr(dst, name).copy_(b)
+        # Masked tensors live under src.parametrizations, not among src's own parameters.
+        for name in getattr(src, "parametrizations", {}):
+            original(dst, name).copy_(original(src, name))
+            mask = get_mask(src, name)
+            if mask is not None:
+                set_mask(dst, name, mask)
 
 
 def check_float_type(cls: type, mod: nn.Module) -> None:
     from compress.errors import ConfigError
 
-    if type(mod) is not cls._FLOAT_MODULE:
+    # A pruning mask (a parametrization) subclasses the module's type; the layer underneath is what counts.
+    if type_before_parametrizations(mod) is not cls._FLOAT_MODULE:
         raise ConfigError(
-            f"{cls.__name__}.from_float expects a {cls._FLOAT_MODULE.__name__}, got {type(mod).__name__}"
+            f"{cls.__name__}.from_float expects a {cls._FLOAT_MODULE.__name__}, got "
+            f"{type_before_parametrizations(mod).__name__}"
         )
 
 
