@@ -49,7 +49,7 @@ def build(net: str, size: int, outdir: Path) -> dict:
     import torch
 
     from compress.exporters.tflite import Int8Kernels, TFLiteExportConfig, export_tflite
-    from compress.exporters.verify_tflite import xnnpack_delegation
+    from compress.exporters.tflite.verify import xnnpack_delegation
     from compress.models import MobileNetV2, ResNet18, randomize_bn
     from compress.passes import calibrate, convert, prepare
 

@@ -348,13 +348,13 @@ def _export_tflite(model, example, path, options: QuantizeOptions, quantized: bo
 
 
 def _verify_tflite(path, int8_model, batches, info):
-    from compress.exporters.verify_tflite import verify_tflite
+    from compress.exporters.tflite.verify import verify_tflite
 
     return verify_tflite(path, int8_model, batches, info=info)
 
 
 def _tflite_runner(path: Path, threads: int):
-    from compress.exporters.verify_tflite import load_interpreter, run_tflite
+    from compress.exporters.tflite.verify import load_interpreter, run_tflite
 
     interpreter = load_interpreter(path, threads)
     return lambda batch: run_tflite(interpreter, batch)[0]

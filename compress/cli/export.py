@@ -86,7 +86,7 @@ def _verify(fmt: str, path: Path, net, batches, info):
         from compress.exporters.verify import verify_onnx
 
         return verify_onnx(path, net, batches, info=info, strict=True)
-    from compress.exporters.verify_tflite import verify_tflite
+    from compress.exporters.tflite.verify import verify_tflite
 
     return verify_tflite(path, net, batches, info=info, strict=True)
 

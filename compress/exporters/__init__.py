@@ -15,9 +15,10 @@ from compress.exporters.tflite import (
     TFLiteExportConfig,
     TFLiteExportInfo,
     export_tflite,
+    verify_tflite,
+    xnnpack_delegation,
 )
 from compress.exporters.verify import OutputParity, ParityReport, VerifyConfig, verify_onnx
-from compress.exporters.verify_tflite import verify_tflite, xnnpack_delegation
 
 __all__ = [
     "XNNPACK_FLOAT_OPS",

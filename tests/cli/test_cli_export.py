@@ -106,7 +106,7 @@ def test_export_refuses_to_overwrite_and_to_write_over_its_input(cli, tmp_path, 
 def test_failed_verification_writes_nothing_and_keeps_the_old_file(cli, monkeypatch, tmp_path, state_dict_file):
     import importlib
 
-    vt = importlib.import_module("compress.exporters.verify_tflite")  # the packages re-export a same-named function
+    vt = importlib.import_module("compress.exporters.tflite.verify")  # the packages re-export a same-named function
 
     def failing(*args, **kwargs):
         raise VerificationError("LiteRT disagrees (max rel err 3e-1); check the exported ops")

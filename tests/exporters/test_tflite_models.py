@@ -17,7 +17,7 @@ pytestmark = pytest.mark.tflite
 
 from compress.errors import ConfigError, ExportError  # noqa: E402
 from compress.exporters.tflite import TFLiteExportConfig, export_tflite  # noqa: E402
-from compress.exporters.verify_tflite import verify_tflite  # noqa: E402
+from compress.exporters.tflite.verify import verify_tflite  # noqa: E402
 from compress.models import DemoCNN, MobileNetV2, ResNet18, randomize_bn  # noqa: E402
 from compress.passes import calibrate, convert, prepare  # noqa: E402
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.tflite
 import tflite  # noqa: E402
 
 from compress.exporters.tflite import TFLiteExportConfig, export_tflite, read_file_identifier  # noqa: E402
-from compress.exporters.tflite_schema import ModelWriter, Options, QuantParams, TensorType  # noqa: E402
+from compress.exporters.tflite.schema import ModelWriter, Options, QuantParams, TensorType  # noqa: E402
 from compress.passes import calibrate, convert, prepare  # noqa: E402
 
 

@@ -11,14 +11,14 @@ ONNX files from elsewhere are not accepted (no ``compress convert``).
 
 What is written (details in the sibling modules):
 
-* :mod:`~compress.exporters.tflite_schema` — the flatbuffer writer (schema 3, ``TFL3``, buffer 0 empty,
+* :mod:`~compress.exporters.tflite.schema` — the flatbuffer writer (schema 3, ``TFL3``, buffer 0 empty,
   operator codes with ``builtin_code`` and ``deprecated_builtin_code``, versions as TF's converter writes);
-* :mod:`~compress.exporters.tflite_layout` — NCHW → NHWC: activations stay NHWC between convolutions, a 4-D
+* :mod:`~compress.exporters.tflite.layout` — NCHW → NHWC: activations stay NHWC between convolutions, a 4-D
   graph input keeps the user's NCHW layout and gets one TRANSPOSE (or is declared NHWC with
   ``nhwc_input=True``), flatten → dense permutes the dense weight columns instead of transposing;
-* :mod:`~compress.exporters.tflite_ops` — the op table (conv incl. grouped and Conv1d, depthwise, dense,
+* :mod:`~compress.exporters.tflite.ops` — the op table (conv incl. grouped and Conv1d, depthwise, dense,
   elementwise, pooling, activations, shape ops, matmul, LayerNorm as a decomposition, embedding);
-* :mod:`~compress.exporters.tflite_ops_seq` — ``nn.MultiheadAttention`` as a decomposition, ``nn.LSTM`` /
+* :mod:`~compress.exporters.tflite.ops_seq` — ``nn.MultiheadAttention`` as a decomposition, ``nn.LSTM`` /
   ``nn.GRU`` unrolled over time (int8 models: int8 weight tensors, float activations with the simulation's
   quantizers as QUANTIZE → DEQUANTIZE).
 
@@ -40,18 +40,18 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import fx, nn
 
 from compress.errors import ConfigError, ExportError
-from compress.exporters import tflite_layout as L
-from compress.exporters.tflite_graph import Const, Emitter, TValue, qparams_of
-from compress.exporters.tflite_ops import handler_for, supported_ops
-from compress.exporters.tflite_schema import FILE_IDENTIFIER, SCHEMA_VERSION, ModelWriter, TensorType
+from compress.exporters.tflite import layout as L
+from compress.exporters.tflite import ops_index, ops_seq  # noqa: F401  (they register their emitters)
+from compress.exporters.tflite.graph import Const, Emitter, TValue, qparams_of
+from compress.exporters.tflite.ops import emitter_for
+from compress.exporters.tflite.ops_math import evaluate, python_only
+from compress.exporters.tflite.schema import FILE_IDENTIFIER, SCHEMA_VERSION, ModelWriter, TensorType
 from compress.quant.fake import Quantizer, QuantState
 
-_SHAPE_METHODS = {"size", "dim", "numel"}
 _DTYPES = {torch.float32: TensorType.FLOAT32, torch.int64: TensorType.INT64, torch.int32: TensorType.INT32,
            torch.bool: TensorType.BOOL}
 
@@ -129,18 +129,16 @@ def _as_tuple(example_inputs) -> tuple:
     return (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
 
 
-def _graph_module(model: nn.Module) -> fx.GraphModule:
+def _graph_module(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     if isinstance(model, fx.GraphModule):
         return model
-    from compress.passes.graph import trace
+    # A float model is captured exactly as prepare() captures the model it quantizes (torch.export first).
+    from compress.passes import capture_graph
 
-    if type(model).__module__.startswith("torch.nn.modules"):
-        model = nn.Sequential(model)  # a bare layer would trace to its functional form
     try:
-        return trace(model.eval())
+        return capture_graph(model, example_inputs)[0]
     except Exception as exc:
-        raise ExportError(f"cannot export {type(model).__name__} to TFLite: {exc}; make the model fx-traceable "
-                          "(no data-dependent control flow)") from exc
+        raise ExportError(f"cannot export {type(model).__name__} to TFLite: {exc}") from exc
 
 
 def _is_quantized(gm: fx.GraphModule) -> bool:
@@ -177,7 +175,7 @@ def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike,
     config = config or TFLiteExportConfig()
     start = time.perf_counter()
     example_inputs = _as_tuple(example_inputs)
-    gm = _graph_module(model)
+    gm = _graph_module(model, _as_tuple(example_inputs))
     quantized = _is_quantized(gm)
     if config.int8_io and not quantized:
         raise ConfigError("int8_io=True needs a quantized model; convert the model first or drop int8_io")
@@ -296,13 +294,10 @@ def _walk(em: Emitter, gm: fx.GraphModule, example_inputs: tuple, config: TFLite
                 with torch.no_grad():
                     x = Const(em.module(node)(torch.from_numpy(x.array)).numpy(), qparams_of(em.module(node)))
             em.bind(node, x)
-        elif _python_only(em, node):
-            em.bind(node, _evaluate(em, node))
+        elif python_only(em, node):
+            em.bind(node, evaluate(em, node))
         else:
-            handler = handler_for(em, node)
-            if handler is None:
-                raise ExportError(_unsupported(em, node))
-            handler(em, node)
+            emitter_for(em, node)(em, node)
     return inputs, outputs
 
 
@@ -346,54 +341,6 @@ def _get_attr(gm: fx.GraphModule, target: str) -> torch.Tensor:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def _contains_tensor(v) -> bool:
-    if isinstance(v, TValue | Const):
-        return True
-    if isinstance(v, list | tuple):
-        return any(_contains_tensor(x) for x in v)
-    return False
-
-
-def _python_only(em: Emitter, node: fx.Node) -> bool:
-    """Shape arithmetic (``x.size(0)``, ``x.shape[1] * 2``) evaluated while exporting, not written."""
-    if node.op == "call_method" and node.target in _SHAPE_METHODS:
-        return True
-    if node.op == "call_function" and node.target is getattr:
-        return True
-    if node.op not in ("call_function", "call_method"):
-        return False
-    return not _contains_tensor(em.value(list(node.args))) and not _contains_tensor(
-        em.value(list(node.kwargs.values())))
-
-
-def _evaluate(em: Emitter, node: fx.Node):
-    args, kwargs = em.value(tuple(node.args)), {k: em.value(v) for k, v in node.kwargs.items()}
-    if node.op == "call_method" and isinstance(args[0], TValue):
-        x = args[0]
-        if node.target == "size":
-            return torch.Size(x.shape) if len(args) == 1 else x.shape[args[1]]
-        if node.target == "dim":
-            return x.rank
-        return int(np.prod(x.shape))
-    if node.op == "call_function" and node.target is getattr and isinstance(args[0], TValue):
-        if args[1] == "shape":
-            return torch.Size(args[0].shape)
-        if args[1] == "device":  # torch.arange(n, device=x.device): the constant is folded on the CPU
-            return torch.device("cpu")
-        raise ExportError(f"{node.name!r}: tensor attribute {args[1]!r} is not exported")
-    if node.op == "call_method":
-        return getattr(args[0], node.target)(*args[1:], **kwargs)
-    return node.target(*args, **kwargs)
-
-
-def _unsupported(em: Emitter, node: fx.Node) -> str:
-    from compress.passes.graph import node_label
-
-    label = node_label(node, em.modules)
-    return (f"no TFLite mapping for op {label!r} (fx node {node.name!r}); supported: "
-            f"{', '.join(supported_ops())}. Replace the op or keep it out of the exported model")
 
 
 def read_file_identifier(path: str | os.PathLike) -> bytes:

@@ -3,8 +3,8 @@
 Value model — every fx node maps to one of
 
 * :class:`TValue`: a TFLite tensor standing for a torch tensor, with its layout (``perm``, ``col_perm``, see
-  :mod:`compress.exporters.tflite_layout`) and its domain: float32, or int8 with per-tensor
-  :class:`~compress.exporters.tflite_schema.QuantParams`;
+  :mod:`compress.exporters.tflite.layout`) and its domain: float32, or int8 with per-tensor
+  :class:`~compress.exporters.tflite.schema.QuantParams`;
 * :class:`Const`: a numpy constant (a ``get_attr`` buffer), written when an op consumes it;
 * a plain Python value (``x.size(0)``, a shape tuple), computed while walking.
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import fx, nn
 
-from compress.exporters import tflite_layout as L
-from compress.exporters.tflite_schema import ModelWriter, Options, QuantParams, TensorType
+from compress import ops
+from compress.exporters.tflite import layout as L
+from compress.exporters.tflite.schema import ModelWriter, Options, QuantParams, TensorType
 from compress.layers.base import FusedActivation
 from compress.passes import graph as g
 from compress.quant.fake import Quantizer
@@ -175,6 +175,8 @@ class Emitter:
             out = self.tensor(f"t{v.tensor}_dequant", v.shape, v.perm, TensorType.FLOAT32, None, v.col_perm,
                               v.nonnegative)
             self.op("DEQUANTIZE", [v.tensor], [out.tensor], version=2)
+            if "chw" in v._cache:  # a flattened NHWC value: the float copy is flattened the same way
+                out._cache["chw"] = v._cache["chw"]
             v._cache[key] = out
         return v._cache[key]
 
@@ -236,15 +238,14 @@ class Emitter:
 
     # -- output fusion -------------------------------------------------------------------------------------
     def clamp_kind(self, node: fx.Node) -> FusedActivation | None:
-        """RELU / RELU6 when ``node`` is a ReLU-like op an int8 kernel can fuse, else None."""
-        mod = self.module(node)
-        if isinstance(mod, nn.ReLU) or node.op == "call_function" and node.target in (torch.relu, torch.relu_,
-                                                                                        nn.functional.relu) \
-                or node.op == "call_method" and node.target in ("relu", "relu_"):
+        """RELU / RELU6 when ``node`` is a ReLU-like op an int8 kernel can fuse (the registry's ``relu`` /
+        ``relu6``, or a hardtanh over [0, 6]), else None."""
+        spec = ops.lookup(node, self.modules)
+        if spec is None:
+            return None
+        if spec.name == "relu":
             return FusedActivation.RELU
-        if isinstance(mod, nn.ReLU6) or node.op == "call_function" and node.target is nn.functional.relu6:
-            return FusedActivation.RELU6
-        if isinstance(mod, nn.Hardtanh) and (mod.min_val, mod.max_val) == (0.0, 6.0):
+        if spec.name == "relu6" or spec.name == "hardtanh" and hardtanh_bounds(self, node) == (0.0, 6.0):
             return FusedActivation.RELU6
         return None
 
@@ -272,3 +273,14 @@ class Emitter:
         if plan is not None:
             for n in plan.absorbed:
                 self.values[n] = value
+
+
+def hardtanh_bounds(em: Emitter, node: fx.Node) -> tuple[float, float]:
+    """(min, max) of a hardtanh node: ``nn.Hardtanh`` module or ``F.hardtanh(x, min_val, max_val)``."""
+    mod = em.module(node)
+    if isinstance(mod, nn.Hardtanh):
+        return float(mod.min_val), float(mod.max_val)
+    args = list(node.args[1:3])
+    low = args[0] if args else node.kwargs.get("min_val", -1.0)
+    high = args[1] if len(args) > 1 else node.kwargs.get("max_val", 1.0)
+    return float(low), float(high)

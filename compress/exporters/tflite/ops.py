@@ -15,17 +15,17 @@ need their inputs on the output grid, so inputs are requantized first (a single 
 
 from __future__ import annotations
 
-import operator
+from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
+from compress import ops
 from compress.errors import ExportError
-from compress.exporters import tflite_layout as L
-from compress.exporters.tflite_graph import ACT_CODE, Const, Emitter, TValue, same_grid
-from compress.exporters.tflite_ops_base import (
+from compress.exporters.tflite import layout as L
+from compress.exporters.tflite.graph import ACT_CODE, Const, Emitter, TValue, hardtanh_bounds, same_grid
+from compress.exporters.tflite.ops_base import (
     _FIXED_GRID,
     _PAD,
     _arg,
@@ -34,10 +34,11 @@ from compress.exporters.tflite_ops_base import (
     _finish,
     _meta_shape,
     _pad,
+    _to_float32,
     _weighted_prologue,
     _weights,
 )
-from compress.exporters.tflite_ops_shape import (
+from compress.exporters.tflite.ops_shape import (
     alias,
     embedding,
     getitem,
@@ -46,8 +47,9 @@ from compress.exporters.tflite_ops_shape import (
     permute,
     reshape,
 )
-from compress.exporters.tflite_schema import Options, QuantParams, TensorType
-from compress.layers.base import FusedActivation
+from compress.exporters.tflite.schema import Options, QuantParams, TensorType, numpy_dtype
+from compress.layers.base import FusedActivation, QuantLayerMixin
+from compress.ops import Kernel, Policy
 
 
 def conv2d(em: Emitter, node: fx.Node) -> None:
@@ -160,6 +162,11 @@ def _binary_apply(em: Emitter, node: fx.Node, op_name: str, a, b) -> None:
         a = em.to_float(a) if isinstance(a, TValue) else a
         b = em.to_float(b) if isinstance(b, TValue) else b
         lead = em.to_float(lead)
+        dtypes = {v.dtype for v in (a, b) if isinstance(v, TValue)}
+        if len(dtypes) > 1:  # torch promotes int × float to float; TFLite kernels take one type
+            a, b = (_to_float32(em, v, f"{node.name}_{i}") if isinstance(v, TValue) else v for i, v in enumerate((a, b)))
+        elif dtypes != {TensorType.FLOAT32}:  # integer arithmetic (positions, lengths): constants of that type
+            a, b = (v if isinstance(v, TValue) else _int_const(em, v, lead, f"{node.name}_c") for v in (a, b))
         out = _binary_float(em, node, op_name, a, b, plan.act, "")
         return _finish(em, node, out, plan)
     a = a if isinstance(a, TValue) else em.const_value(a, lead, f"{node.name}_c")
@@ -171,6 +178,14 @@ def _binary_apply(em: Emitter, node: fx.Node, op_name: str, a, b) -> None:
     em.op(op_name, [a.tensor, b.tensor], [out.tensor],
           Options(f"{op_name.title()}Options", {"FusedActivationFunction": ACT_CODE[plan.act]}), version)
     _finish(em, node, out, plan)
+
+
+def _int_const(em: Emitter, c, like: TValue, name: str) -> TValue:
+    arr = np.asarray(c.array if isinstance(c, Const) else c).astype(numpy_dtype(like.dtype))
+    if arr.ndim == like.rank and arr.ndim > 0:
+        arr = np.ascontiguousarray(arr.transpose(like.perm))
+    return TValue(em.const(name, arr, like.dtype), tuple(arr.shape), like.dtype,
+                  like.perm if arr.ndim == like.rank else L.identity(arr.ndim))
 
 
 def div(em: Emitter, node: fx.Node) -> None:
@@ -343,6 +358,22 @@ def clamp(em: Emitter, node: fx.Node) -> None:
     _unary(em, node, "RELU6" if kind is FusedActivation.RELU6 else "RELU")
 
 
+def hardtanh(em: Emitter, node: fx.Node) -> None:
+    """hardtanh over [0, 6] is RELU6 (fusable); other bounds: MAXIMUM, MINIMUM in float (the quantizer after it
+    writes the QUANTIZE)."""
+    if em.clamp_kind(node) is not None:
+        return clamp(em, node)
+    low, high = hardtanh_bounds(em, node)
+    x = em.to_float(em.value(node.args[0]))
+    y = x
+    for op_name, bound in (("MAXIMUM", low), ("MINIMUM", high)):
+        out = em.like(x, f"{node.name}_{op_name.lower()}", quant=None)
+        em.op(op_name, [y.tensor, em.const_value(bound, x, f"{node.name}_{op_name.lower()}_c").tensor],
+              [out.tensor])
+        y = out
+    _finish(em, node, y, em.plan_output(node, fuse_act=False))
+
+
 def _simple(op_name: str, int8_ok: bool = True, options: Options | None = None, int8_version: int = 2):
     return lambda em, node: _unary(em, node, op_name, int8_ok, options, int8_version)
 
@@ -364,56 +395,50 @@ def softmax(em: Emitter, node: fx.Node) -> None:
     _unary(em, node, "SOFTMAX", True, Options("SoftmaxOptions", {"Beta": 1.0}), x=x)
 
 
-
-# -- the table -------------------------------------------------------------------------------------------
-MODULE_HANDLERS: list[tuple[type, object]] = [
-    (nn.Conv2d, conv2d), (nn.Conv1d, conv2d), (nn.Linear, linear), (nn.BatchNorm2d, batchnorm), (nn.ReLU, clamp), (nn.ReLU6, clamp),
-    (nn.MaxPool2d, max_pool), (nn.AvgPool2d, avg_pool), (nn.AdaptiveAvgPool2d, adaptive_avg_pool),
-    (nn.Flatten, reshape), (nn.Dropout, alias), (nn.Identity, alias), (nn.Hardswish, _simple("HARD_SWISH", int8_version=1)),
-    (nn.Sigmoid, _simple("LOGISTIC")), (nn.Tanh, _simple("TANH")), (nn.GELU, gelu), (nn.Softmax, softmax),
-    (nn.LayerNorm, layer_norm), (nn.Embedding, embedding), (nn.Hardtanh, clamp),
-]
-FUNCTION_HANDLERS = {
-    operator.add: _binary("ADD"), torch.add: _binary("ADD"), operator.iadd: _binary("ADD"),
-    operator.truediv: div, torch.div: div, operator.sub: _binary("SUB"), torch.sub: _binary("SUB"), operator.mul: _binary("MUL"), torch.mul: _binary("MUL"),
-    torch.cat: cat, torch.concat: cat, torch.flatten: reshape, torch.reshape: reshape, torch.squeeze: reshape,
-    torch.unsqueeze: reshape, torch.permute: permute, torch.transpose: permute, torch.relu: clamp, F.relu: clamp,
-    F.relu6: clamp, torch.mean: mean, F.adaptive_avg_pool2d: adaptive_avg_pool, F.max_pool2d: max_pool,
-    F.avg_pool2d: avg_pool, torch.sigmoid: _simple("LOGISTIC"), torch.tanh: _simple("TANH"),
-    F.hardswish: _simple("HARD_SWISH", int8_version=1), F.gelu: gelu, F.softmax: softmax, torch.softmax: softmax,
-    torch.matmul: matmul, operator.matmul: matmul, torch.bmm: matmul, operator.getitem: getitem, F.dropout: alias,
-}
-METHOD_HANDLERS = {
-    "add": _binary("ADD"), "sub": _binary("SUB"), "mul": _binary("MUL"), "div": div, "view": reshape, "reshape": reshape,
-    "flatten": reshape, "squeeze": reshape, "unsqueeze": reshape, "permute": permute, "transpose": permute,
-    "contiguous": alias, "relu": clamp, "mean": mean, "sigmoid": _simple("LOGISTIC"), "tanh": _simple("TANH"),
-    "softmax": softmax, "matmul": matmul,
-}
+# -- registration against the op registry (how LiteRT runs each op: compress/ops/kernels_tflite.py) --------
+def _register() -> None:
+    table = {
+        "conv1d": conv2d, "conv2d": conv2d, "linear": linear, "batch_norm": batchnorm, "relu": clamp,
+        "relu6": clamp, "hardtanh": hardtanh, "max_pool": max_pool, "avg_pool": avg_pool,
+        "adaptive_avg_pool": adaptive_avg_pool, "dropout": alias, "sigmoid": _simple("LOGISTIC"),
+        "tanh": _simple("TANH"), "hardswish": _simple("HARD_SWISH", int8_version=1), "gelu": gelu,
+        "softmax": softmax, "add": _binary("ADD"), "sub": _binary("SUB"), "mul": _binary("MUL"), "div": div,
+        "cat": cat, "mean": mean, "reshape": reshape, "transpose": permute, "getitem": getitem, "matmul": matmul,
+        "layer_norm": layer_norm, "embedding": embedding,
+    }
+    for name, fn in table.items():
+        ops.register_emitter("tflite", name)(fn)
 
 
-def _module_handlers() -> list[tuple[type, object]]:
-    from compress.exporters.tflite_ops_seq import MODULE_HANDLERS as SEQ_HANDLERS
-
-    return MODULE_HANDLERS + SEQ_HANDLERS
-
-
-def handler_for(em: Emitter, node: fx.Node):
-    if node.op == "call_module":
-        mod = em.module(node)
-        for cls, fn in _module_handlers():
-            if isinstance(mod, cls):
-                return fn
-        return None
-    if node.op == "call_function":
-        return FUNCTION_HANDLERS.get(node.target)
-    if node.op == "call_method":
-        return METHOD_HANDLERS.get(node.target)
-    return None
+_register()
 
 
 def supported_ops() -> list[str]:
-    """Names of the torch ops the TFLite exporter maps (modules, functions, methods)."""
-    names = {cls.__name__ for cls, _ in _module_handlers()}
-    names |= {getattr(f, "__name__", str(f)) for f in FUNCTION_HANDLERS}
-    names |= {f"Tensor.{m}" for m in METHOD_HANDLERS}
-    return sorted(names)
+    """The registry ops the TFLite exporter writes (kernel INT8 or FLOAT in ``kernels_tflite.py``).
+
+    Example:
+        >>> "conv2d" in supported_ops() and "erf" not in supported_ops()
+        True
+    """
+    return sorted(s.name for s in ops.all_specs() if s.kernel("tflite") is not Kernel.NONE
+                  and s.policy is not Policy.QUANTIZER)
+
+
+def emitter_for(em: Emitter, node: fx.Node) -> Callable[[Emitter, fx.Node], None]:
+    """The TFLite emitter the op registry holds for ``node`` (the quant-layer form first, for compress layers).
+
+    Raises:
+        ExportError: the registry has no TFLite emitter for the node's op (the message names op and node).
+    """
+    spec = ops.lookup(node, em.modules)
+    fn = None
+    if spec is not None:
+        fn = spec.emitter("tflite", quantized=isinstance(em.module(node), QuantLayerMixin)) or spec.emitter("tflite")
+    if fn is None:
+        from compress.passes.graph import node_label
+
+        what = "not in the op registry" if spec is None else f"registry op {spec.name!r} has no TFLite kernel"
+        raise ExportError(f"no TFLite mapping for op {node_label(node, em.modules)!r} (fx node {node.name!r}; "
+                          f"{what}); TFLite writes: {', '.join(supported_ops())}. Replace the op or keep it out "
+                          "of the exported model")
+    return fn

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 from torch import fx, nn
 
+from compress import ops
 from compress.errors import ExportError
-from compress.exporters import tflite_layout as L
-from compress.exporters.tflite_graph import ACT_CODE, Emitter, TValue
-from compress.exporters.tflite_schema import Options, QuantParams, TensorType, numpy_dtype
+from compress.exporters.tflite import layout as L
+from compress.exporters.tflite.graph import ACT_CODE, Emitter, TValue
+from compress.exporters.tflite.schema import Options, QuantParams, TensorType, numpy_dtype
 from compress.layers.base import FusedActivation, QuantLayerMixin
+from compress.ops import Policy
 
 _PAD = {L.Padding.SAME: 0, L.Padding.VALID: 1}
 _FIXED_GRID = {
@@ -167,3 +172,76 @@ def _weighted_prologue(em: Emitter, node: fx.Node, mod: nn.Module):
             qb = mod.quantized_bias()
             b = None if qb is None else qb.detach().double().numpy()
     return x, w, b, act, last, absorbed, plan, int8
+
+
+def _to_float32(em: Emitter, v: TValue, name: str) -> TValue:
+    if v.dtype == TensorType.FLOAT32:
+        return v
+    out = em.tensor(f"{name}_as_float", v.shape, v.perm, TensorType.FLOAT32)
+    em.op("CAST", [v.tensor], [out.tensor])
+    return out
+
+
+# -- float fallback ---------------------------------------------------------------------------------------
+def _dequantized(em: Emitter, v):
+    if isinstance(v, TValue):
+        return em.to_float(v)
+    if isinstance(v, list | tuple):
+        return type(v)(_dequantized(em, x) for x in v)
+    return v
+
+
+def _int8_inputs(em: Emitter, node: fx.Node) -> list[TValue]:
+    found: list[TValue] = []
+
+    def walk(v):
+        if isinstance(v, TValue) and v.is_int8:
+            found.append(v)
+        elif isinstance(v, list | tuple):
+            for x in v:
+                walk(x)
+
+    for n in node.all_input_nodes:
+        walk(em.values.get(n))
+    return found
+
+
+def run_in_float(fn: Callable[[Emitter, fx.Node], None], preserving: bool = False) -> Callable:
+    """``fn`` (a float emitter) made to work inside an int8 graph: DEQUANTIZE → float op → QUANTIZE.
+
+    The node's int8 inputs are shown to ``fn`` dequantized (one cached DEQUANTIZE per value, shared by every
+    float consumer), so ``fn`` is written once, for float. The output is quantized by the quantizer node that
+    follows (``fn`` may absorb it through ``plan_output``); a grid-preserving op has none, so its float output is
+    put back on its first int8 input's grid here — what ONNX does between DequantizeLinear and QuantizeLinear.
+    """
+
+    @functools.wraps(fn)
+    def emit(em: Emitter, node: fx.Node) -> None:
+        grid = next(iter(_int8_inputs(em, node)), None)
+        saved = {n: em.values[n] for n in node.all_input_nodes if n in em.values}
+        for n, v in saved.items():
+            em.values[n] = _dequantized(em, v)
+        try:
+            fn(em, node)
+        finally:
+            em.values.update(saved)
+        out = em.values.get(node)
+        if preserving and grid is not None and isinstance(out, TValue) and out.dtype == TensorType.FLOAT32:
+            em.values[node] = em.quantize(out, grid.quant, f"{node.name}_requant")
+
+    emit.runs_in_float = True
+    return emit
+
+
+def emits(*names: str, in_float: bool = False) -> Callable:
+    """Decorator: register ``fn`` as the TFLite emitter of the registry ops ``names``; ``in_float=True`` wraps it
+    in :func:`run_in_float` (the op's kernel in ``kernels_tflite.py`` is FLOAT)."""
+
+    def register(fn: Callable) -> Callable:
+        for name in names:
+            spec = ops.get(name)
+            wrapped = run_in_float(fn, spec.policy is Policy.PRESERVING) if in_float else fn
+            ops.register_emitter("tflite", name)(wrapped)
+        return fn
+
+    return register

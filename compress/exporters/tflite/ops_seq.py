@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from compress import ops
 from compress.errors import ExportError
-from compress.exporters import tflite_layout as L
-from compress.exporters.tflite_graph import Emitter, TValue, qparams_of
-from compress.exporters.tflite_schema import Options, TensorType
+from compress.exporters.tflite import layout as L
+from compress.exporters.tflite.graph import Emitter, TValue, qparams_of
+from compress.exporters.tflite.schema import Options, TensorType
 from compress.layers.attention import QuantMultiheadAttention
 from compress.quant.fake import Quantizer
 
@@ -144,7 +145,7 @@ def multihead_attention(em: Emitter, node: fx.Node) -> None:
     em.bind(node, (out, None))
 
 
-MODULE_HANDLERS = [(nn.MultiheadAttention, multihead_attention)]
+ops.register_emitter("tflite", "multihead_attention")(multihead_attention)
 
 
 # -- LSTM ---------------------------------------------------------------------------------------------------
@@ -153,7 +154,7 @@ def _weight(em: Emitter, w: torch.Tensor, q: nn.Module | None, name: str) -> int
     a quarter of the bytes, dequantized once when LiteRT prepares the graph)."""
     if not isinstance(q, Quantizer):
         return em.const(name, _np(w), TensorType.FLOAT32)
-    from compress.exporters.tflite_schema import QuantParams
+    from compress.exporters.tflite.schema import QuantParams
 
     s = q.scale.detach().double().numpy().reshape(-1)
     s = np.full(w.shape[0], s[0]) if s.size == 1 else s
@@ -283,4 +284,5 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
     em.bind(node, (x, None))
 
 
-MODULE_HANDLERS += [(nn.LSTM, recurrent), (nn.GRU, recurrent)]
+ops.register_emitter("tflite", "lstm")(recurrent)
+ops.register_emitter("tflite", "gru")(recurrent)

@@ -7,10 +7,10 @@ import torch
 from torch import fx
 
 from compress.errors import ExportError
-from compress.exporters import tflite_layout as L
-from compress.exporters.tflite_graph import Const, Emitter, TValue
-from compress.exporters.tflite_ops_base import _binary_float, _finish, _int8_weights, _meta_shape
-from compress.exporters.tflite_schema import Options, QuantParams, TensorType
+from compress.exporters.tflite import layout as L
+from compress.exporters.tflite.graph import Const, Emitter, TValue
+from compress.exporters.tflite.ops_base import _binary_float, _finish, _int8_weights, _meta_shape
+from compress.exporters.tflite.schema import Options, QuantParams, TensorType
 from compress.layers.base import FusedActivation, QuantLayerMixin
 
 

@@ -6,7 +6,8 @@ and :meth:`ModelWriter.serialize` lays them out with the generated builder funct
 
 Conventions that follow what TF's converter writes (LiteRT relies on some of them):
 
-* buffer 0 is the empty sentinel; every tensor without data points at it, every constant has its own buffer;
+* buffer 0 is the empty sentinel; every tensor without data points at it; identical constants (same dtype,
+  shape and bytes) share one buffer, so shared weights are stored once;
 * buffer payloads are aligned to 16 bytes (kernels and XNNPACK read weights in place);
 * an operator code carries both ``builtin_code`` and ``deprecated_builtin_code`` (the latter saturates at
   127, ``PLACEHOLDER_FOR_GREATER_OP_CODES``, for the codes added after the int8 field ran out);
@@ -135,6 +136,8 @@ class ModelWriter:
         self.opcodes: list[list[int]] = []  # [builtin_code, version]
         self._opcode_index: dict[int, int] = {}
         self._names: set[str] = set()
+        self._buffer_index: dict[tuple, int] = {}  # (dtype, shape, bytes) → buffer: each payload stored once
+        self._constant_index: dict[tuple, int] = {}  # (buffer, shape, dtype, quant) → constant tensor
 
     # -- building --------------------------------------------------------------------------------------
     def builtin_code(self, op_name: str) -> int:
@@ -148,12 +151,25 @@ class ModelWriter:
         """Add a tensor (a constant when ``data`` is given); returns its index."""
         buffer = 0
         if data is not None:
-            arr = np.ascontiguousarray(np.asarray(data, dtype=numpy_dtype(dtype)))
+            arr = np.asarray(data, dtype=numpy_dtype(dtype))
+            arr = np.ascontiguousarray(arr) if arr.ndim else arr  # ascontiguousarray makes a scalar 1-d
             if tuple(arr.shape) != tuple(int(d) for d in shape):
                 raise ValueError(f"constant {name!r} has shape {arr.shape}, declared {tuple(shape)}")
-            self.buffers.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
-            buffer = len(self.buffers) - 1
+            payload = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            # Identical constants share one buffer: a module called N times (a decoder step unrolled, a tied
+            # embedding) writes its weights once, not N times.
+            key = (dtype, arr.shape, payload)
+            buffer = self._buffer_index.get(key, 0)
+            if not buffer:
+                self.buffers.append(payload)
+                buffer = self._buffer_index[key] = len(self.buffers) - 1
+        if buffer:  # the same constant on the same grid is one tensor (a weight read by each of N calls)
+            key = (buffer, tuple(int(d) for d in shape), dtype, quant)
+            if key in self._constant_index:
+                return self._constant_index[key]
         self.tensors.append(TensorDef(self._unique(name), tuple(int(d) for d in shape), dtype, buffer, quant))
+        if buffer:
+            self._constant_index[key] = len(self.tensors) - 1
         return len(self.tensors) - 1
 
     def add_operator(self, op_name: str, inputs, outputs, options: Options | None = None,

@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from compress.errors import DataError, VerificationError, require
-from compress.exporters.tflite import TFLiteExportInfo
+from compress.exporters.tflite.export import TFLiteExportInfo
 from compress.exporters.verify import (
     ParityReport,
     VerifyConfig,
@@ -77,8 +77,8 @@ def xnnpack_delegation(path, num_threads: int = 1) -> dict:
         ``{"partitions": number of XNNPACK partitions, "operators": count, "fallback": [op names]}``.
 
     Example:
-        >>> import tempfile, os
-        >>> from compress.exporters.tflite import export_tflite
+        >>> import tempfile, os, torch
+        >>> from compress.exporters.tflite.export import export_tflite
         >>> p = os.path.join(tempfile.mkdtemp(), "m.tflite")
         >>> _ = export_tflite(nn.Linear(4, 2).eval(), torch.randn(1, 4), p)
         >>> xnnpack_delegation(p)["fallback"]
@@ -154,8 +154,8 @@ def verify_tflite(path, reference: Callable | nn.Module, inputs: Iterable, *, in
         A :class:`~compress.exporters.verify.ParityReport`.
 
     Example:
-        >>> import tempfile, os
-        >>> from compress.exporters.tflite import export_tflite
+        >>> import tempfile, os, torch
+        >>> from compress.exporters.tflite.export import export_tflite
         >>> m = nn.Linear(4, 2).eval(); p = os.path.join(tempfile.mkdtemp(), "m.tflite")
         >>> info = export_tflite(m, torch.randn(1, 4), p)
         >>> verify_tflite(p, m, [np.ones((3, 4), np.float32)], info=info).passed

@@ -1,0 +1,421 @@
+"""TFLite emitters: padding, resizing, splitting, broadcasting and tiling, gathering, reductions, cumulative sums
+and transposed convolutions.
+
+Axis arguments are torch axes; each emitter maps them through the value's layout (``L.axis_in``), so a tensor
+that is NHWC inside the file is padded, split, gathered or reduced where torch means, without a TRANSPOSE.
+Grid-preserving ops (pad, split, broadcast, tile, gather, max/min) keep int8 values on their input's grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from torch import fx, nn
+
+from compress.errors import ExportError
+from compress.exporters.tflite import layout as L
+from compress.exporters.tflite.graph import Const, Emitter, TValue
+from compress.exporters.tflite.ops_base import _arg, _finish, _meta_shape, emits
+from compress.exporters.tflite.schema import Options, TensorType
+
+_INT64 = 4  # tflite.TensorType.INT64 (ArgMax's output_type)
+
+
+def _v(x: TValue, int8: int = 2, other: int = 1) -> int:
+    return int8 if x.is_int8 else other
+
+
+def _slice(em: Emitter, x: TValue, axis: int, start: int, stop: int, name: str) -> TValue:
+    """``x`` restricted to ``[start, stop)`` along TFLite axis ``axis`` (STRIDED_SLICE, cached per range)."""
+    key = ("slice", axis, start, stop)
+    if key not in x._cache:
+        tfl = L.permute_shape(x.shape, x.perm)
+        begin, end = [0] * x.rank, list(tfl)
+        begin[axis], end[axis] = start, stop
+        shape = list(x.shape)
+        shape[x.perm[axis]] = stop - start
+        out = em.tensor(name, shape, x.perm, x.dtype, x.quant, nonnegative=x.nonnegative)
+        ins = [x.tensor] + [em.int32_const(f"{name}_{k}", v) for k, v in
+                            (("begin", begin), ("end", end), ("strides", [1] * x.rank))]
+        em.op("STRIDED_SLICE", ins, [out.tensor], Options("StridedSliceOptions"), _v(x))
+        x._cache[key] = out
+    return x._cache[key]
+
+
+def _concat(em: Emitter, parts: list[TValue], axis: int, like: TValue, shape, name: str) -> TValue:
+    out = em.tensor(name, shape, like.perm, like.dtype, like.quant, nonnegative=like.nonnegative)
+    em.op("CONCATENATION", [p.tensor for p in parts], [out.tensor],
+          Options("ConcatenationOptions", {"Axis": axis, "FusedActivationFunction": 0}), _v(like))
+    return out
+
+
+# -- padding ---------------------------------------------------------------------------------------------
+_PAD_MODULES = {nn.ZeroPad2d: "constant", nn.ConstantPad1d: "constant", nn.ConstantPad2d: "constant",
+                nn.ReflectionPad1d: "reflect", nn.ReflectionPad2d: "reflect", nn.ReplicationPad1d: "replicate",
+                nn.ReplicationPad2d: "replicate"}
+
+
+@emits("pad")
+def pad(em: Emitter, node: fx.Node) -> None:
+    """``F.pad`` / the padding modules. Constant: PAD (int8 pads with the grid code of the value: the zero
+    point for 0), or PADV2 for another value. Reflect / replicate: slices of the border concatenated on each
+    side (exact for any width; XNNPACK has no MIRROR_PAD kernel, and MIRROR_PAD's SYMMETRIC mode only equals
+    replicate for width 1), all int8 on the input's grid."""
+    mod = em.module(node)
+    if mod is not None:
+        mode, widths = _PAD_MODULES[type(mod)], list(mod.padding)
+        value = float(getattr(mod, "value", 0.0))
+    else:
+        widths, mode = list(em.value(_arg(node, 1, "pad"))), _arg(node, 2, "mode", "constant")
+        value = float(_arg(node, 3, "value", 0.0) or 0.0)
+    x = em.uncollapse(em.value(node.args[0]))
+    if len(widths) % 2 or any(w < 0 for w in widths):
+        raise ExportError(f"{node.name!r}: padding {widths} is not exported; pad with non-negative pairs")
+    pairs = {x.rank - 1 - i: (int(widths[2 * i]), int(widths[2 * i + 1])) for i in range(len(widths) // 2)}
+    if mode == "constant":
+        return _pad_constant(em, node, x, pairs, value)
+    if mode not in ("reflect", "replicate"):
+        raise ExportError(f"{node.name!r}: {mode!r} padding has no TFLite mapping; use constant, reflect or "
+                          "replicate")
+    shape = list(x.shape)
+    cur = x
+    for dim, (before, after) in sorted(pairs.items()):
+        if not before and not after:
+            continue
+        size, axis = shape[dim], L.axis_in(x.perm, dim)
+        if mode == "reflect":
+            if max(before, after) >= size:
+                raise ExportError(f"{node.name!r}: reflect padding {max(before, after)} must be smaller than the "
+                                  f"padded size {size} (as torch requires)")
+            left, right = range(before, 0, -1), range(size - 2, size - 2 - after, -1)
+        else:
+            left, right = [0] * before, [size - 1] * after
+        src = cur
+        parts = [_slice(em, src, axis, i, i + 1, f"{node.name}_d{dim}_{i}") for i in left] + [src]
+        parts += [_slice(em, src, axis, i, i + 1, f"{node.name}_d{dim}_{i}") for i in right]
+        shape[dim] += before + after
+        cur = _concat(em, parts, axis, src, shape, f"{node.name}_d{dim}")
+    em.bind(node, cur)
+
+
+def _pad_constant(em: Emitter, node: fx.Node, x: TValue, pairs: dict, value: float) -> None:
+    paddings = [list(pairs.get(p, (0, 0))) for p in x.perm]
+    out = em.tensor(node.name, _meta_shape(node), x.perm, x.dtype, x.quant,
+                    nonnegative=x.nonnegative and value >= 0)
+    ins = [x.tensor, em.int32_const(f"{node.name}_paddings", paddings)]
+    if value == 0.0:
+        em.op("PAD", ins, [out.tensor], Options("PadOptions"), _v(x))
+        return em.bind(node, out)
+    if x.is_int8:  # the value's code on the input's grid (what the quantizer after a preserving op rounds to)
+        code = int(np.clip(np.round(value / x.quant.scale[0]) + x.quant.zero_point[0], -128, 127))
+        fill = em.const(f"{node.name}_value", np.array([code], np.int8), TensorType.INT8, x.quant)
+    else:
+        fill = em.const(f"{node.name}_value", np.array([value], np.float32), x.dtype)
+    em.op("PADV2", ins + [fill], [out.tensor], Options("PadV2Options"), _v(x))
+    em.bind(node, out)
+
+
+# -- resizing ----------------------------------------------------------------------------------------------
+@emits("interpolate")
+def interpolate(em: Emitter, node: fx.Node) -> None:
+    """``F.interpolate`` / ``nn.Upsample`` on NCHW: RESIZE_NEAREST_NEIGHBOR (torch's ``nearest`` is
+    floor(dst · in/out): no half-pixel centers) or RESIZE_BILINEAR (torch's ``align_corners=False`` is TFLite's
+    ``half_pixel_centers``), int8 on the input grid, then onto the following quantizer's grid."""
+    mod = em.module(node)
+    mode = mod.mode if mod is not None else _arg(node, 3, "mode", "nearest")
+    align = bool((mod.align_corners if mod is not None else _arg(node, 4, "align_corners", None)) or False)
+    x = em.to_perm(em.value(node.args[0]), L.NCHW_TO_NHWC)
+    if x.rank != 4 or mode not in ("nearest", "bilinear"):
+        raise ExportError(f"{node.name!r}: {mode!r} interpolation of a {x.rank}-d tensor has no TFLite mapping; "
+                          "use nearest or bilinear on NCHW images")
+    out_shape = _meta_shape(node)
+    plan = em.plan_output(node, fuse_act=False)
+    if not (x.is_int8 and plan.quant is not None):
+        x = em.to_float(x)
+    size = em.int32_const(f"{node.name}_size", list(out_shape[2:]))
+    out = em.tensor(node.name, out_shape, L.NCHW_TO_NHWC, x.dtype, x.quant, nonnegative=x.nonnegative)
+    if mode == "nearest":
+        em.op("RESIZE_NEAREST_NEIGHBOR", [x.tensor, size], [out.tensor],
+              Options("ResizeNearestNeighborOptions", {"AlignCorners": False, "HalfPixelCenters": False}), _v(x))
+    else:
+        em.op("RESIZE_BILINEAR", [x.tensor, size], [out.tensor],
+              Options("ResizeBilinearOptions", {"AlignCorners": align, "HalfPixelCenters": not align}),
+              3 if not align else _v(x))
+    if out.is_int8:
+        out = em.quantize(out, plan.quant, f"{node.name}_requant")
+    _finish(em, node, out, plan)
+
+
+# -- splitting ---------------------------------------------------------------------------------------------
+@emits("split")
+def split(em: Emitter, node: fx.Node) -> None:
+    """``torch.split`` / ``chunk``: SPLIT (equal parts) or SPLIT_V; ``unbind``: UNPACK. Bound as a tuple."""
+    x = em.uncollapse(em.value(node.args[0]))
+    kind = node.target if isinstance(node.target, str) else node.target.__name__
+    dim = _arg(node, 1 if kind == "unbind" else 2, "dim", 0) % x.rank
+    axis, size = L.axis_in(x.perm, dim), x.shape[dim]
+    if kind == "unbind":
+        perm = L.reduced_perm(x.perm, [dim], False)
+        shape = x.shape[:dim] + x.shape[dim + 1:]
+        parts = [em.tensor(f"{node.name}_{i}", shape, perm, x.dtype, x.quant, nonnegative=x.nonnegative)
+                 for i in range(size)]
+        em.op("UNPACK", [x.tensor], [p.tensor for p in parts], Options("UnpackOptions", {"Num": size, "Axis": axis}),
+              _v(x))
+        return em.bind(node, tuple(parts))
+    arg = em.value(_arg(node, 1, "split_size_or_sections" if kind == "split" else "chunks"))
+    if kind == "chunk":
+        arg = math.ceil(size / int(arg))
+    sizes = [int(s) for s in arg] if isinstance(arg, list | tuple) else \
+        [min(int(arg), size - i) for i in range(0, size, int(arg))]
+    parts = []
+    for i, s in enumerate(sizes):
+        shape = list(x.shape)
+        shape[dim] = s
+        parts.append(em.tensor(f"{node.name}_{i}", shape, x.perm, x.dtype, x.quant, nonnegative=x.nonnegative))
+    outs = [p.tensor for p in parts]
+    if len(set(sizes)) == 1:
+        em.op("SPLIT", [em.int32_const(f"{node.name}_axis", [axis]), x.tensor], outs,
+              Options("SplitOptions", {"NumSplits": len(sizes)}), _v(x))
+    else:
+        em.op("SPLIT_V", [x.tensor, em.int32_const(f"{node.name}_sizes", sizes),
+                          em.int32_const(f"{node.name}_axis", [axis])], outs,
+              Options("SplitVOptions", {"NumSplits": len(sizes)}), _v(x))
+    em.bind(node, tuple(parts))
+
+
+# -- broadcasting and tiling ---------------------------------------------------------------------------
+@emits("expand")
+def expand(em: Emitter, node: fx.Node) -> None:
+    """``x.expand(...)`` / ``expand_as``: BROADCAST_TO; ``x.repeat(...)``: TILE (in the value's layout when the
+    rank is kept; a new leading axis needs torch order)."""
+    x = em.uncollapse(em.value(node.args[0]))
+    out_shape = _meta_shape(node)
+    if len(out_shape) != x.rank or x.col_perm is not None:
+        x = em.torch_order(x)
+        if len(out_shape) != x.rank:  # new leading axes: a RESHAPE to the output rank first
+            shaped = em.tensor(f"{node.name}_rank", (1,) * (len(out_shape) - x.rank) + x.shape,
+                               L.identity(len(out_shape)), x.dtype, x.quant, nonnegative=x.nonnegative)
+            em.reshape(x.tensor, shaped, shaped.shape, x.is_int8)
+            x = shaped
+    out = em.tensor(node.name, out_shape, x.perm, x.dtype, x.quant, nonnegative=x.nonnegative)
+    if node.target == "repeat":
+        multiples = [out_shape[p] // x.shape[p] for p in x.perm]
+        em.op("TILE", [x.tensor, em.int32_const(f"{node.name}_multiples", multiples)], [out.tensor],
+              None, _v(x, 3))
+    else:
+        target = list(L.permute_shape(out_shape, x.perm))
+        em.op("BROADCAST_TO", [x.tensor, em.int32_const(f"{node.name}_shape", target)], [out.tensor], None, 2)
+    em.bind(node, out)
+
+
+# -- gathering -------------------------------------------------------------------------------------------
+def _indices(em: Emitter, idx, name: str) -> int:
+    if isinstance(idx, TValue):
+        return idx.tensor
+    arr = np.asarray(idx.array if isinstance(idx, Const) else idx.numpy() if hasattr(idx, "numpy") else idx)
+    return em.const(name, arr.astype(np.int32), TensorType.INT32)
+
+
+@emits("gather")
+def gather(em: Emitter, node: fx.Node) -> None:
+    """``index_select(x, dim, idx)``: GATHER along the TFLite axis holding ``dim``; ``torch.gather(x, dim,
+    index)`` (per-element) as GATHER_ND over full coordinates (constant ones, or the index tensor PACKed with
+    constant coordinates of the other axes)."""
+    x = em.uncollapse(em.value(node.args[0]))
+    dim = int(em.value(_arg(node, 1, "dim"))) % x.rank
+    idx = em.value(_arg(node, 2, "index"))
+    kind = node.target if isinstance(node.target, str) else node.target.__name__
+    out_shape = _meta_shape(node)
+    if kind == "index_select":
+        if isinstance(idx, TValue) and idx.rank != 1:
+            raise ExportError(f"{node.name!r}: index_select takes a 1-d index")
+        idx_t = _indices(em, idx, f"{node.name}_index") if not isinstance(idx, TValue) else em.torch_order(idx).tensor
+        out = em.tensor(node.name, out_shape, x.perm, x.dtype, x.quant, nonnegative=x.nonnegative)
+        em.op("GATHER", [x.tensor, idx_t], [out.tensor],
+              Options("GatherOptions", {"Axis": L.axis_in(x.perm, dim), "BatchDims": 0}), _v(x))
+        return em.bind(node, out)
+    x = em.torch_order(x)
+    grids = np.meshgrid(*[np.arange(s) for s in out_shape], indexing="ij")
+    if isinstance(idx, TValue):
+        idx = em.torch_order(idx)
+        if idx.dtype != TensorType.INT32:
+            as32 = em.tensor(f"{node.name}_index32", idx.shape, idx.perm, TensorType.INT32)
+            em.op("CAST", [idx.tensor], [as32.tensor])
+            idx = as32
+        coords = [idx.tensor if a == dim else em.const(f"{node.name}_coord{a}", grids[a].astype(np.int32),
+                                                       TensorType.INT32) for a in range(x.rank)]
+        packed = em.w.add_tensor(f"{node.name}_coords", (*out_shape, x.rank), TensorType.INT32)
+        em.op("PACK", coords, [packed], Options("PackOptions", {"ValuesCount": x.rank, "Axis": x.rank}))
+    else:
+        index = np.asarray(idx.array if isinstance(idx, Const) else idx)
+        grids[dim] = index
+        packed = em.const(f"{node.name}_coords", np.stack(grids, -1).astype(np.int32), TensorType.INT32)
+    out = em.tensor(node.name, out_shape, L.identity(x.rank), x.dtype, x.quant, nonnegative=x.nonnegative)
+    em.op("GATHER_ND", [x.tensor, packed], [out.tensor], None, _v(x))
+    em.bind(node, out)
+
+
+# -- reductions ---------------------------------------------------------------------------------------------
+def _dims(node: fx.Node, x: TValue, index: int = 1) -> list[int]:
+    dims = _arg(node, index, "dim")
+    if dims is None or dims == []:
+        return list(range(x.rank))
+    return sorted({d % x.rank for d in ([dims] if isinstance(dims, int) else dims)})
+
+
+def _reduce(em: Emitter, node: fx.Node, op_name: str, x: TValue, dims, keepdim: bool, int8: bool, quant,
+            name: str | None = None) -> TValue:
+    axes = em.int32_const(f"{name or node.name}_axes", [L.axis_in(x.perm, d) for d in dims])
+    shape = [1 if i in dims else s for i, s in enumerate(x.shape)] if keepdim else \
+        [s for i, s in enumerate(x.shape) if i not in dims]
+    out = em.tensor(name or node.name, shape, L.reduced_perm(x.perm, dims, keepdim),
+                    TensorType.INT8 if int8 else x.dtype, quant if int8 else None, nonnegative=x.nonnegative)
+    em.op(op_name, [x.tensor, axes], [out.tensor], Options("ReducerOptions", {"KeepDims": keepdim}),
+          2 if int8 else 1)
+    return out
+
+
+@emits("sum")
+def reduce_sum(em: Emitter, node: fx.Node) -> None:
+    """SUM: int8 onto the following quantizer's grid (one requantization of the int32 sum), else float."""
+    x = em.uncollapse(em.value(node.args[0]))
+    plan = em.plan_output(node, fuse_act=False)
+    int8 = em.quantized and x.is_int8 and plan.quant is not None
+    if not int8:
+        x = em.to_float(x) if x.is_int8 else x
+    keep = bool(_arg(node, 2, "keepdim", False))
+    _finish(em, node, _reduce(em, node, "SUM", x, _dims(node, x), keep, int8, plan.quant), plan)
+
+
+@emits("amax")
+def reduce_max(em: Emitter, node: fx.Node) -> None:
+    """``amax`` / ``amin``: REDUCE_MAX / REDUCE_MIN, int8 on the input grid (the extremum is one of the codes)."""
+    x = em.uncollapse(em.value(node.args[0]))
+    op_name = "REDUCE_MAX" if _name(node) == "amax" else "REDUCE_MIN"
+    em.bind(node, _reduce(em, node, op_name, x, _dims(node, x), bool(_arg(node, 2, "keepdim", False)),
+                          x.is_int8, x.quant))
+
+
+def _name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else node.target.__name__
+
+
+def _arg_extremum(em: Emitter, node: fx.Node, x: TValue, dim: int | None, keepdim: bool, largest: bool,
+                  name: str) -> TValue:
+    """ARG_MAX / ARG_MIN (int64, as torch returns); ``dim=None`` is over the flattened tensor."""
+    if dim is None:
+        x = em.torch_order(x)
+        flat = em.tensor(f"{name}_flat", (int(np.prod(x.shape)),), (0,), x.dtype, x.quant)
+        em.reshape(x.tensor, flat, flat.shape, x.is_int8)
+        x, dim = flat, 0
+    dim %= x.rank
+    shape = [s for i, s in enumerate(x.shape) if i != dim]
+    out = em.tensor(name if not keepdim else f"{name}_reduced", shape, L.reduced_perm(x.perm, [dim], False),
+                    TensorType.INT64)
+    op_name, opt = ("ARG_MAX", "ArgMaxOptions") if largest else ("ARG_MIN", "ArgMinOptions")
+    em.op(op_name, [x.tensor, em.int32_const(f"{name}_axis", [L.axis_in(x.perm, dim)])], [out.tensor],
+          Options(opt, {"OutputType": _INT64}), _v(x))
+    if not keepdim:
+        return out
+    kept = list(x.shape)
+    kept[dim] = 1
+    shaped = em.tensor(name, kept, x.perm, TensorType.INT64)
+    em.reshape(out.tensor, shaped, L.permute_shape(kept, x.perm), False)
+    return shaped
+
+
+@emits("argmax")
+def argmax(em: Emitter, node: fx.Node) -> None:
+    x = em.uncollapse(em.value(node.args[0]))
+    dim = _arg(node, 1, "dim")
+    em.bind(node, _arg_extremum(em, node, x, dim, bool(_arg(node, 2, "keepdim", False)), _name(node) == "argmax",
+                                node.name))
+
+
+@emits("max_min")
+def max_min(em: Emitter, node: fx.Node) -> None:
+    """``torch.max(x, dim, keepdim)`` → (values, indices): REDUCE_MAX and ARG_MAX (MIN for ``torch.min``);
+    ``torch.max(x)``: the value over every axis."""
+    x = em.uncollapse(em.value(node.args[0]))
+    largest = _name(node) == "max"
+    op_name = "REDUCE_MAX" if largest else "REDUCE_MIN"
+    dim = _arg(node, 1, "dim")
+    if dim is None or isinstance(em.value(dim), TValue):
+        if dim is not None:
+            raise ExportError(f"{node.name!r}: elementwise max / min of two tensors is not exported")
+        return em.bind(node, _reduce(em, node, op_name, x, list(range(x.rank)), False, x.is_int8, x.quant))
+    keep = bool(_arg(node, 2, "keepdim", False))
+    values = _reduce(em, node, op_name, x, [dim % x.rank], keep, x.is_int8, x.quant, f"{node.name}_values")
+    em.bind(node, (values, _arg_extremum(em, node, x, dim, keep, largest, f"{node.name}_indices")))
+
+
+@emits("cumsum", in_float=True)
+def cumsum(em: Emitter, node: fx.Node) -> None:
+    """CUMSUM along the TFLite axis holding ``dim`` (float, int32 or int64: TFLite has no int8 CUMSUM)."""
+    x = em.uncollapse(em.value(node.args[0]))
+    dim = int(_arg(node, 1, "dim")) % x.rank
+    out = em.tensor(node.name, x.shape, x.perm, x.dtype)
+    axis = em.const(f"{node.name}_axis", np.array(L.axis_in(x.perm, dim), np.int32), TensorType.INT32)
+    em.op("CUMSUM", [x.tensor, axis], [out.tensor], Options("CumsumOptions", {"Exclusive": False, "Reverse": False}))
+    _finish(em, node, out, em.plan_output(node, fuse_act=False))
+
+
+# -- transposed convolution -----------------------------------------------------------------------------
+@emits("conv_transpose", in_float=True)
+def conv_transpose(em: Emitter, node: fx.Node) -> None:
+    """``nn.ConvTranspose2d`` / ``1d`` as TRANSPOSE_CONV (VALID: the full ``(in − 1)·s + k`` output) cropped by
+    STRIDED_SLICE to torch's ``(in − 1)·s − 2p + k + output_padding``; output padding past the full output is
+    rows of bias only (PAD, then the bias ADD). Float: the weights of ConvTranspose stay float."""
+    mod = em.module(node)
+    if mod.groups != 1 or any(d != 1 for d in mod.dilation):
+        raise ExportError(f"{node.name!r}: ConvTranspose with groups or dilation has no TFLite kernel "
+                          "(TRANSPOSE_CONV); use groups=1, dilation=1")
+    one_d = isinstance(mod, nn.ConvTranspose1d)
+    x = em.value(node.args[0])
+    w = mod.weight.detach().cpu().numpy().astype(np.float32)  # [Cin, Cout, (kh,) kw]
+    if one_d:
+        x = em.to_perm(x, (0, 2, 1))
+        n, c, length = x.shape
+        x2 = em.tensor(f"{node.name}_as2d", (n, c, 1, length), L.NCHW_TO_NHWC, x.dtype)
+        em.reshape(x.tensor, x2, (n, 1, length, c), False)
+        x, w = x2, w[:, :, None, :]
+        s, p, op = (1, mod.stride[0]), (0, mod.padding[0]), (0, mod.output_padding[0])
+    else:
+        x = em.to_perm(x, L.NCHW_TO_NHWC)
+        s, p, op = L.pair(mod.stride), L.pair(mod.padding), L.pair(mod.output_padding)
+    n, _, h, wd = x.shape
+    cout, kh, kw = w.shape[1], w.shape[2], w.shape[3]
+    full = ((h - 1) * s[0] + kh, (wd - 1) * s[1] + kw)
+    want = tuple(full[i] - 2 * p[i] + op[i] for i in range(2))
+    overhang = [max(p[i] + want[i] - full[i], 0) for i in range(2)]
+    bias = (mod.bias.detach().cpu().numpy() if mod.bias is not None else np.zeros(cout)).astype(np.float32)
+    in_conv = not any(overhang)
+    filt = em.const(f"{node.name}_weight", np.ascontiguousarray(w.transpose(1, 2, 3, 0)), TensorType.FLOAT32)
+    out = em.tensor(f"{node.name}_full", (n, cout, *full), L.NCHW_TO_NHWC, TensorType.FLOAT32)
+    ins = [em.int32_const(f"{node.name}_out_shape", [n, full[0], full[1], cout]), filt, x.tensor]
+    ins.append(em.const(f"{node.name}_bias", bias if in_conv else np.zeros(cout, np.float32), TensorType.FLOAT32))
+    em.op("TRANSPOSE_CONV", ins, [out.tensor],
+          Options("TransposeConvOptions", {"Padding": 1, "StrideW": s[1], "StrideH": s[0],
+                                           "FusedActivationFunction": 0}), 3)
+    if not in_conv:
+        padded = em.tensor(f"{node.name}_overhang", (n, cout, full[0] + overhang[0], full[1] + overhang[1]),
+                           L.NCHW_TO_NHWC, TensorType.FLOAT32)
+        em.op("PAD", [out.tensor, em.int32_const(f"{node.name}_overhang_pads",
+                                                 [[0, 0], [0, overhang[0]], [0, overhang[1]], [0, 0]])],
+              [padded.tensor], Options("PadOptions"))
+        out = padded
+    if want != full:
+        out = _slice(em, _slice(em, out, 1, p[0], p[0] + want[0], f"{node.name}_crop_h"), 2, p[1], p[1] + want[1],
+                     f"{node.name}_crop")
+    if not in_conv:
+        with_bias = em.like(out, f"{node.name}_bias_added", quant=None)
+        em.op("ADD", [out.tensor, em.const(f"{node.name}_bias_late", bias, TensorType.FLOAT32)], [with_bias.tensor],
+              Options("AddOptions", {"FusedActivationFunction": 0}))
+        out = with_bias
+    if one_d:
+        shape = _meta_shape(node)
+        flat = em.tensor(node.name, shape, (0, 2, 1), TensorType.FLOAT32)
+        em.reshape(out.tensor, flat, (shape[0], shape[2], shape[1]), False)
+        out = flat
+    _finish(em, node, out, em.plan_output(node, fuse_act=False))
