@@ -5,6 +5,7 @@ from compress.passes.convert import convert
 from compress.passes.describe import OpRow, describe
 from compress.passes.fuse import fold_bn
 from compress.passes.prepare import FloatOp, PrepareInfo, capture_graph, prepare
+from compress.passes.prune import PruneConfig, PruneResult, apply_plan, prune
 from compress.passes.qat import OptimizerKind, QATConfig, freeze_bn_stats, resolve_device, train_qat
 
 __all__ = [
@@ -12,7 +13,10 @@ __all__ = [
     "OpRow",
     "OptimizerKind",
     "PrepareInfo",
+    "PruneConfig",
+    "PruneResult",
     "QATConfig",
+    "apply_plan",
     "calibrate",
     "capture_graph",
     "convert",
@@ -20,6 +24,7 @@ __all__ = [
     "fold_bn",
     "freeze_bn_stats",
     "prepare",
+    "prune",
     "resolve_device",
     "train_qat",
 ]
