@@ -97,7 +97,7 @@ def inspect_command(model: str, arch: str | None, trust_pickle: bool, input_shap
         finally:
             for h in handles:
                 h.remove()
-    example = (torch.from_numpy(data.x[:1]),) if data is not None else None
+    example = data.example(1) if data is not None else None  # every input, in forward's order
     captured, rows = _module_verdicts(net, example)
 
     table = Table(title=f"{type(net).__name__} ({model})", title_justify="left")
