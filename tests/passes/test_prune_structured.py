@@ -1,0 +1,165 @@
+"""Structured channel pruning on captured graphs: coupling groups, physical removal, plans, .pt2, parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compress.errors import ConfigError
+from compress.passes.prune import PruneConfig, apply_plan, count_macs, count_params, prune, save_pruned
+from tests.zoo.models import EfficientLiteStyle, SmallUNet, TorchvisionStyleResNet
+
+
+class ExactNet(nn.Module):
+    """Every coupling kind at once: depthwise, residual add, concatenation offsets, flatten → linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.pw = nn.Conv2d(8, 8, 1, bias=False)
+        self.side = nn.Conv2d(8, 8, 1, bias=False)
+        self.mix = nn.Conv2d(16, 8, 3, stride=2, padding=1, bias=False)
+        self.fc = nn.Linear(8 * 4 * 4, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        y = torch.relu(self.pw(torch.relu(self.dw(x))))
+        s = y + torch.relu(self.side(x))  # pw and side: one group
+        h = torch.relu(self.mix(torch.cat([s, x], dim=1)))  # mix reads [pw/side channels, stem channels]
+        return self.fc(torch.flatten(h, 1))
+
+
+def _dead_channels(net: ExactNet) -> dict[str, list[int]]:
+    """Zero half the output channels of every group: removing exactly those must not change the output."""
+    dead = {"stem": [1, 2, 5, 6], "pw": [0, 3, 4, 7], "mix": [0, 1, 2, 3]}
+    with torch.no_grad():
+        for name in ("stem", "pw", "mix"):
+            getattr(net, name).weight[dead[name]] = 0
+        net.side.weight[dead["pw"]] = 0
+    return dead
+
+
+def test_removing_dead_channels_is_exact_through_every_coupling():
+    torch.manual_seed(0)
+    net = ExactNet().eval()
+    dead = _dead_channels(net)
+    x = torch.randn(2, 3, 8, 8)
+    result = prune(net, x, PruneConfig(channels=0.5))
+    groups = {g["key"]: g for g in result.plan["groups"]}
+    assert set(groups) == {"stem", "pw+side", "mix", "fc"}
+    for key, name in (("stem", "stem"), ("pw+side", "pw"), ("mix", "mix")):
+        assert groups[key]["kept"] == sorted(set(range(8)) - set(dead[name]))
+    assert groups["fc"]["kept"] is None and "model output" in groups["fc"]["skipped"]
+    m = result.model
+    assert (m.stem.out_channels, m.dw.groups, m.pw.in_channels, m.mix.in_channels, m.fc.in_features) == (4, 4, 4, 8, 64)
+    torch.testing.assert_close(m(x), net(x), rtol=1e-5, atol=1e-5)
+    assert count_params(m) < count_params(net) and count_macs(m, x) < count_macs(net, x)
+    # the original model is untouched
+    assert net.stem.out_channels == 8
+
+
+class Blocked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3)
+        self.g = nn.Conv2d(8, 8, 3, groups=2)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.c = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.b(self.g(torch.relu(self.a(x))))
+        n, c = x.shape[:2]
+        x = self.c(x).view(n, c, -1)  # a reshape the pass cannot read through
+        return self.fc(F.relu(x.mean(-1)))
+
+
+def test_unsafe_groups_are_skipped_with_a_reason():
+    net = Blocked().eval()
+    x = torch.randn(2, 3, 10, 10)
+    result = prune(net, x, PruneConfig(channels=0.5, skip=("b",)))
+    why = {g["key"]: g["skipped"] for g in result.plan["groups"]}
+    assert "grouped convolution" in why["a"] and "grouped convolution" in why["g"]
+    assert why["b"] == "skip list: b"
+    assert "mixes or reshapes" in why["c"]
+    assert "model output" in why["fc"]
+    assert all(g["kept"] is None for g in result.plan["groups"])
+    torch.testing.assert_close(result.model(x), net(x))
+
+
+def test_round_to_and_bn_criterion():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 24, 3), nn.BatchNorm2d(24), nn.ReLU(), nn.Conv2d(24, 4, 1)).eval()
+    with torch.no_grad():
+        net[1].weight.copy_(torch.linspace(0.1, 2.4, 24).flip(0))  # channel 0 has the largest |gamma|
+    x = torch.randn(2, 3, 8, 8)
+    bn = prune(net, x, PruneConfig(channels=0.6, criterion="bn", round_to=8)).plan["groups"][0]
+    assert bn["width_after"] == 16  # ceil(24 * 0.4) = 10, rounded up to 16
+    assert bn["kept"] == list(range(16))
+    l2 = prune(net, x, PruneConfig(channels=0.5, criterion="l2")).plan["groups"][0]
+    norms = net[0].weight.detach().flatten(1).norm(dim=1)
+    assert l2["kept"] == sorted(norms.argsort(descending=True)[:12].tolist())
+
+
+def _ort(path, x):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("cls,shape", [(TorchvisionStyleResNet, (3, 32, 32)), (EfficientLiteStyle, (3, 32, 32)),
+                                       (SmallUNet, (1, 32, 32))], ids=["resnet", "mbconv", "unet_cat"])
+def test_zoo_models_shrink_and_match_onnxruntime(cls, shape, tmp_path):
+    from compress.exporters import export_onnx
+
+    torch.manual_seed(0)
+    net = cls().eval()
+    x = torch.randn(2, *shape)
+    result = prune(net, x, PruneConfig(channels=0.5, round_to=4))
+    pruned = result.model
+    assert count_params(pruned) < 0.45 * count_params(net)
+    assert sum(g["kept"] is not None for g in result.plan["groups"]) >= 5
+    export_onnx(pruned, (x[:1],), tmp_path / "m.onnx")
+    with torch.no_grad():
+        ref = pruned(x[:1]).numpy()
+    got = _ort(tmp_path / "m.onnx", x[:1])
+    assert np.abs(got - ref).max() <= 1e-4 * max(np.abs(ref).max(), 1.0)
+
+
+def test_residual_branches_share_one_group():
+    net = TorchvisionStyleResNet().eval()
+    result = prune(net, torch.randn(2, 3, 32, 32), PruneConfig(channels=0.5))
+    keys = {g["key"] for g in result.plan["groups"]}
+    # the stem feeds layer1's identity skip; later stages add conv2 to the downsample branch
+    assert {"conv1+layer1.0.conv2", "layer2.0.conv2+layer2.0.downsample.0", "layer4.0.conv2+layer4.0.downsample.0"} <= keys
+    m = result.model
+    assert m.get_submodule("layer2.0.bn2").num_features == m.get_submodule("layer2.0.downsample.1").num_features == 16
+    assert m.fc.in_features == 64
+
+
+def test_plan_replays_and_pt2_reloads(tmp_path):
+    from compress.io import load_model
+
+    torch.manual_seed(0)
+    net = EfficientLiteStyle().eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = prune(net, x, PruneConfig(channels=0.5, round_to=8))
+    paths = save_pruned(result.model, x, result.plan, tmp_path)
+    replayed = apply_plan(EfficientLiteStyle().eval().requires_grad_(False), x, result.plan)
+    fresh_weights = {k: v.shape for k, v in replayed.model.state_dict().items()}
+    assert fresh_weights == {k: v.shape for k, v in result.model.state_dict().items()}
+    replayed.model.load_state_dict(torch.load(paths["state_dict"], weights_only=True))
+    loaded = load_model(paths["pt2"])
+    with torch.no_grad():
+        want = result.model(x)
+        torch.testing.assert_close(replayed.model(x), want)
+        torch.testing.assert_close(loaded(torch.randn(3, 3, 32, 32)).shape, torch.Size([3, 10]))
+        torch.testing.assert_close(loaded(x), want)
+    with pytest.raises(ConfigError, match="another --arch"):
+        apply_plan(TorchvisionStyleResNet().eval(), x, result.plan)
