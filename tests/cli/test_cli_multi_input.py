@@ -172,3 +172,10 @@ def test_data_that_does_not_fit_forward_exits_4_with_one_line(files, quantized, 
     result = _invoke("bench", out / "model.onnx", "--data", cases[0][0], "--runs", "2", "--rounds", "1")
     assert result.exit_code == 4, result.output
     assert "takes inputs input_ids, attention_mask but --data has input_ids, attn_mask" in result.stderr
+
+
+def test_inspect_with_a_multi_input_sample(files):
+    root, _, paths = files
+    result = _invoke("inspect", root / "model.pt", "--arch", ARCH, "--sample", paths["test"])
+    assert result.exit_code == 0, result.output
+    assert "QuantEmbedding" in result.stdout and "[2, 2]" in result.stdout  # the head's output on 2 samples
