@@ -163,3 +163,23 @@ def test_plan_replays_and_pt2_reloads(tmp_path):
         torch.testing.assert_close(loaded(x), want)
     with pytest.raises(ConfigError, match="another --arch"):
         apply_plan(TorchvisionStyleResNet().eval(), x, result.plan)
+
+
+def test_half_channel_resnet_recovers_accuracy_after_a_short_fine_tune():
+    from compress.passes.prune import FinetuneConfig, finetune
+    from tests.zoo.train import ZOO, evaluate, task_data, trained
+
+    model, _, test = trained("resnet")
+    train, _ = task_data(ZOO["resnet"])
+    before = evaluate(model, test, "accuracy")
+    result = prune(model, torch.from_numpy(train.x[:2]), PruneConfig(channels=0.5, round_to=4))
+    assert count_params(result.model) < 0.3 * count_params(model)
+    cut = evaluate(result.model, test, "accuracy")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).numpy()
+    batches = [(torch.from_numpy(train.x[perm[i:i + 64]]), torch.from_numpy(train.y[perm[i:i + 64]]))
+               for i in range(0, len(train), 64)]
+    finetune(result.model, batches, FinetuneConfig(epochs=2, lr=3e-3, device="cpu"))
+    after = evaluate(result.model, test, "accuracy")
+    # measured here: 0.986 before, 0.11 right after cutting half the channels, 0.975 after 2 epochs (2.5 s)
+    assert cut < before - 0.2, "the cut should hurt: otherwise this test proves nothing about recovery"
+    assert after >= before - 0.03, (before, cut, after)
