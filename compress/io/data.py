@@ -76,12 +76,15 @@ class Dataset:
         n = next(iter(counts.values()))
         what = "inputs x" if list(inputs) == ["x"] else "samples"
         labels = None if y is None else _as_labels(y, n, source, what)
-        object.__setattr__(self, "_inputs", MappingProxyType(inputs))
+        object.__setattr__(self, "_inputs", inputs)
         object.__setattr__(self, "y", labels)
         object.__setattr__(self, "source", source)
 
     def __setattr__(self, name, value):
         raise AttributeError(f"Dataset is immutable; build a new one instead of setting {name!r}")
+
+    def __reduce__(self):  # pickling / deepcopy (the immutable __setattr__ would refuse the default path)
+        return (Dataset._trusted, (dict(self._inputs), self.y, self.source))
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}={_shape(a.shape)} {a.dtype}" for k, a in self._inputs.items())
@@ -91,7 +94,7 @@ class Dataset:
     def _trusted(cls, inputs: dict[str, np.ndarray], y: np.ndarray | None, source: str) -> Dataset:
         """A Dataset of already validated arrays (subsets, reorderings, dtype changes): no second scan."""
         ds = object.__new__(cls)
-        object.__setattr__(ds, "_inputs", MappingProxyType(dict(inputs)))
+        object.__setattr__(ds, "_inputs", dict(inputs))
         object.__setattr__(ds, "y", y)
         object.__setattr__(ds, "source", source)
         return ds
@@ -104,7 +107,7 @@ class Dataset:
     @property
     def inputs(self) -> Mapping[str, np.ndarray]:
         """``{name: array}`` (read-only), in feeding order."""
-        return self._inputs
+        return MappingProxyType(self._inputs)
 
     @property
     def arrays(self) -> tuple[np.ndarray, ...]:

@@ -249,3 +249,18 @@ def test_calibrate_and_qat_feed_every_input():
     history = train_qat(prepared, ds, QATConfig(epochs=2, lr=1e-2, batch_size=4), progress=False)
     assert len(history) == 2 and all(np.isfinite(history))
     assert any(not torch.equal(b, p) for b, p in zip(before, prepared.parameters(), strict=True))
+
+
+def test_a_multi_input_dataset_pickles_and_stays_immutable():
+    import copy
+    import pickle
+
+    ids, mask, y = _arrays()
+    ds = Dataset({"input_ids": ids, "attention_mask": mask}, y, source="two.npz")
+    for clone in (pickle.loads(pickle.dumps(ds)), copy.deepcopy(ds)):
+        assert clone.names == ds.names and clone.source == "two.npz" and clone.y.tolist() == y.tolist()
+        np.testing.assert_array_equal(clone.inputs["attention_mask"], mask)
+    with pytest.raises(AttributeError, match="immutable"):
+        ds.y = None
+    with pytest.raises(TypeError):
+        ds.inputs["input_ids"] = ids  # the mapping is read-only
