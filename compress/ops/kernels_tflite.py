@@ -1,6 +1,8 @@
 """How LiteRT runs each op of an int8 TFLite model written by ``compress.exporters.tflite`` (one line per op).
 
-INT8: an int8 builtin kernel that XNNPACK also runs in int8 (the default export keeps one XNNPACK partition).
+INT8: an int8 builtin kernel (or, for booleans and indices, the op on them as they are); XNNPACK also runs it
+unless the line says "builtin" (comparisons, selection, ARG_MAX, GATHER, BROADCAST_TO, TILE have no XNNPACK
+kernel: a graph using them has more than one delegate partition).
 FLOAT: DEQUANTIZE → float op → QUANTIZE inside the graph (reported in ``float_ops``). NONE: the exporter cannot
 write it: refused before calibration starts. The TFLite exporter's owner keeps this table true; ``tests/ops``
 checks it against the registered emitters.
@@ -13,7 +15,7 @@ INT8, FLOAT, NONE = Kernel.INT8, Kernel.FLOAT, Kernel.NONE
 KERNELS: dict[str, Kernel] = {
     "conv1d": INT8,
     "conv2d": INT8,
-    "conv_transpose": FLOAT,
+    "conv_transpose": FLOAT,  # TRANSPOSE_CONV, float weights
     "linear": INT8,
     "embedding": INT8,
     "multihead_attention": INT8,
@@ -27,16 +29,16 @@ KERNELS: dict[str, Kernel] = {
     "dropout": INT8,
     "relu": INT8,
     "relu6": INT8,
-    "hardtanh": FLOAT,
+    "hardtanh": FLOAT,  # MAXIMUM, MINIMUM; [0, 6] is fused RELU6
     "sigmoid": INT8,
     "tanh": INT8,
     "softmax": FLOAT,
-    "log_softmax": FLOAT,
+    "log_softmax": FLOAT,  # builtin float LOG_SOFTMAX
     "hardswish": FLOAT,
     "hardsigmoid": FLOAT,
     "gelu": FLOAT,
     "silu": FLOAT,
-    "leaky_relu": INT8,
+    "leaky_relu": INT8,  # XNNPACK qs8 LEAKY_RELU
     "prelu": FLOAT,
     "elu": FLOAT,
     "mish": FLOAT,
@@ -48,28 +50,28 @@ KERNELS: dict[str, Kernel] = {
     "div": FLOAT,
     "matmul": FLOAT,
     "cat": INT8,
-    "where": INT8,
-    "masked_fill": INT8,
-    "pow": FLOAT,
-    "cumsum": FLOAT,
+    "where": INT8,  # builtin SELECT_V2
+    "masked_fill": INT8,  # builtin SELECT_V2
+    "pow": FLOAT,  # builtin POW (MUL for x ** 2)
+    "cumsum": FLOAT,  # builtin, no int8 CUMSUM
     "mean": INT8,
     "sum": INT8,
     "amax": INT8,
-    "max_min": INT8,
-    "argmax": INT8,
+    "max_min": INT8,  # REDUCE_MAX in XNNPACK, builtin ARG_MAX
+    "argmax": INT8,  # builtin ARG_MAX
     "reshape": INT8,
     "transpose": INT8,
     "getitem": INT8,
-    "split": INT8,
-    "expand": INT8,
-    "pad": INT8,
-    "interpolate": INT8,
-    "gather": INT8,
-    "compare": INT8,
-    "logical": INT8,
+    "split": INT8,  # SPLIT or slices
+    "expand": INT8,  # builtin BROADCAST_TO / TILE
+    "pad": INT8,  # PAD, or slices / constant borders + CONCATENATION
+    "interpolate": INT8,  # nearest x k as CONCATENATION, other sizes builtin RESIZE_NEAREST_NEIGHBOR
+    "gather": INT8,  # slices for <= 16 constant indices, else builtin GATHER / GATHER_ND
+    "compare": INT8,  # builtin
+    "logical": INT8,  # builtin
     "shape": INT8,
     "cast": INT8,
-    "constant": INT8,
+    "constant": INT8,  # folded into the file
     "aten": NONE,
     "exp": FLOAT,
     "log": FLOAT,

@@ -47,7 +47,8 @@ IDX = torch.tensor([2, 0, 3])
 # name: (model factory, input shape, registry op, a TFLite op the file must contain)
 CASES = {
     "pad_constant": (lambda: Block(lambda y: F.pad(y, (1, 2, 0, 1))), (1, 3, 5, 6), "pad", "PAD"),
-    "pad_value": (lambda: Block(lambda y: F.pad(y, (1, 1, 2, 0), value=0.5)), (1, 3, 5, 6), "pad", "PADV2"),
+    "pad_value": (lambda: Block(lambda y: F.pad(y, (1, 1, 2, 0), value=0.5)), (1, 3, 5, 6), "pad",
+                  "CONCATENATION"),
     "pad_reflect": (lambda: Block(lambda y: F.pad(y, (2, 1, 1, 3), mode="reflect")), (1, 3, 5, 6), "pad",
                     "CONCATENATION"),
     "pad_replicate": (lambda: Block(lambda y: F.pad(y, (3, 0, 0, 2), mode="replicate")), (1, 3, 5, 6), "pad",
@@ -86,7 +87,9 @@ CASES = {
     "conv_transpose_1d": (lambda: Block1d(nn.ConvTranspose1d(4, 2, 4, stride=2, padding=1)), (2, 3, 7),
                           "conv_transpose", "TRANSPOSE_CONV"),
     "upsample_nearest": (lambda: Block(lambda y: F.interpolate(y, scale_factor=2, mode="nearest")), (1, 3, 3, 4),
-                         "interpolate", "RESIZE_NEAREST_NEIGHBOR"),
+                         "interpolate", "CONCATENATION"),
+    "resize_nearest": (lambda: Block(lambda y: F.interpolate(y, size=(5, 6), mode="nearest")), (1, 3, 3, 4),
+                       "interpolate", "RESIZE_NEAREST_NEIGHBOR"),
     "upsample_bilinear": (lambda: Block(lambda y: F.interpolate(y, scale_factor=2, mode="bilinear")),
                           (1, 3, 3, 4), "interpolate", "RESIZE_BILINEAR"),
     "resize_align_corners": (lambda: Block(lambda y: F.interpolate(y, size=(5, 7), mode="bilinear",
@@ -97,15 +100,18 @@ CASES = {
     "expand": (lambda: Block(lambda y: y[:, :1].expand(-1, 4, -1, -1) * y), (1, 3, 4, 4), "expand",
                "BROADCAST_TO"),
     "repeat": (lambda: Block(lambda y: y.repeat(1, 2, 1, 3)), (1, 3, 2, 3), "expand", "TILE"),
-    "index_select": (lambda: Block(lambda y: torch.index_select(y, 1, IDX)), (1, 3, 4, 4), "gather", "GATHER"),
+    "index_select": (lambda: Block(lambda y: torch.index_select(y, 1, IDX)), (1, 3, 4, 4), "gather",
+                     "CONCATENATION"),
+    "index_select_long": (lambda: Block(lambda y: torch.index_select(y, 3, torch.arange(40) % 5), cout=2),
+                          (1, 3, 2, 5), "gather", "GATHER"),
     "gather_by_argmax": (lambda: Block(lambda y: torch.gather(y, 1, y.argmax(1, keepdim=True))), (1, 3, 4, 4),
                          "gather", "GATHER_ND"),
     "split_sizes": (lambda: Block(lambda y: (lambda a, b: a * b[:, :1] + b.sum(1, keepdim=True))(
-        *torch.split(y, [1, 3], dim=1))), (1, 3, 4, 4), "split", "SPLIT_V"),
+        *torch.split(y, [1, 3], dim=1))), (1, 3, 4, 4), "split", "STRIDED_SLICE"),
     "chunk": (lambda: Block(lambda y: (lambda a, b: a - b)(*torch.chunk(y, 2, dim=1))), (1, 3, 4, 4), "split",
               "SPLIT"),
     "unbind": (lambda: Block(lambda y: (lambda *p: p[0] + p[2])(*torch.unbind(y, 2))), (1, 3, 3, 4), "split",
-               "UNPACK"),
+               "STRIDED_SLICE"),
     "sum": (lambda: Block(lambda y: y.sum(dim=(1, 3), keepdim=True)), (1, 3, 4, 4), "sum", "SUM"),
     "amax_amin": (lambda: Block(lambda y: y.amax(dim=(2, 3)) - y.amin(dim=1).flatten(1)[:, :4]), (1, 3, 4, 4),
                   "amax", "REDUCE_MAX"),
@@ -159,3 +165,23 @@ def test_int8_export_matches_the_simulation(name, tmp_path):
         assert info.op_counts.get("DEQUANTIZE", 0) >= 1, info.op_counts
     report = verify_tflite(tmp_path / "q.tflite", q, [_inputs(shape, s)[0] for s in range(5, 8)], info=info)
     assert report.passed, report
+
+
+# Ops LiteRT runs with builtin kernels only (XNNPACK has none, int8 or float): comparisons, logic, selection,
+# ARG_MAX, GATHER(_ND), BROADCAST_TO, TILE, CUMSUM, LOG_SOFTMAX, POW, RESIZE_NEAREST_NEIGHBOR at non-integer scales.
+OUTSIDE_XNNPACK = {"eq_ne", "logical", "where_compare", "masked_fill", "argmax", "max_dim", "gather_by_argmax",
+                   "index_select_long", "expand", "repeat", "cumsum", "log_softmax", "pow", "resize_nearest"}
+
+
+@pytest.mark.parametrize("name", sorted(set(CASES) - OUTSIDE_XNNPACK))
+def test_int8_file_stays_one_xnnpack_partition(name, tmp_path):
+    """Pads, splits, unbind, nearest upsampling by integer factors and short constant index_select are written
+    with ops XNNPACK runs (slices, CONCATENATION, RESHAPE), float fallbacks with float ops it runs: one partition."""
+    from compress.exporters.tflite import xnnpack_delegation
+
+    factory, shape, _, _ = CASES[name]
+    torch.manual_seed(0)
+    q = convert(calibrate(prepare(factory().eval(), _inputs(shape, 0)), [_inputs(shape, s)[0] for s in range(3)],
+                          progress=False))
+    export_tflite(q, _inputs(shape, 0), tmp_path / "q.tflite")
+    assert xnnpack_delegation(tmp_path / "q.tflite")["partitions"] == 1

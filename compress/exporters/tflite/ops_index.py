@@ -17,9 +17,10 @@ from compress.errors import ExportError
 from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import Const, Emitter, TValue
 from compress.exporters.tflite.ops_base import _arg, _finish, _meta_shape, emits
-from compress.exporters.tflite.schema import Options, TensorType
+from compress.exporters.tflite.schema import Options, TensorType, numpy_dtype
 
 _INT64 = 4  # tflite.TensorType.INT64 (ArgMax's output_type)
+_MAX_SLICES = 16  # index_select with at most this many constant indices is written as slices
 
 
 def _v(x: TValue, int8: int = 2, other: int = 1) -> int:
@@ -58,8 +59,8 @@ _PAD_MODULES = {nn.ZeroPad2d: "constant", nn.ConstantPad1d: "constant", nn.Const
 
 @emits("pad")
 def pad(em: Emitter, node: fx.Node) -> None:
-    """``F.pad`` / the padding modules. Constant: PAD (int8 pads with the grid code of the value: the zero
-    point for 0), or PADV2 for another value. Reflect / replicate: slices of the border concatenated on each
+    """``F.pad`` / the padding modules. Constant: PAD for 0 (int8: the zero point), constant borders
+    concatenated for another value. Reflect / replicate: slices of the border concatenated on each
     side (exact for any width; XNNPACK has no MIRROR_PAD kernel, and MIRROR_PAD's SYMMETRIC mode only equals
     replicate for width 1), all int8 on the input's grid."""
     mod = em.module(node)
@@ -107,13 +108,26 @@ def _pad_constant(em: Emitter, node: fx.Node, x: TValue, pairs: dict, value: flo
     if value == 0.0:
         em.op("PAD", ins, [out.tensor], Options("PadOptions"), _v(x))
         return em.bind(node, out)
-    if x.is_int8:  # the value's code on the input's grid (what the quantizer after a preserving op rounds to)
-        code = int(np.clip(np.round(value / x.quant.scale[0]) + x.quant.zero_point[0], -128, 127))
-        fill = em.const(f"{node.name}_value", np.array([code], np.int8), TensorType.INT8, x.quant)
-    else:
-        fill = em.const(f"{node.name}_value", np.array([value], np.float32), x.dtype)
-    em.op("PADV2", ins + [fill], [out.tensor], Options("PadV2Options"), _v(x))
-    em.bind(node, out)
+    # Another value: constant borders CONCATENATEd on each side (PADV2 has no XNNPACK kernel). An int8 value is
+    # written as its code on the input's grid (what the quantizer after a grid-preserving op rounds it to).
+    fill = int(np.clip(np.round(value / x.quant.scale[0]) + x.quant.zero_point[0], -128, 127)) if x.is_int8 \
+        else value
+    cur, shape = x, list(x.shape)
+    for dim, (before, after) in sorted(pairs.items()):
+        axis, parts = L.axis_in(x.perm, dim), []
+        for width, side in ((before, "before"), (0, "input"), (after, "after")):
+            if side == "input":
+                parts.append(cur)
+            elif width:
+                block = list(shape)
+                block[dim] = width
+                data = np.full(L.permute_shape(block, x.perm), fill, numpy_dtype(x.dtype))
+                parts.append(TValue(em.const(f"{node.name}_{side}{dim}", data, x.dtype, x.quant), tuple(block),
+                                    x.dtype, x.perm, x.quant))
+        if len(parts) > 1:
+            shape[dim] += before + after
+            cur = _concat(em, parts, axis, x, shape, f"{node.name}_d{dim}")
+    em.bind(node, cur)
 
 
 # -- resizing ----------------------------------------------------------------------------------------------
@@ -135,7 +149,10 @@ def interpolate(em: Emitter, node: fx.Node) -> None:
         x = em.to_float(x)
     size = em.int32_const(f"{node.name}_size", list(out_shape[2:]))
     out = em.tensor(node.name, out_shape, L.NCHW_TO_NHWC, x.dtype, x.quant, nonnegative=x.nonnegative)
-    if mode == "nearest":
+    factors = [out_shape[i] // x.shape[i] for i in (2, 3)]
+    if mode == "nearest" and all(f * x.shape[i] == out_shape[i] for f, i in zip(factors, (2, 3), strict=True)):
+        _repeat_pixels(em, x, out, factors, node.name)
+    elif mode == "nearest":
         em.op("RESIZE_NEAREST_NEIGHBOR", [x.tensor, size], [out.tensor],
               Options("ResizeNearestNeighborOptions", {"AlignCorners": False, "HalfPixelCenters": False}), _v(x))
     else:
@@ -147,40 +164,62 @@ def interpolate(em: Emitter, node: fx.Node) -> None:
     _finish(em, node, out, plan)
 
 
+def _repeat_pixels(em: Emitter, x: TValue, out: TValue, factors, name: str) -> None:
+    """Nearest upsampling by integer factors as RESHAPE → CONCATENATION of copies → RESHAPE: the same values
+    as RESIZE_NEAREST_NEIGHBOR, which XNNPACK has no kernel for (it split int8 graphs into two partitions)."""
+    n, c, h, w = x.shape
+    fh, fw = factors
+    cur = em.w.add_tensor(f"{name}_6d", (n, h, 1, w, 1, c), x.dtype, quant=x.quant)
+    em.op("RESHAPE", [x.tensor, em.int32_const(f"{name}_6d_shape", [n, h, 1, w, 1, c])], [cur],
+          Options("ReshapeOptions", {"NewShape": [n, h, 1, w, 1, c]}))
+    shape = [n, h, 1, w, 1, c]
+    for axis, k in ((4, fw), (2, fh)):
+        if k == 1:
+            continue
+        shape[axis] = k
+        nxt = em.w.add_tensor(f"{name}_copies{axis}", tuple(shape), x.dtype, quant=x.quant)
+        em.op("CONCATENATION", [cur] * k, [nxt], Options("ConcatenationOptions", {"Axis": axis,
+                                                                                  "FusedActivationFunction": 0}),
+              _v(x))
+        cur = nxt
+    em.op("RESHAPE", [cur, em.int32_const(f"{name}_shape", [n, h * fh, w * fw, c])], [out.tensor],
+          Options("ReshapeOptions", {"NewShape": [n, h * fh, w * fw, c]}))
+
+
 # -- splitting ---------------------------------------------------------------------------------------------
 @emits("split")
 def split(em: Emitter, node: fx.Node) -> None:
-    """``torch.split`` / ``chunk``: SPLIT (equal parts) or SPLIT_V; ``unbind``: UNPACK. Bound as a tuple."""
+    """``torch.split`` / ``chunk``: SPLIT (equal parts) or slices; ``unbind``: slices reshaped. A tuple."""
     x = em.uncollapse(em.value(node.args[0]))
     kind = node.target if isinstance(node.target, str) else node.target.__name__
     dim = _arg(node, 1 if kind == "unbind" else 2, "dim", 0) % x.rank
     axis, size = L.axis_in(x.perm, dim), x.shape[dim]
-    if kind == "unbind":
+    if kind == "unbind":  # slices, each reshaped without the axis (XNNPACK has no UNPACK kernel)
         perm = L.reduced_perm(x.perm, [dim], False)
         shape = x.shape[:dim] + x.shape[dim + 1:]
-        parts = [em.tensor(f"{node.name}_{i}", shape, perm, x.dtype, x.quant, nonnegative=x.nonnegative)
-                 for i in range(size)]
-        em.op("UNPACK", [x.tensor], [p.tensor for p in parts], Options("UnpackOptions", {"Num": size, "Axis": axis}),
-              _v(x))
+        parts = []
+        for i in range(size):
+            part = em.tensor(f"{node.name}_{i}", shape, perm, x.dtype, x.quant, nonnegative=x.nonnegative)
+            em.reshape(_slice(em, x, axis, i, i + 1, f"{node.name}_{i}_slice").tensor, part,
+                       L.permute_shape(shape, perm), x.is_int8)
+            parts.append(part)
         return em.bind(node, tuple(parts))
     arg = em.value(_arg(node, 1, "split_size_or_sections" if kind == "split" else "chunks"))
     if kind == "chunk":
         arg = math.ceil(size / int(arg))
     sizes = [int(s) for s in arg] if isinstance(arg, list | tuple) else \
         [min(int(arg), size - i) for i in range(0, size, int(arg))]
+    if len(set(sizes)) > 1:  # unequal parts: one STRIDED_SLICE each (XNNPACK has no SPLIT_V kernel)
+        starts = np.cumsum([0] + sizes)
+        return em.bind(node, tuple(_slice(em, x, axis, int(starts[i]), int(starts[i + 1]), f"{node.name}_{i}")
+                                   for i in range(len(sizes))))
     parts = []
     for i, s in enumerate(sizes):
         shape = list(x.shape)
         shape[dim] = s
         parts.append(em.tensor(f"{node.name}_{i}", shape, x.perm, x.dtype, x.quant, nonnegative=x.nonnegative))
-    outs = [p.tensor for p in parts]
-    if len(set(sizes)) == 1:
-        em.op("SPLIT", [em.int32_const(f"{node.name}_axis", [axis]), x.tensor], outs,
-              Options("SplitOptions", {"NumSplits": len(sizes)}), _v(x))
-    else:
-        em.op("SPLIT_V", [x.tensor, em.int32_const(f"{node.name}_sizes", sizes),
-                          em.int32_const(f"{node.name}_axis", [axis])], outs,
-              Options("SplitVOptions", {"NumSplits": len(sizes)}), _v(x))
+    em.op("SPLIT", [em.int32_const(f"{node.name}_axis", [axis]), x.tensor], [p.tensor for p in parts],
+          Options("SplitOptions", {"NumSplits": len(sizes)}), _v(x))
     em.bind(node, tuple(parts))
 
 
@@ -230,6 +269,13 @@ def gather(em: Emitter, node: fx.Node) -> None:
     if kind == "index_select":
         if isinstance(idx, TValue) and idx.rank != 1:
             raise ExportError(f"{node.name!r}: index_select takes a 1-d index")
+        axis = L.axis_in(x.perm, dim)
+        if not isinstance(idx, TValue):
+            picks = [int(i) % x.shape[dim] for i in np.asarray(idx.array if isinstance(idx, Const) else idx).reshape(-1)]
+            if len(picks) <= _MAX_SLICES:  # a few constant rows: slices + CONCATENATION stay inside XNNPACK
+                parts = [_slice(em, x, axis, i, i + 1, f"{node.name}_{i}") for i in picks]
+                return em.bind(node, parts[0] if len(parts) == 1 else _concat(em, parts, axis, x, out_shape,
+                                                                              node.name))
         idx_t = _indices(em, idx, f"{node.name}_index") if not isinstance(idx, TValue) else em.torch_order(idx).tensor
         out = em.tensor(node.name, out_shape, x.perm, x.dtype, x.quant, nonnegative=x.nonnegative)
         em.op("GATHER", [x.tensor, idx_t], [out.tensor],
