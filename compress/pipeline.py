@@ -199,8 +199,10 @@ def quantize_model(
         report["qat"] = {"epochs": options.epochs, "loss_per_epoch": history}
     # Which set every accuracy / agreement / parity figure was measured on: without --eval it is the
     # calibration set, which the int8 model was tuned on, so it is not a test accuracy.
+    first = next(iter(int8_outputs.values()))
     report["evaluated_on"] = {"set": "eval" if eval_data is not None else "calibration",
-                              "source": str(evaluation.source), "samples": len(evaluation)}
+                              "source": str(evaluation.source), "samples": len(evaluation),
+                              "classes": int(first.shape[1]) if first.ndim == 2 else None}
     collapse, report["warnings"] = quality_warnings(report)
     write_json_atomic(out_dir / "report.json", report)
     failed = {fmt: sec["parity"] for fmt, sec in report["formats"].items() if not sec["parity"].get("passed", True)}
@@ -228,7 +230,7 @@ def quality_warnings(report: dict) -> tuple[str | None, list[str]]:
     """(why the int8 result is unusable or None, warnings to show) from a report's figures.
 
     Example:
-        >>> r = {"evaluated_on": {"set": "eval", "samples": 100}, "formats": {"onnx": {
+        >>> r = {"evaluated_on": {"set": "eval", "samples": 100, "classes": 10}, "formats": {"onnx": {
         ...     "fp32": {"accuracy": 0.9}, "int8": {"accuracy": 0.1, "top1_agreement": 0.11}}}}
         >>> quality_warnings(r)[0]
         'the int8 onnx model collapsed: its top-1 agrees with fp32 on 11.0% of 100 eval samples (< 50%)'
@@ -239,11 +241,15 @@ def quality_warnings(report: dict) -> tuple[str | None, list[str]]:
     for fmt, section in report["formats"].items():
         fp32, int8 = section["fp32"], section["int8"]
         agree = int8.get("top1_agreement")
+        # An error only when the labels show the outputs are class scores the fp32 model gets right (well
+        # above chance); argmax agreement of an embedding or a regression output means little.
+        classifies = "accuracy" in fp32 and fp32["accuracy"] >= 1.5 / (where.get("classes") or 2)
         if agree is not None and agree < COLLAPSE_AGREEMENT:
             why = (f"the int8 {fmt} model collapsed: its top-1 agrees with fp32 on {100 * agree:.1f}% of {on} "
                    f"(< {100 * COLLAPSE_AGREEMENT:.0f}%)")
-            collapse = collapse or why
-            warns.append(why)
+            collapse = collapse or (why if classifies else None)
+            warns.append(why if classifies else why.replace("collapsed", "may have collapsed")
+                         + " (ignore this if the outputs are not class scores)")
         elif agree is not None and agree < WARN_AGREEMENT:
             warns.append(f"int8 {fmt} top-1 agrees with fp32 on only {100 * agree:.1f}% of {on}")
         if "accuracy" in fp32 and fp32["accuracy"] - int8["accuracy"] > WARN_ACCURACY_DROP:

@@ -141,8 +141,32 @@ def test_staging_of_a_living_process_is_left_alone(tmp_path):
 # 3. no silent collapse; every figure says which set it was measured on
 
 
-def test_qat_that_destroys_the_model_fails_unless_accepted(cli, tmp_path, state_dict_file, calib_npz):
-    args = ("quantize", state_dict_file, "--arch", TINY, "--calib", calib_npz, "--qat", "--train", calib_npz,
+def _trained_classifier(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny CNN trained to 100 % on 48 images of 4 classes (class k: a bright band at rows 2k, 2k+1)."""
+    from compress.models import DemoCNN
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    y = np.arange(48) % 4
+    x = rng.random((48, 1, 8, 8), dtype=np.float32) * 0.3
+    for i, k in enumerate(y):
+        x[i, 0, 2 * k:2 * k + 2, :] += 1.0
+    net = DemoCNN(width=4)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        opt.step()
+    net.eval()
+    assert (net(torch.from_numpy(x)).argmax(-1).numpy() == y).mean() > 0.9
+    torch.save(net.state_dict(), tmp_path / "trained.pt")
+    np.savez(tmp_path / "labelled.npz", x=x, y=y)
+    return tmp_path / "trained.pt", tmp_path / "labelled.npz"
+
+
+def test_qat_that_destroys_the_model_fails_unless_accepted(cli, tmp_path):
+    model, data = _trained_classifier(tmp_path)
+    args = ("quantize", model, "--arch", TINY, "--calib", data, "--qat", "--train", data,
             "--epochs", "2", "--lr", "1000")
     result = cli(*args, "-o", "out")
     one_error_line(result, QualityError.exit_code, "collapsed", "--lr", "--accept-degraded")
@@ -354,3 +378,16 @@ def test_files_the_readme_examples_create_are_git_ignored():
 def test_readme_cpu_wheel_hint_is_a_runnable_command():
     readme = (REPO / "README.md").read_text()
     assert "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu" in readme
+
+
+def test_low_agreement_of_outputs_that_are_not_working_class_scores_only_warns():
+    from compress.pipeline import quality_warnings
+
+    # fp32 at chance level on these labels: argmax agreement says little (an embedding, an untrained head)
+    report = {"evaluated_on": {"set": "eval", "samples": 50, "classes": 10}, "formats": {"onnx": {
+        "fp32": {"accuracy": 0.1}, "int8": {"accuracy": 0.08, "top1_agreement": 0.3}}}}
+    collapse, warns = quality_warnings(report)
+    assert collapse is None
+    assert any("may have collapsed" in w for w in warns)
+    report["formats"]["onnx"]["fp32"]["accuracy"] = 0.9  # a working classifier: the same figure is an error
+    assert quality_warnings(report)[0].startswith("the int8 onnx model collapsed")
