@@ -1,8 +1,9 @@
 """The whole benchmark suite in one command: CNNs vs peers (run.py), sequence models (run_seq.py), LiteRT
-(tflite_bench.py), then one summary page that stitches their Markdown tables together.
+(tflite_bench.py), the test zoo through the CLI (run_zoo.py), then one summary page that stitches their Markdown
+tables together.
 
-    python benchmarks/all.py            # ≈ 25 min on 2 cores
-    python benchmarks/all.py --quick    # ≈ 8 min; CNN and sequence suites in their quick modes
+    python benchmarks/all.py            # ≈ 50 min on 2 cores
+    python benchmarks/all.py --quick    # ≈ 30 min; CNN, sequence and zoo suites in their quick modes
 
 Each suite runs in its own process (they measure in fresh processes anyway; a crash in one does not lose
 the others' results) and writes its own results/<machine>/*.json; the summary goes to
@@ -23,6 +24,7 @@ SUITES = [
     ("run.py", ["--quick"], "latest.md"),
     ("run_seq.py", ["--quick"], "seq-latest.md"),
     ("tflite_bench.py", ["--rounds", "3", "--iters", "10"], "tflite-latest.md"),
+    ("run_zoo.py", ["--quick"], "zoo-latest.md"),
 ]
 
 

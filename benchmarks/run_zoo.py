@@ -1,0 +1,614 @@
+"""Zoo benchmark (issue 7): every test-zoo model through the real CLI, our int8 vs fp32 vs quantize_static.
+
+    python benchmarks/run_zoo.py                  # full run: results/<machine>/zoo-<date>.json, zoo-latest.md
+    python benchmarks/run_zoo.py --quick          # fewer rounds / runs: zoo-<date>-quick.json, zoo-latest-quick.md
+    python benchmarks/run_zoo.py --models resnet,unet --rev HEAD   # a subset, a committed revision's compress
+
+For each model of tests/zoo (trained and cached by tests/zoo/train.py):
+
+* ``compress quantize MODEL --arch tests.zoo.models:CLS --format onnx,tflite`` in its own process, exactly as
+  scripts/zoo_status.py runs it (tests/zoo/harness.py): our int8 ONNX / TFLite and the fp32 files the
+  pipeline writes beside them, judged in onnxruntime / LiteRT (task metric, size, int8 coverage).
+* the peer: onnxruntime's ``quantize_static`` on that fp32 ONNX (QDQ, per-channel, QUInt8 activations, QInt8
+  weights, MinMax, after ``quant_pre_process``), calibrated on the same inputs as the CLI; its metric and size.
+* latency at 1 thread, batch 1: fp32 ONNX, ours, peer, fp32 TFLite, our int8 TFLite; one fresh process per
+  measurement (compress.runtime.run_isolated), contenders alternated round by round (compare_interleaved),
+  ratios paired within each round, ± half their range (the noise estimate).
+* capture time: ``compress.capture.capture`` (torch.export + raising) in a fresh process, first call and again.
+
+A model that fails anywhere stays in the table with its first error line. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+SCHEMA_VERSION = 1
+
+# Contender names (the Comparison's keys) and what they are.
+FP32, OURS, PEER, FP32_TFL, OURS_TFL = "fp32_onnx", "ours_onnx", "peer_onnx", "fp32_tflite", "ours_tflite"
+LABELS = {FP32: "fp32 ONNX (written by the pipeline)", OURS: "ours int8 ONNX (compress quantize)",
+          PEER: "onnxruntime quantize_static (QDQ u8s8, per-channel)", FP32_TFL: "fp32 TFLite (pipeline)",
+          OURS_TFL: "ours int8 TFLite (compress quantize)"}
+RATIOS = ((OURS, FP32), (PEER, FP32), (OURS, PEER), (OURS_TFL, FP32_TFL))
+PEER_SETTINGS = "QDQ, per_channel=True, activations QUInt8, weights QInt8, MinMax, after quant_pre_process"
+
+_T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.perf_counter() - _T0:6.0f} s] {msg}", file=sys.stderr, flush=True)
+
+
+def first_line(exc: BaseException | str) -> str:
+    text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return (lines[0] if lines else text)[:300]
+
+
+# ------------------------------------------------------------------------------------ measurement children
+# These run in fresh processes (compress.runtime.run_isolated imports them as "run_zoo:NAME").
+
+
+def measure_tflite(path: str, inputs: str, threads: int = 1, warmup: int = 10, runs: int = 50,
+                   seconds: float | None = None) -> dict:
+    """One LiteRT interpreter (XNNPACK, the default delegate) timed like measure_onnx: bare ``invoke`` loop.
+
+    ``inputs``: an ``.npz`` with ``in0``, ``in1``, ... in the interpreter's input order (float values; int8
+    inputs are quantized with the file's own parameters). At least ``runs`` timed runs, and at least
+    ``seconds`` of timed wall time when given (the zoo's models take tens of microseconds).
+    """
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    from compress.runtime.onnx_runner import peak_rss_bytes
+    from compress.runtime.stats import LatencyStats
+
+    t0 = time.perf_counter()
+    interp = Interpreter(model_path=path, num_threads=threads)
+    interp.allocate_tensors()
+    create_s = time.perf_counter() - t0
+    with np.load(inputs) as npz:
+        arrays = [npz[f"in{i}"] for i in range(len(npz.files))]
+    for d, x in zip(interp.get_input_details(), arrays, strict=True):
+        scale, zero = d["quantization"]
+        if d["dtype"] in (np.int8, np.uint8) and scale:
+            info = np.iinfo(d["dtype"])
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+        interp.set_tensor(d["index"], np.ascontiguousarray(x.astype(d["dtype"]).reshape(d["shape"])))
+    invoke = interp.invoke
+    for _ in range(warmup):
+        invoke()
+    samples: list[float] = []
+    clock = time.perf_counter
+    start = clock()
+    while len(samples) < runs or (seconds is not None and clock() - start < seconds):
+        t = clock()
+        invoke()
+        samples.append(clock() - t)
+    return {"latency": LatencyStats.from_seconds(samples).to_dict(), "samples_s": samples,
+            "session_create_s": create_s, "peak_rss_bytes": peak_rss_bytes(), "threads": threads,
+            "file_bytes": os.path.getsize(path)}
+
+
+def measure_capture(name: str, repeats: int = 2) -> dict:
+    """``compress.capture.capture`` of zoo model ``name`` in this fresh process: the first call (what a user's
+    ``compress quantize`` pays, torch.export's one-time set-up included) and the following ones."""
+    import torch
+
+    torch.set_num_threads(1)
+    from compress.capture import capture
+    from tests.zoo.train import train_result
+
+    trained = train_result(name)
+    example = trained.calib.take(1).tensors()  # the pipeline's example: the first calibration sample
+    seconds, nodes = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        gm = capture(trained.model, example)
+        seconds.append(time.perf_counter() - t0)
+        nodes = sum(1 for _ in gm.graph.nodes)
+    return {"seconds": seconds, "graph_nodes": nodes,
+            "parameters": sum(p.numel() for p in trained.model.parameters()),
+            "input_shapes": [list(t.shape) for t in example]}
+
+
+# ------------------------------------------------------------------------------------ building / judging
+
+
+def onnx_feeds(path: Path, split) -> dict:
+    """The split's inputs as ``{onnx input name: array}`` with the file's dtypes, at the file's batch (1 when
+    dynamic): the same name-or-order rule as tests/zoo/harness.run_onnx."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from tests.zoo.harness import _feeds
+
+    dtypes = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
+              "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
+    ins = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
+    batch = ins[0].shape[0] if isinstance(ins[0].shape[0], int) else 1
+    arrays = _feeds([i.name for i in ins], split)
+    return {i.name: np.ascontiguousarray(a[:batch].astype(dtypes.get(i.type, a.dtype)))
+            for i, a in zip(ins, arrays, strict=True)}
+
+
+def tflite_feeds(path: Path, split) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tests.zoo.harness import _feeds
+
+    details = Interpreter(model_path=str(path)).get_input_details()
+    arrays = _feeds([d["name"] for d in details], split)
+    if len(arrays) != len(details):
+        arrays = list(split.inputs.values())
+    return {f"in{i}": a[:1] for i, a in enumerate(arrays)}
+
+
+def quantize_peer(fp32: Path, calib, out_dir: Path) -> dict:
+    """onnxruntime's quantize_static on the pipeline's fp32 ONNX, calibrated on the CLI's calibration inputs."""
+    import numpy as np
+    import onnxruntime
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from tests.zoo.harness import _feeds
+
+    ins = onnxruntime.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()
+    fixed = isinstance(ins[0].shape[0], int)
+    step = ins[0].shape[0] if fixed else 32  # a fixed batch as the file has it; else the CLI's batch of 32
+    dtype = {n: a.dtype for n, a in onnx_feeds(fp32, calib).items()}
+    arrays = _feeds([i.name for i in ins], calib)
+    stop = len(calib) - step + 1 if fixed else len(calib)
+    feeds = [{i.name: np.ascontiguousarray(a[k:k + step].astype(dtype[i.name])) for i, a in zip(ins, arrays, strict=True)}
+             for k in range(0, stop, step)]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    t0 = time.perf_counter()
+    pre, path = out_dir / "peer_preprocessed.onnx", out_dir / "peer_ort_int8.onnx"
+    notes = []
+    try:
+        quant_pre_process(str(fp32), str(pre))
+        src = pre
+    except Exception as exc:  # noqa: BLE001 - quantize the file as it is, and say so
+        notes.append(f"quant_pre_process failed ({first_line(exc)}); quantized without it")
+        src = fp32
+    quantize_static(str(src), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return {"path": str(path), "build_s": time.perf_counter() - t0, "bytes": path.stat().st_size,
+            "tool": f"onnxruntime.quantization.quantize_static {onnxruntime.__version__}",
+            "settings": PEER_SETTINGS, "calibration_batches": len(feeds), "notes": notes}
+
+
+def _op_histogram(path: Path) -> dict[str, int] | str:
+    """Node counts by op type (what the runtime sees before its own fusions): why a small int8 file is slow."""
+    try:
+        import onnx
+
+        hist: dict[str, int] = {}
+        for node in onnx.load(str(path), load_external_data=False).graph.node:
+            hist[node.op_type] = hist.get(node.op_type, 0) + 1
+        return dict(sorted(hist.items(), key=lambda kv: -kv[1]))
+    except Exception as exc:  # noqa: BLE001
+        return first_line(exc)
+
+
+def _format_dir(run, workdir: Path, fmt: str) -> Path:
+    # The harness writes the joint run to out/; when it failed, each format was re-run into out_<fmt>/.
+    return workdir / ("out" if run.rc == 0 else f"out_{fmt}")
+
+
+def bench_model(name: str, args, root: Path) -> dict:
+    import numpy as np
+
+    from compress.runtime import Contender, compare_interleaved, run_isolated
+    from tests.zoo.data import METRICS
+    from tests.zoo.harness import COVERAGE, ZooRun, _file_bytes, measure_format, run_onnx, run_zoo_model
+    from tests.zoo.train import ZOO, train_result
+
+    entry = ZOO[name]
+    workdir = args.build_dir / name
+    shutil.rmtree(workdir, ignore_errors=True)  # no file of an earlier run may be measured as this run's
+    res: dict = {"name": name, "arch": entry.arch, "metric": entry.metric, "errors": {}}
+    t0 = time.perf_counter()
+
+    log(f"== {name}: capture time (fresh process)")
+    try:
+        res["capture_time"] = run_isolated("run_zoo:measure_capture", {"name": name}, timeout=args.timeout)
+        log(f"   capture {', '.join(f'{s:.2f}' for s in res['capture_time']['seconds'])} s, "
+            f"{res['capture_time']['parameters']} parameters")
+    except Exception as exc:  # noqa: BLE001 - a model torch.export cannot take is a finding, not a crash
+        res["errors"]["capture"] = first_line(str(exc))
+        log(f"   capture failed: {res['errors']['capture']}")
+
+    log(f"== {name}: compress quantize --format onnx,tflite (CLI, own process)")
+    try:
+        trained = train_result(name)
+        res["training"] = {"metric": trained.metric, "target": entry.target, "train_s": trained.train_s,
+                           "cached": trained.cached}
+        res["parameters"] = sum(p.numel() for p in trained.model.parameters())
+        run = run_zoo_model(name, workdir, timeout=args.timeout, root=root, split_on_failure=not args.no_split)
+    except Exception as exc:  # noqa: BLE001 - the harness itself broke on this model
+        traceback.print_exc(file=sys.stderr)
+        run = ZooRun(name=name, arch=entry.arch, metric=entry.metric,
+                     error=f"harness: {first_line(exc)}")
+    res["cli"] = run.to_dict()
+    res["cli"]["first_error"] = next((e for e in [run.error] + [f"[{f}] {r.error}" for f, r in run.formats.items()
+                                                                 if r.error] if e), None)
+    log(f"   rc={run.rc} in {run.seconds:.0f} s" + (f": {res['cli']['first_error']}" if res["cli"]["first_error"]
+                                                     else ""))
+    if "training" not in res:
+        res["seconds"] = time.perf_counter() - t0
+        return res
+    test = trained.test.take(400)  # what the harness judges on
+    metric = METRICS[entry.metric]
+
+    files: dict[str, Path] = {}
+    onnx_dir, tfl_dir = _format_dir(run, workdir, "onnx"), _format_dir(run, workdir, "tflite")
+    # workdir was emptied first, so every file here is this run's: a run that wrote its files and then failed
+    # (verification, the quality check) is still measured, and flagged in the table.
+    for key, path in ((FP32, onnx_dir / "model_fp32.onnx"), (OURS, onnx_dir / "model.onnx"),
+                      (FP32_TFL, tfl_dir / "model_fp32.tflite"), (OURS_TFL, tfl_dir / "model.tflite")):
+        if path.is_file():
+            files[key] = path
+    for fmt, ours, fp32, where in (("onnx", OURS, FP32, onnx_dir), ("tflite", OURS_TFL, FP32_TFL, tfl_dir)):
+        judged = run.formats.get(fmt)
+        if ours in files and fp32 in files and (judged is None or not judged.written):
+            # Written, then the CLI failed (verification, quality): judge the files as the harness would.
+            try:
+                fr = asdict(measure_format(fmt, where, test, entry.metric, None))
+                fr.update(written=False, files_written_but_cli_failed=True)
+                res["cli"]["formats"][fmt] = dict(res["cli"]["formats"].get(fmt) or {}, **fr,
+                                                  error=(judged.error if judged else None))
+            except Exception as exc:  # noqa: BLE001
+                res["errors"][f"judging {fmt}"] = first_line(exc)
+    if FP32 in files:
+        log(f"== {name}: peer quantize_static on the pipeline's fp32 ONNX")
+        try:
+            peer = quantize_peer(files[FP32], trained.calib, workdir)
+            peer["metric"] = float(metric(run_onnx(Path(peer["path"]), test), test.y))
+            try:
+                cov = COVERAGE["onnx"](Path(peer["path"]))
+                peer["coverage"] = {"int8": cov.int8, "total": cov.total, "float_ops": cov.float_ops}
+            except Exception as exc:  # noqa: BLE001
+                peer["coverage_error"] = first_line(exc)
+            res["peer"] = peer
+            files[PEER] = Path(peer["path"])
+            log(f"   peer {entry.metric} {peer['metric']:.3f}, {peer['bytes'] / 1024:.0f} KiB")
+        except Exception as exc:  # noqa: BLE001 - "where it works"
+            res["errors"]["peer"] = first_line(exc)
+            log(f"   peer failed: {res['errors']['peer']}")
+    elif run.rc == 0:
+        res["errors"]["peer"] = "no fp32 ONNX written by the pipeline"
+    res["bytes"] = {k: _file_bytes(p) for k, p in files.items()}
+    res["onnx_ops"] = {k: _op_histogram(p) for k, p in files.items() if k.endswith("onnx")}
+
+    # Latency: every file that exists, one comparison, batch 1, 1 thread.
+    contenders = []
+    feeds_dir = workdir / "feeds"
+    feeds_dir.mkdir(parents=True, exist_ok=True)
+    common = {"threads": 1, "warmup": args.warmup, "runs": args.runs, "seconds": args.seconds}
+    for key in (k for k in (FP32, OURS, PEER, FP32_TFL, OURS_TFL) if k in files):
+        path = files[key]
+        try:
+            npz = feeds_dir / f"{key}.npz"
+            if key.endswith("onnx"):
+                np.savez(npz, **onnx_feeds(path, test))
+                contenders.append(Contender(key, "measure_onnx", {"path": str(path), "inputs": str(npz), **common}))
+            else:
+                np.savez(npz, **tflite_feeds(path, test))
+                contenders.append(Contender(key, "run_zoo:measure_tflite",
+                                            {"path": str(path), "inputs": str(npz), **common}))
+        except Exception as exc:  # noqa: BLE001
+            res["errors"][f"latency {key}"] = first_line(exc)
+    # A file that cannot run once must not abort the comparison: probe each contender in its own process.
+    runnable = []
+    for c in contenders:
+        try:
+            run_isolated(c.fn, dict(c.kwargs, warmup=0, runs=1, seconds=None), timeout=args.timeout)
+            runnable.append(c)
+        except Exception as exc:  # noqa: BLE001
+            res["errors"][f"latency {c.name}"] = first_line(str(exc))
+    if runnable:
+        log(f"== {name}: latency, 1 thread, {args.rounds} interleaved rounds of {[c.name for c in runnable]}")
+        comp = compare_interleaved(runnable, rounds=args.rounds,
+                                   progress=lambda d, t, n: log(f"    [{d}/{t}] {n}") if args.verbose else None)
+        names = [c.name for c in runnable]
+        ratios = {}
+        for num, den in RATIOS:
+            if num in names and den in names:
+                ratios[f"{num}/{den}"] = {"median": comp.ratio(num, den).to_dict(),
+                                          "min": comp.ratio(num, den, statistic="min").to_dict()}
+                r = ratios[f"{num}/{den}"]
+                log(f"   {num}/{den} = {r['median']['ratio']:.3f} ± {r['median']['noise']:.3f}; by minima "
+                    f"{r['min']['ratio']:.3f} ± {r['min']['noise']:.3f}")
+        res["latency"] = {"comparison": comp.to_dict(), "ratios": ratios}
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+# ------------------------------------------------------------------------------------ table
+
+
+def goal_verdict(ratio: dict | None, limit: float = 1.0) -> dict | None:
+    """PASS when the paired median ratio is ≤ limit; ``within_noise`` when the rounds' range straddles it."""
+    if not ratio:
+        return None
+    r = ratio["median"]
+    return {"status": "PASS" if r["ratio"] <= limit else "MISS", "within_noise": r["low"] <= limit <= r["high"],
+            "ratio": r["ratio"], "noise": r["noise"], "limit": limit}
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _num(x, fmt=".3f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def _ratio_cell(r: dict | None) -> str:
+    if not r:
+        return "–"
+    return f"{r['median']['ratio']:.2f} ± {r['median']['noise']:.2f} (min {r['min']['ratio']:.2f})"
+
+
+def _size_cell(res: dict, num: str, den: str) -> str:
+    b = res.get("bytes", {})
+    return f"{100 * b[num] / b[den]:.0f} %" if num in b and den in b and b[den] else "–"
+
+
+def _metric(res: dict, fmt: str, kind: str):
+    f = (res.get("cli") or {}).get("formats", {}).get(fmt) or {}
+    return f.get(f"{kind}_metric")
+
+
+def _coverage(res: dict, fmt: str) -> str:
+    f = (res.get("cli") or {}).get("formats", {}).get(fmt) or {}
+    c = f.get("coverage")
+    return "–" if not c else f"{c['int8']}/{c['total']}"
+
+
+def _status(res: dict) -> str:
+    cli = res.get("cli") or {}
+    fm = cli.get("formats", {})
+    parts = []
+    for fmt in ("onnx", "tflite"):
+        f = fm.get(fmt) or {}
+        if f.get("written"):
+            parts.append(f"{fmt}: " + ("✓ verified" if f.get("verified") else "written, not verified"))
+        else:
+            ours = OURS if fmt == "onnx" else OURS_TFL
+            parts.append(f"{fmt}: ✗" + (" (files written, CLI failed)" if ours in res.get("bytes", {}) else ""))
+    return " · ".join(parts)
+
+
+def render_markdown(report: dict) -> str:
+    m = report["machine"]
+    cpu, v, git, cfg = m["cpu"], m["versions"], m.get("git") or {}, report["config"]
+    lines = [
+        f"# Zoo benchmark: {report['machine_slug']}", "",
+        f"{report['date']}{' (quick run)' if report['quick'] else ''} · compress from {report['source']} · "
+        f"benchmark commit `{(git.get('commit') or '?')[:10]}`{' (dirty tree)' if git.get('dirty') else ''} · "
+        f"`python benchmarks/run_zoo.py{' --quick' if report['quick'] else ''}`", "",
+        f"**Machine**: {cpu['model']} ({cpu['arch']}), {cpu['logical_cores']} logical cores; ISA: "
+        f"{', '.join(cpu['isa']) or 'unknown'}; {m['os']['platform']}; Python {m['python']['version']}; "
+        f"torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, ai-edge-litert {v.get('ai-edge-litert')}.", "",
+        "Each zoo model (tests/zoo, trained and cached) goes through `compress quantize --format onnx,tflite` in "
+        "its own process, as scripts/zoo_status.py runs it; the peer is onnxruntime's `quantize_static` "
+        f"({PEER_SETTINGS}) on the fp32 ONNX the pipeline wrote, calibrated on the same {report['calib_samples']} "
+        "inputs. Metrics on the test split (≤ 400 samples) in onnxruntime / LiteRT.", "",
+        "Latency: batch 1, 1 thread, one session per fresh process, contenders alternated round by round "
+        f"({cfg['rounds']} rounds; per process ≥ {cfg['runs']} timed runs and ≥ {cfg['seconds']} s of them, after "
+        f"{cfg['warmup']} warm-up runs). Ratios are paired "
+        "within each round: median over rounds ± half their range (the noise estimate; a ratio within it of 1 is "
+        "no difference), with the ratio of per-round minima beside it. < 1 means faster.", "",
+        f"Load average (1, 5, 15 min) at start {_load(report, 'start')}, at end {_load(report, 'end')}: other "
+        "processes on this 2-core machine are the main source of noise.", "",
+        "## Quality, size, capture", "",
+        "| model | params | files (CLI) | metric | fp32 → ours ONNX · peer | fp32 → ours TFLite | size vs fp32: ours "
+        "ONNX · peer · ours TFLite | int8 conv/linear/matmul ONNX · TFLite · peer | capture s (first · again) "
+        "| first error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, res in report["models"].items():
+        cap = res.get("capture_time")
+        peer = res.get("peer") or {}
+        pc = peer.get("coverage")
+        err = (res.get("cli") or {}).get("first_error") or next(iter(res["errors"].values()), "")
+        lines.append("| " + " | ".join(_cell(c) for c in [
+            name, f"{res.get('parameters', 0) / 1e3:.0f}k" if res.get("parameters") else "–", _status(res),
+            res["metric"],
+            f"{_num(_metric(res, 'onnx', 'fp32'))} → {_num(_metric(res, 'onnx', 'int8'))} · "
+            f"{_num(peer.get('metric'))}",
+            f"{_num(_metric(res, 'tflite', 'fp32'))} → {_num(_metric(res, 'tflite', 'int8'))}",
+            f"{_size_cell(res, OURS, FP32)} · {_size_cell(res, PEER, FP32)} · {_size_cell(res, OURS_TFL, FP32_TFL)}",
+            f"{_coverage(res, 'onnx')} · {_coverage(res, 'tflite')} · " + ("–" if not pc else f"{pc['int8']}/{pc['total']}"),
+            "–" if not cap else " · ".join(f"{s:.2f}" for s in cap["seconds"]),
+            err]) + " |")
+    lines += ["", "## Latency (1 thread, batch 1)", "",
+              "| model | fp32 ONNX ms | ours ms | peer ms | ours/fp32 | peer/fp32 | ours/peer | TFLite fp32 ms | "
+              "TFLite int8 ms | TFLite int8/fp32 | int8 ONNX no slower than fp32 |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, res in report["models"].items():
+        lat = res.get("latency") or {}
+        comps = (lat.get("comparison") or {}).get("contenders", {})
+        ratios = lat.get("ratios", {})
+
+        def ms(key, comps=comps):
+            c = comps.get(key)
+            return "–" if not c else f"{c['pooled']['median'] * 1e3:.3f}"
+
+        g = res.get("goal")
+        verdict = "–" if not g else (f"**{g['status']}**" + (" (within noise)" if g["within_noise"] else ""))
+        lines.append("| " + " | ".join(_cell(c) for c in [
+            name, ms(FP32), ms(OURS), ms(PEER), _ratio_cell(ratios.get(f"{OURS}/{FP32}")),
+            _ratio_cell(ratios.get(f"{PEER}/{FP32}")), _ratio_cell(ratios.get(f"{OURS}/{PEER}")), ms(FP32_TFL),
+            ms(OURS_TFL), _ratio_cell(ratios.get(f"{OURS_TFL}/{FP32_TFL}")), verdict]) + " |")
+    cap = report.get("largest_model_capture")
+    lines += ["", "ms: median over all timed runs of all rounds. Sizes: file bytes (ONNX external data included). "
+              "int8 coverage counts conv / linear / matmul ops that run an int8 kernel (tests/zoo/harness.py). "
+              "Capture: `compress.capture.capture` (torch.export, batch dynamic, + raising to torch layers) of "
+              "the first calibration sample, first call in a fresh process (torch.export's one-time set-up "
+              "included) and a second call.", ""]
+    if cap:
+        lines += [f"Largest zoo model: **{cap['model']}** ({cap['parameters']} parameters): capture "
+                  f"{cap['first_s']:.2f} s first call, {cap['again_s']:.2f} s again."]
+        slow = report.get("slowest_capture")
+        if slow and slow["model"] != cap["model"]:
+            lines[-1] += (f" Slowest capture: **{slow['model']}** ({slow['parameters']} parameters), "
+                          f"{slow['first_s']:.2f} s first call, {slow['again_s']:.2f} s again.")
+        lines.append("")
+    other = [(n, k, e) for n, r in report["models"].items() for k, e in r["errors"].items()]
+    if other:
+        lines += ["Other errors (the contender or figure is missing from the tables):", ""]
+        lines += [f"* {n}, {k}: `{_cell(e)}`" for n, k, e in other]
+        lines.append("")
+    done = [g for g in (r.get("goal") for r in report["models"].values()) if g]
+    lines += [f"int8 ONNX no slower than fp32 ONNX (paired median ratio ≤ 1.0): "
+              f"{sum(g['status'] == 'PASS' for g in done)} PASS of {len(done)} measured, "
+              f"{sum(g['within_noise'] for g in done)} of them within noise; {len(report['models']) - len(done)} "
+              f"model(s) without both files.", ""]
+    return "\n".join(lines)
+
+
+def _load(report: dict, when: str) -> str:
+    la = (report.get("load_average") or {}).get(when)
+    return "unknown" if not la else " / ".join(f"{x:.2f}" for x in la)
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def extract_rev(rev: str, dest: Path) -> Path:
+    """``compress/`` at ``rev`` plus this checkout's tests/zoo in ``dest`` (as scripts/zoo_status.py does)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev, "compress"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    zoo = dest / "tests" / "zoo"
+    zoo.mkdir(parents=True)
+    for src in (REPO_ROOT / "tests" / "zoo").glob("*.py"):
+        (zoo / src.name).write_bytes(src.read_bytes())
+    return dest
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer rounds and runs")
+    p.add_argument("--models", help="comma-separated subset of the zoo (default: all)")
+    p.add_argument("--rev", help="run the compress package of this git revision (stable while others edit)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 5; quick 3)")
+    p.add_argument("--runs", type=int, help="timed runs per measurement process (default 100; quick 50)")
+    p.add_argument("--warmup", type=int, help="untimed warm-up runs per process (default 10; quick 5)")
+    p.add_argument("--seconds", type=float, help="and at least this much timed wall time per process "
+                   "(default 0.3; quick 0.2)")
+    p.add_argument("--timeout", type=float, default=420, help="seconds per CLI run / measurement process [420]")
+    p.add_argument("--no-split", action="store_true", help="when the joint onnx,tflite run fails, do not re-run "
+                   "each format alone (faster; the table then has the joint run's error only)")
+    p.add_argument("--build-dir", type=Path, default=HERE / "_build" / "zoo", help="where the files go")
+    p.add_argument("--results-dir", type=Path, default=HERE / "results", help="root of the results tree")
+    p.add_argument("--no-save", action="store_true", help="print the Markdown only")
+    p.add_argument("--verbose", action="store_true", help="log every latency measurement")
+    a = p.parse_args(argv)
+    a.rounds = a.rounds or (3 if a.quick else 5)
+    a.runs = a.runs or (50 if a.quick else 100)
+    a.warmup = a.warmup if a.warmup is not None else (5 if a.quick else 10)
+    a.seconds = a.seconds if a.seconds is not None else (0.2 if a.quick else 0.3)
+    if a.rounds < 1 or a.runs < 1 or a.warmup < 0:
+        p.error("--rounds and --runs must be ≥ 1, --warmup ≥ 0")
+    return a
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
+        root = extract_rev(args.rev, Path(tmp) / "src") if args.rev else REPO_ROOT
+        # compress and tests.zoo from `root`, here and in every measurement child (they inherit sys.path).
+        sys.path.insert(1, str(root))
+        from compress.runtime import machine_description, machine_slug
+        from tests.zoo.train import CALIB_SAMPLES, ZOO
+
+        names = [n.strip() for n in args.models.split(",")] if args.models else list(ZOO)
+        unknown = [n for n in names if n not in ZOO]
+        if unknown:
+            print(f"error: unknown model(s) {', '.join(unknown)}; choose from {', '.join(ZOO)}", file=sys.stderr)
+            return 2
+        machine = machine_description()
+        slug = machine_slug(machine)
+        try:  # this checkout's commit (an extracted --rev has no .git)
+            from compress.runtime.machine import git_commit
+
+            machine["git"] = git_commit(REPO_ROOT)
+        except ImportError:
+            pass
+        source = "working tree" if not args.rev else args.rev
+        rev_sha = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short=10", args.rev or "HEAD"],
+                                 capture_output=True, text=True).stdout.strip()
+        source = f"{source} (`{rev_sha}`)"
+        log(f"machine: {slug} ({machine['cpu']['model']}); compress from {source}")
+        load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+        models = {}
+        for name in names:
+            try:
+                models[name] = bench_model(name, args, root)
+            except Exception as exc:  # noqa: BLE001 - never lose the other models' figures
+                traceback.print_exc(file=sys.stderr)
+                models[name] = {"name": name, "metric": ZOO[name].metric, "errors": {"benchmark": first_line(exc)}}
+            r = models[name].get("latency", {}).get("ratios", {}).get(f"{OURS}/{FP32}")
+            models[name]["goal"] = goal_verdict(r)
+        load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
+
+    largest = slowest = None
+    captured = {n: r["capture_time"] for n, r in models.items() if r.get("capture_time")}
+    if captured:
+        def summary(n):
+            c = captured[n]
+            return {"model": n, "parameters": c["parameters"], "first_s": c["seconds"][0], "again_s": c["seconds"][-1]}
+
+        largest = summary(max(captured, key=lambda n: captured[n]["parameters"]))
+        slowest = summary(max(captured, key=lambda n: captured[n]["seconds"][0]))
+    report = {"schema_version": SCHEMA_VERSION, "date": dt.date.today().isoformat(), "quick": args.quick,
+              "machine_slug": slug, "machine": machine, "source": source, "rev": args.rev,
+              "config": {"rounds": args.rounds, "runs": args.runs, "seconds": args.seconds, "warmup": args.warmup,
+                         "threads": 1, "batch": 1,
+                         "models": names, "timeout_s": args.timeout,
+                         "split_on_failure": not args.no_split},
+              "calib_samples": CALIB_SAMPLES, "peer_settings": PEER_SETTINGS, "models": models,
+              "largest_model_capture": largest, "slowest_capture": slowest, "load_average": {"start": load_start, "end": load_end},
+              "wall_s": time.perf_counter() - t0}
+    md = render_markdown(report)
+    print(md)
+    if not args.no_save:
+        out = args.results_dir / slug
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"zoo-{report['date']}" + ("-quick" if args.quick else "")
+        (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+        (out / ("zoo-latest-quick.md" if args.quick else "zoo-latest.md")).write_text(md)
+        log(f"wrote {out / (stem + '.json')}")
+    log(f"done in {report['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
