@@ -164,8 +164,12 @@ def classify_error(exc: BaseException) -> tuple[str, int]:
                             "--batch-size or data set, or a machine with more memory")
         return f"error: {err}", err.exit_code
     if isinstance(exc, OSError) and exc.errno in _PATH_ERRNOS and exc.filename:
-        err = os_error(exc, exc.filename)
-        return f"error: {err}", err.exit_code
+        if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):  # only ever from writing
+            err = os_error(exc, exc.filename)
+            return f"error: {err}", err.exit_code
+        # Reading or writing, we cannot tell here: name the path and its cause, not a guess.
+        return (f"error: cannot access {exc.filename}: {(exc.strerror or 'permission denied').lower()}; check its "
+                "permissions or choose another path"), ConfigError.exit_code
     return f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", EXIT_INTERNAL
 
 

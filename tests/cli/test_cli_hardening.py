@@ -391,3 +391,18 @@ def test_low_agreement_of_outputs_that_are_not_working_class_scores_only_warns()
     assert any("may have collapsed" in w for w in warns)
     report["formats"]["onnx"]["fp32"]["accuracy"] = 0.9  # a working classifier: the same figure is an error
     assert quality_warnings(report)[0].startswith("the int8 onnx model collapsed")
+
+
+@pytest.mark.parametrize("err, code, fragments", [
+    (errno.EACCES, ConfigError.exit_code, ("cannot access /data/m.pt", "permission denied", "permissions")),
+    (errno.ENOSPC, ResourceError.exit_code, ("cannot write /data/m.pt", "no space left", "free some space")),
+])
+def test_os_errors_name_the_path_and_the_cause(cli, monkeypatch, state_dict_file, calib_npz, err, code, fragments):
+    import compress.io
+
+    def fail(*args, **kwargs):
+        raise OSError(err, os.strerror(err), "/data/m.pt")
+
+    monkeypatch.setattr(compress.io, "load_model", fail)
+    result = cli("quantize", state_dict_file, "--arch", TINY, "--calib", calib_npz, "-o", "out")
+    one_error_line(result, code, *fragments)
