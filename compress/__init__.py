@@ -91,7 +91,7 @@ _LAZY = {
     "OnnxExportInfo": "compress.exporters.onnx",
     "export_onnx": "compress.exporters.onnx",
     "ParityReport": "compress.exporters.verify",
-    "verify_onnx": "compress.exporters.verify",
+    "verify_onnx": "compress.exporters.onnx",
 }
 
 

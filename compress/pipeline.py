@@ -331,7 +331,7 @@ def _export_onnx(model, example, path, options: QuantizeOptions, quantized: bool
 
 
 def _verify_onnx(path, int8_model, batches, info):
-    from compress.exporters.verify import verify_onnx
+    from compress.exporters.onnx import verify_onnx
 
     return verify_onnx(path, int8_model, batches, info=info)
 

@@ -83,7 +83,7 @@ def _export(fmt: str, net, example, path: Path, opset: int | None):
 
 def _verify(fmt: str, path: Path, net, batches, info):
     if fmt == "onnx":
-        from compress.exporters.verify import verify_onnx
+        from compress.exporters.onnx import verify_onnx
 
         return verify_onnx(path, net, batches, info=info, strict=True)
     from compress.exporters.tflite.verify import verify_tflite

@@ -1,6 +1,10 @@
 """Exporters: ONNX (QDQ int8 or fp32, pinned opset), TFLite (flatbuffer written directly, float or full int8),
 and verification of exported files against the torch simulation in the real runtime. onnx, onnxruntime,
-flatbuffers, tflite and ai_edge_litert are imported only when an export or a verification runs."""
+flatbuffers, tflite and ai_edge_litert are imported only when an export or a verification runs.
+
+Each format registers its emitters against the op registry (:mod:`compress.ops`) when its package is imported;
+:func:`register_all_emitters` imports them all (the registry's completeness test walks the result).
+"""
 
 from compress.exporters.onnx import (
     ActivationDType,
@@ -8,6 +12,7 @@ from compress.exporters.onnx import (
     OnnxExportInfo,
     export_onnx,
     trace_for_export,
+    verify_onnx,
 )
 from compress.exporters.tflite import (
     XNNPACK_FLOAT_OPS,
@@ -18,7 +23,21 @@ from compress.exporters.tflite import (
     verify_tflite,
     xnnpack_delegation,
 )
-from compress.exporters.verify import OutputParity, ParityReport, VerifyConfig, verify_onnx
+from compress.exporters.verify import OutputParity, ParityReport, VerifyConfig
+
+
+def register_all_emitters() -> None:
+    """Import the emitter modules of every format, so each op's registry entry holds its emitters.
+
+    Example:
+        >>> from compress import ops
+        >>> register_all_emitters()
+        >>> ops.get("conv2d").emitter("onnx", quantized=True).__name__
+        '_quant_conv'
+    """
+    import compress.exporters.onnx.emitters  # noqa: F401
+    import compress.exporters.tflite  # noqa: F401  (the TFLite exporter's emitter modules)
+
 
 __all__ = [
     "XNNPACK_FLOAT_OPS",
@@ -33,6 +52,7 @@ __all__ = [
     "VerifyConfig",
     "export_onnx",
     "export_tflite",
+    "register_all_emitters",
     "trace_for_export",
     "verify_onnx",
     "verify_tflite",

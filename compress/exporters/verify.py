@@ -1,9 +1,9 @@
-"""Prove an exported ONNX file computes what the torch simulation computes.
+"""Parity between an exported file run in its runtime and the torch simulation: shared by both formats.
 
-:func:`verify_onnx` checks the file with ``onnx.checker``, runs it in onnxruntime (CPU, one intra-op thread
-by default), runs the torch reference on the same inputs, and compares each output under the numerics
-contract (DESIGN.md): int8 outputs within 1 LSB of the output quantizer's scale on ≥ 99% of elements; float
-outputs within a relative error (max |diff| over max |reference|) of 1e-4.
+:func:`~compress.exporters.onnx.verify_onnx` (onnxruntime) and :func:`~compress.exporters.verify_tflite`
+(LiteRT) each run their file; this module runs the torch reference on the same inputs and compares each output
+under the numerics contract (DESIGN.md): int8 outputs within 1 LSB of the output quantizer's scale on ≥ 99%
+of elements; float outputs within a relative error (max |diff| over max |reference|) of 1e-4.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compress.errors import ConfigError, DataError, VerificationError, require
-from compress.exporters.onnx import OnnxExportInfo
+from compress.errors import ConfigError, DataError, VerificationError
 
 # A difference of exactly one code, computed in float32, can read as 1.0000001 LSB.
 _LSB_SLACK = 1e-3
@@ -70,7 +69,7 @@ class OutputParity:
 
 @dataclass
 class ParityReport:
-    """The outcome of :func:`verify_onnx`. ``max_abs_lsb`` / ``within_1lsb_fraction`` aggregate the int8
+    """The outcome of a verification (ONNX or TFLite). ``max_abs_lsb`` / ``within_1lsb_fraction`` aggregate the int8
     outputs (None when there are none); ``max_abs_diff`` / ``max_rel_diff`` cover every output."""
 
     path: str
@@ -118,69 +117,6 @@ def _flatten(y) -> list[np.ndarray]:
     if y is None:
         return []  # e.g. attention weights with need_weights=False; the ONNX graph has no such output
     return [np.asarray(y, dtype=np.float32)]
-
-
-def verify_onnx(path, reference: Callable | nn.Module, inputs: Iterable, *, info: OnnxExportInfo,
-                config: VerifyConfig = VerifyConfig(), strict: bool = False) -> ParityReport:
-    """Run ``path`` in onnxruntime and ``reference`` in torch on the same inputs; compare the outputs.
-
-    Args:
-        path: the ``.onnx`` file (from :func:`~compress.exporters.export_onnx`).
-        reference: the torch simulation (the converted model) or any callable taking the input tensors.
-        inputs: batches; each an array/tensor, or a tuple of them for multi-input models.
-        info: the export's :class:`OnnxExportInfo` (output scales tell which outputs are int8).
-        config: thresholds and thread count.
-        strict: raise :class:`VerificationError` (with the figures) when the contract is not met.
-
-    Returns:
-        A :class:`ParityReport`.
-
-    Example:
-        >>> import tempfile, os
-        >>> from compress.exporters.onnx import export_onnx
-        >>> m = nn.Linear(4, 2).eval(); p = os.path.join(tempfile.mkdtemp(), "m.onnx")
-        >>> info = export_onnx(m, (torch.randn(1, 4),), p)
-        >>> verify_onnx(p, m, [np.ones((3, 4), np.float32)], info=info).passed
-        True
-    """
-    onnx = require("onnx", "onnx")
-    ort = require("onnxruntime", "onnx")
-    path = str(path)
-    try:
-        onnx.checker.check_model(path)
-    except (onnx.checker.ValidationError, OSError) as exc:
-        raise VerificationError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0]}); "
-                                "re-export it with export_onnx") from exc
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.intra_op_threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise VerificationError(f"onnxruntime cannot load {path} ({str(exc).splitlines()[0]}); "
-                                "re-export it, or report the op named in the message") from exc
-    in_names = [i.name for i in session.get_inputs()]
-    out_names = [o.name for o in session.get_outputs()]
-    scales = list(info.output_scales)
-    tolerances = list(getattr(info, "output_tolerances", None) or [None] * len(scales))
-    if len(scales) != len(out_names):
-        raise VerificationError(f"info describes {len(scales)} outputs but {path} has {len(out_names)}; "
-                                "pass the OnnxExportInfo returned by the export of this file")
-
-    def run(batch: tuple[np.ndarray, ...]) -> list[np.ndarray]:
-        if len(batch) != len(in_names):
-            raise DataError(f"a verification batch has {len(batch)} arrays but the model takes "
-                            f"{len(in_names)} inputs ({', '.join(in_names)})")
-        return session.run(None, dict(zip(in_names, batch, strict=True)))
-
-    diffs, refs_max, problems, batches = collect_diffs(run, reference, inputs, out_names, "ONNX model")
-    outputs = [
-        output_parity(name, diffs[i], refs_max[i], scales[i][0] if scales[i] is not None else None, config,
-                      tolerances[i] if i < len(tolerances) else None)
-        for i, name in enumerate(out_names)
-    ]
-    return parity_report(path, outputs, batches, problems, config, strict=strict, runtime="onnxruntime")
 
 
 def parity_report(path, outputs: list[OutputParity], batches: int, problems: list[str], config: VerifyConfig, *,

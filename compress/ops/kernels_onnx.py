@@ -1,9 +1,13 @@
 """How onnxruntime runs each op of an int8 QDQ model written by ``compress.exporters.onnx`` (one line per op).
 
 INT8: onnxruntime fuses DequantizeLinear → op → QuantizeLinear into an integer kernel (QLinearConv, MatMulInteger,
-QLinearAdd, ...) or the op only moves int8 values. FLOAT: the op runs in float between DequantizeLinear and
-QuantizeLinear (reported in ``float_ops``). NONE: the exporter cannot write it. The ONNX exporter's owner keeps
-this table true; ``tests/ops`` checks it against the registered emitters.
+QLinearAdd, QLinearWhere, QLinearLeakyRelu...), or drops the Q/DQ around an op that only moves int8 values
+(Reshape, Transpose, Gather, Split, Expand, Tile, ReduceMax, Resize nearest; Pad is written on the int8 codes
+themselves), or the op makes no real-valued activation (comparisons, argmax, sizes, constructors: nothing to
+quantize). FLOAT: the op runs in float between DequantizeLinear and QuantizeLinear (reported in ``float_ops``).
+NONE: the exporter cannot write it. Checked here in onnxruntime 1.32 by reading the optimized graph of
+DQ → op → Q (``tests/exporters/onnx/test_kernels.py`` keeps the INT8 claims true). The ONNX exporter's owner
+keeps this table true; ``tests/ops`` checks it against the registered emitters.
 """
 
 from compress.ops.spec import Kernel
@@ -37,9 +41,9 @@ KERNELS: dict[str, Kernel] = {
     "gelu": FLOAT,
     "silu": FLOAT,
     "leaky_relu": INT8,
-    "prelu": NONE,
-    "elu": NONE,
-    "mish": NONE,
+    "prelu": FLOAT,
+    "elu": FLOAT,
+    "mish": FLOAT,
     "neg": FLOAT,
     "quantize": INT8,
     "add": INT8,
@@ -48,34 +52,34 @@ KERNELS: dict[str, Kernel] = {
     "div": FLOAT,
     "matmul": INT8,
     "cat": INT8,
-    "where": NONE,
-    "masked_fill": NONE,
-    "pow": NONE,
-    "cumsum": NONE,
+    "where": INT8,
+    "masked_fill": INT8,
+    "pow": FLOAT,
+    "cumsum": FLOAT,
     "mean": INT8,
-    "sum": NONE,
-    "amax": NONE,
-    "max_min": NONE,
-    "argmax": NONE,
+    "sum": FLOAT,
+    "amax": INT8,
+    "max_min": INT8,
+    "argmax": INT8,
     "reshape": INT8,
     "transpose": INT8,
     "getitem": INT8,
     "split": INT8,
     "expand": INT8,
-    "pad": NONE,
-    "interpolate": NONE,
-    "gather": NONE,
-    "compare": NONE,
-    "logical": NONE,
+    "pad": INT8,  # on the int8 codes (a constant off the input's grid: float, then the next quantizer)
+    "interpolate": FLOAT,  # nearest is int8 in onnxruntime, bilinear float: the op is listed as float
+    "gather": INT8,
+    "compare": INT8,
+    "logical": INT8,
     "shape": INT8,
     "cast": INT8,
-    "constant": NONE,
+    "constant": INT8,
     "aten": FLOAT,
-    "exp": NONE,
-    "log": NONE,
-    "sqrt": NONE,
-    "rsqrt": NONE,
-    "abs": NONE,
-    "reciprocal": NONE,
-    "erf": NONE,
+    "exp": FLOAT,
+    "log": FLOAT,
+    "sqrt": FLOAT,
+    "rsqrt": FLOAT,
+    "abs": FLOAT,
+    "reciprocal": FLOAT,
+    "erf": FLOAT,
 }

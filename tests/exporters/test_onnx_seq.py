@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from compress.exporters import OnnxExportConfig, export_onnx, verify_onnx
-from compress.exporters.onnx_ops_seq import RECURRENT_RTOL
+from compress.exporters.onnx.ops_seq import RECURRENT_RTOL
 from compress.layers import QuantMultiheadAttention
 from compress.models import BertEncoder, LSTMClassifier
 from compress.passes import calibrate, convert, prepare

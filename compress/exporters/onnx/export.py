@@ -1,9 +1,10 @@
 """Export a converted (int8 QDQ) or float model to one ONNX file at a pinned opset.
 
-The exporter walks a torch.fx graph (see docs/architecture.md, "The converted model") and writes each node
-with the op table in :mod:`compress.exporters.onnx_ops` / :mod:`compress.exporters.onnx_ops_quant`, using
-``onnx.helper`` builders directly (``torch.onnx`` picks opsets and file layouts on its own; it only writes the
-single ops the table lacks, as checked float subgraphs: :mod:`compress.exporters.onnx_fallback`).
+The exporter walks a torch.fx graph (see docs/architecture.md, "The converted model"), looks each node up in
+the op registry (:func:`compress.ops.lookup`) and writes it with the emitter this package registered for that
+op (:mod:`~compress.exporters.onnx.emitters`), using ``onnx.helper`` builders directly (``torch.onnx`` picks
+opsets and file layouts on its own; it only writes the single ops with no emitter, as checked float
+subgraphs: :mod:`compress.exporters.onnx.fallback`).
 
 Example:
     >>> import torch, tempfile, os
@@ -29,12 +30,11 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-import compress.exporters.onnx_ops  # noqa: F401  (fills the op table)
-import compress.exporters.onnx_ops_seq  # noqa: F401  (attention, LSTM / GRU)
-from compress.errors import ConfigError, ExportError, require
-from compress.exporters.onnx_fallback import emit_fallback, fallback_inputs, find_handler
-from compress.exporters.onnx_graph import (
-    PRESERVING,
+from compress import ops
+from compress.errors import CompressError, ConfigError, ExportError, require
+from compress.exporters.onnx import emitters  # noqa: F401  (registers every ONNX emitter with the op registry)
+from compress.exporters.onnx.fallback import emit_fallback, fallback_inputs, find_emitter
+from compress.exporters.onnx.graph import (
     ExportContext,
     GraphBuilder,
     PyValue,
@@ -43,9 +43,9 @@ from compress.exporters.onnx_graph import (
     onnx_elem_type,
     summarize,
 )
-from compress.exporters.onnx_ops import is_python_record
-from compress.exporters.onnx_ops_quant import is_quant_module
-from compress.exporters.onnx_ops_seq import RECURRENT_RTOL
+from compress.exporters.onnx.ops_float import is_python_record
+from compress.exporters.onnx.ops_quant import is_quant_module
+from compress.exporters.onnx.ops_seq import RECURRENT_RTOL
 from compress.passes.graph import QuantTracer
 from compress.quant.fake import Quantizer
 
@@ -142,7 +142,7 @@ class OnnxExportInfo:
 ExportTracer = QuantTracer
 
 
-def trace_for_export(model: nn.Module) -> fx.GraphModule:
+def trace_for_export(model: nn.Module, example_inputs: tuple | None = None) -> fx.GraphModule:
     """Symbolically trace ``model`` with compress layers as leaves; GraphModules are returned unchanged.
 
     Example:
@@ -154,6 +154,14 @@ def trace_for_export(model: nn.Module) -> fx.GraphModule:
         return model
     if not isinstance(model, nn.Module):
         raise ExportError(f"expected a torch.nn.Module to export, got {type(model).__name__}")
+    if example_inputs is not None:
+        # A float baseline is captured exactly as prepare() captures the model it quantizes (torch.export).
+        from compress.passes import capture_graph
+
+        try:
+            return capture_graph(model, example_inputs)[0]
+        except CompressError as exc:
+            raise ExportError(f"cannot capture {type(model).__name__} for export: {exc}") from exc
     tracer = ExportTracer()
     if tracer.is_leaf_module(model, ""):
         # fx always traces the root's own forward; wrap a single layer so it stays one leaf node.
@@ -240,26 +248,31 @@ def _record(gm: fx.GraphModule, example_inputs: tuple, dynamic_batch: bool) -> t
 
 # -- emitting -------------------------------------------------------------------------------------------
 def _handler_for(ctx: ExportContext, node: fx.Node):
-    handler, mod, what = find_handler(ctx.gm, node)
+    handler, mod, spec, what = find_emitter(ctx.gm, node, ctx.modules)
     if handler is None:
         if node.op not in ("call_module", "call_function", "call_method"):
             raise ExportError(f"unsupported fx node {node.name!r} ({node.op}); export the GraphModule from "
                               "trace_for_export or convert()")
         if mod is not None and is_quant_module(mod):
             # torch.onnx would write the simulation's fake-quant arithmetic, not an int8 op nor a float one.
-            raise ExportError(f"quantized layer {what} at fx node {node.name!r} has no ONNX int8 handler; "
+            raise ExportError(f"quantized layer {what} at fx node {node.name!r} has no ONNX int8 emitter; "
                               "exclude it from quantization so it exports in float, or report it")
 
-        # No ONNX handler: torch.onnx writes this one op as a float subgraph (listed in float_fallbacks).
+        # No ONNX emitter: torch.onnx writes this one op as a float subgraph (listed in float_fallbacks).
         def handler(ctx, node, mod):
             return emit_fallback(ctx, node, mod, what)
-    return handler, mod
+    return handler, mod, spec
 
 
 def _emit(ctx: ExportContext, node: fx.Node):
     rec = ctx.records.get(node)
     if node.op in ("call_function", "call_method") and is_python_record(rec):
-        # size(), .shape, int arithmetic on them: a Python constant, read from the recorded run.
+        # size(), .shape, int arithmetic on them: a Python constant, read from the recorded run (x.size(d)
+        # that follows the batch also gets the graph computing it: the registry's "shape" emitter).
+        spec = ops.lookup(node, ctx.modules)
+        size = spec.emitter("onnx") if spec is not None and spec.name == "shape" else None
+        if size is not None:
+            return size(ctx, node, None)
         probe = ctx.probe.get(node) if ctx.probe is not None else rec
         return PyValue(rec, batch_dependent=probe != rec)
     if node in ctx.consts:
@@ -271,14 +284,23 @@ def _emit(ctx: ExportContext, node: fx.Node):
         if not isinstance(value, torch.Tensor):
             return PyValue(value)
         return TensorValue(ctx.b.const(value.detach().cpu().numpy(), node.target))
-    handler, mod = _handler_for(ctx, node)
+    handler, mod, spec = _handler_for(ctx, node)
     out = handler(ctx, node, mod)
-    if handler in PRESERVING and isinstance(out, TensorValue) and out.qparams is None:
-        src = ctx.value(node.args[0])
-        feeds_quantizer = all(u.op == "call_module" and isinstance(ctx.module(u), Quantizer) for u in node.users)
-        if isinstance(src, TensorValue) and src.qparams is not None and not feeds_quantizer:
-            # Same grid as the input: lets onnxruntime keep this op (and its neighbours) in int8.
-            out = ctx.b.quantize_dequantize(out.name, src.qparams, node.name)
+    if spec is not None and spec.policy is ops.Policy.PRESERVING and node not in ctx.off_grid:
+        out = _keep_grid(ctx, node, out)
+    return out
+
+
+def _keep_grid(ctx: ExportContext, node: fx.Node, out):
+    """A quantization-preserving op's output lies on its input's grid: say so with Q/DQ (same qparams), so
+    onnxruntime keeps this op and its neighbours in int8. Emitters returning tuples (split, max with indices)
+    mark their pieces themselves: only they know which pieces are values and which are indices."""
+    src = ctx.value(node.args[0]) if node.args else None
+    if not isinstance(src, TensorValue) or src.qparams is None:
+        return out
+    feeds_quantizer = all(u.op == "call_module" and isinstance(ctx.module(u), Quantizer) for u in node.users)
+    if isinstance(out, TensorValue) and out.qparams is None and not feeds_quantizer:
+        out = ctx.b.quantize_dequantize(out.name, src.qparams, node.name)
     return out
 
 
@@ -351,7 +373,7 @@ def export_onnx(model: fx.GraphModule | nn.Module, example_inputs: tuple[torch.T
     if not path.parent.is_dir():
         raise ExportError(f"cannot write {path}: directory {path.parent} does not exist; create it first")
 
-    gm = trace_for_export(model)
+    gm = trace_for_export(model, example_inputs)
     modes = {m: m.training for m in gm.modules()}
     gm.eval()
     try:

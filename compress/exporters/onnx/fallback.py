@@ -1,8 +1,8 @@
-"""Float fallback for ops the ONNX op table lacks: export just that op with ``torch.onnx.export`` and splice it in.
+"""Float fallback for ops with no ONNX emitter: export just that op with ``torch.onnx.export`` and splice it in.
 
 DESIGN.md: a partly unsupported model still exports; unsupported ops stay float and are listed
-(``OnnxExportInfo.float_fallbacks``). For one fx node with no handler (``nn.ConvTranspose2d``, ``nn.Upsample``,
-a user's leaf module, ``torch.cumsum``...), the op alone is wrapped in a tiny module and exported on the example
+(``OnnxExportInfo.float_fallbacks``). For one fx node with no emitter (an aten op capture kept as it is, a user's
+leaf module, ``torch.sort``...), the op alone is wrapped in a tiny module and exported on the example
 values recorded for its inputs, at the main graph's opset. Its nodes and initializers are renamed under the fx
 node's name and wired to our (float, dequantized) input tensors; in an int8 graph the next quantizer re-enters
 the grid as usual, so the op simply runs in float.
@@ -11,10 +11,12 @@ Example:
     >>> import torch, tempfile, os
     >>> from torch import nn
     >>> from compress.exporters.onnx import export_onnx
-    >>> m = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ConvTranspose2d(4, 2, 2, stride=2))
-    >>> info = export_onnx(m, (torch.randn(1, 1, 4, 4),), os.path.join(tempfile.mkdtemp(), "m.onnx"))
-    >>> info.float_fallbacks
-    ['_1 (ConvTranspose2d)']
+    >>> class Flip(nn.Module):
+    ...     def forward(self, x):
+    ...         return torch.relu(x).flip(1)  # Tensor.flip: no registry op
+    >>> info = export_onnx(Flip(), (torch.randn(1, 4),), os.path.join(tempfile.mkdtemp(), "m.onnx"))
+    >>> info.float_fallbacks  # captured by torch.export: an aten op with no torch form in compress
+    ['flip (aten.flip)']
 """
 
 from __future__ import annotations
@@ -29,18 +31,18 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from compress import ops
 from compress.errors import ExportError
-from compress.exporters.onnx_graph import (
-    FUNCTION_OPS,
-    METHOD_OPS,
-    MODULE_OPS,
+from compress.exporters.onnx.graph import (
     ExportContext,
     PyValue,
     TensorRecord,
     TensorValue,
+    emitter,
     supported_ops,
 )
-from compress.exporters.onnx_ops_quant import is_quant_module
+from compress.exporters.onnx.ops_quant import is_quant_module, quant_output_op
+from compress.layers.activation import QuantOutputMixin
 
 # A fallback must reproduce torch on the recorded values to this max|diff| / max|torch| (it is float; the
 # check catches traces that silently went wrong, e.g. constants baked in by the legacy tracer).
@@ -51,49 +53,63 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _GRAPH, _GRAPHS = 5, 10
 
 
-def find_handler(gm: fx.GraphModule, node: fx.Node):
-    """The op table's handler for ``node`` (None when it has none), the called module, and a readable op name.
+def find_emitter(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module] | None = None):
+    """The registered ONNX emitter for ``node`` (None when the registry has none), the called module, the
+    node's registry op (None when undeclared) and a readable op name.
+
+    A compress quant layer takes its op's *quantized* emitter; a float emitter would silently write it in
+    float. ``QuantOutputMixin`` wrappers (QuantReLU, QuantMaxPool2d...) all share one quantized form: their
+    quantizers around the float op's emitter.
 
     Example:
         >>> gm = fx.symbolic_trace(nn.Sequential(nn.ReLU()))
-        >>> find_handler(gm, list(gm.graph.nodes)[1])[2]
-        'torch.nn.modules.activation.ReLU'
+        >>> fn, mod, spec, what = find_emitter(gm, list(gm.graph.nodes)[1])
+        >>> spec.name, what
+        ('relu', 'torch.nn.modules.activation.ReLU')
     """
-    mod = None
+    if modules is None:
+        modules = dict(gm.named_modules())
+    mod = modules.get(node.target) if node.op == "call_module" else None
+    spec = ops.lookup(node, modules) if node.op in ("call_module", "call_function", "call_method") else None
+    quantized = mod is not None and is_quant_module(mod)
+    fn = spec.emitter("onnx", quantized) if spec is not None else None
+    if fn is None and quantized and isinstance(mod, QuantOutputMixin) and spec is not None \
+            and spec.emitter("onnx") is not None:
+        fn = quant_output_op
     if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
-        handler = next((MODULE_OPS[c] for c in type(mod).__mro__ if c in MODULE_OPS), None)
-        # A quant layer must never be written by its float base class's handler (that would export float).
-        if handler is not None and is_quant_module(mod) and not handler.handles_quant:
-            handler = None
-        what = f"{type(mod).__module__}.{type(mod).__name__}"
+        what = f"{type(mod).__module__}.{type(mod).__name__}" if mod is not None else str(node.target)
     elif node.op == "call_function":
-        handler = FUNCTION_OPS.get(node.target)
-        what = getattr(node.target, "__qualname__", repr(node.target))
+        what = getattr(node.target, "__qualname__", None) or repr(node.target)
+        if isinstance(node.target, torch._ops.OpOverload):
+            what = f"aten.{node.target.overloadpacket.__name__}"
     elif node.op == "call_method":
-        handler = METHOD_OPS.get(node.target)
         what = f"Tensor.{node.target}"
     else:
-        handler, what = None, node.op
-    return handler, mod, what
+        what = node.op
+    return fn, mod, spec, what
 
 
 def fallback_inputs(gm: fx.GraphModule) -> set[fx.Node]:
-    """Nodes whose values the recording runs keep: the inputs of every call the op table cannot write."""
+    """Nodes whose values the recording runs keep: the inputs of every call written by torch.onnx."""
     keep: set[fx.Node] = set()
+    modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
-        if node.op in ("call_module", "call_function", "call_method") and find_handler(gm, node)[0] is None:
-            keep.update(node.all_input_nodes)
+        if node.op in ("call_module", "call_function", "call_method"):
+            fn = find_emitter(gm, node, modules)[0]
+            if fn is None or fn is emit_generic:
+                keep.update(node.all_input_nodes)
     return keep
 
 
 def short_name(node: fx.Node, mod: nn.Module | None) -> str:
-    """How a fallback is listed: ``"up (ConvTranspose2d)"``, ``"cumsum (torch.cumsum)"``."""
+    """How a fallback is listed: ``"leaf (MyModule)"``, ``"flip (aten.flip)"``, ``"flip (Tensor.flip)"``."""
     if mod is not None:
         return f"{node.name} ({type(mod).__name__})"
     if node.op == "call_method":
         return f"{node.name} (Tensor.{node.target})"
     fn = node.target
+    if isinstance(fn, torch._ops.OpOverload):  # an aten op capture kept as it is (registry op "aten")
+        return f"{node.name} (aten.{fn.overloadpacket.__name__})"
     module = getattr(fn, "__module__", None) or ""
     prefix = "torch." if module.startswith("torch") else (f"{module}." if module else "")
     return f"{node.name} ({prefix}{getattr(fn, '__name__', repr(fn))})"
@@ -132,6 +148,13 @@ class _OneOp(nn.Module):
         if self.kind == "call_function":
             return self.target(*args, **kwargs)
         return getattr(args[0], self.target)(*args[1:], **kwargs)
+
+
+@emitter("aten")
+def emit_generic(ctx: ExportContext, node: fx.Node, mod: nn.Module | None):
+    """The registry's generic entry (an aten op capture kept as it is): written by torch.onnx, in float."""
+    return emit_fallback(ctx, node, mod, f"aten.{node.target.overloadpacket.__name__}"
+                         if isinstance(node.target, torch._ops.OpOverload) else str(node.target))
 
 
 def emit_fallback(ctx: ExportContext, node: fx.Node, mod: nn.Module | None, what: str):

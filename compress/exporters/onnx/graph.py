@@ -1,4 +1,4 @@
-"""The pieces the ONNX op table writes with: a graph builder, the values an fx node maps to, and the export context.
+"""The pieces the ONNX emitters write with: a graph builder, the values an fx node maps to, and the export context.
 
 Nothing here imports onnx at module level (``import compress`` must stay light); the builder loads it when
 an export starts.
@@ -9,7 +9,8 @@ Value model: every fx node maps to one of
   ``DequantizeLinear`` (it lies on that int8/uint8 grid, so quantization-preserving ops can re-emit Q/DQ);
 * :class:`PyValue` — a Python constant the model computed while tracing (``x.size(0)``, ``x.shape``, an
   int derived from them), read from the shape-propagation run; ``batch_dependent`` marks values that change
-  with the batch size and so cannot be baked into a dynamic-batch graph as constants;
+  with the batch size and so cannot be baked into a dynamic-batch graph as constants (``tensor`` then names
+  the int64 ONNX scalar that computes ``x.size(d)`` at run time);
 * a tuple of those (a module returning several tensors, indexed by ``getitem``).
 """
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from compress import ops
 from compress.errors import ExportError, require
 
 # Constants at most this many elements are shared between nodes (scales, zero points, shapes, axes).
@@ -73,6 +75,8 @@ class TensorValue:
 class PyValue:
     value: Any
     batch_dependent: bool = False
+    # For a batch-dependent size (x.size(0)): an int64 ONNX scalar computing it at run time, or None.
+    tensor: str | None = None
 
 
 def onnx_elem_type(dtype: torch.dtype | np.dtype) -> int:
@@ -98,6 +102,7 @@ class GraphBuilder:
         self.initializers: list = []
         self._names: set[str] = set()
         self._const_cache: dict[tuple, str] = {}
+        self._producers: dict[str, Any] = {}
 
     # -- names -----------------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -121,9 +126,15 @@ class GraphBuilder:
         outputs = [self.fresh(f"{hint}/{op_type}" if n_outputs == 1 else f"{hint}/{op_type}_{i}")
                    for i in range(n_outputs)]
         attrs = {k: v for k, v in attrs.items() if v is not None}
-        self.nodes.append(self.helper.make_node(op_type, inputs, outputs, name=self.fresh(f"{hint}/{op_type}#"),
-                                                **attrs))
+        made = self.helper.make_node(op_type, inputs, outputs, name=self.fresh(f"{hint}/{op_type}#"), **attrs)
+        self.nodes.append(made)
+        for o in outputs:
+            self._producers[o] = made
         return outputs[0] if n_outputs == 1 else outputs
+
+    def producer(self, name: str) -> Any:
+        """The node this builder made that writes ``name`` (None for inputs, initializers, spliced nodes)."""
+        return self._producers.get(name)
 
     def const(self, array: np.ndarray, hint: str) -> str:
         array = np.asarray(array)
@@ -196,6 +207,10 @@ class ExportContext:
         self.probe = probe
         self.unsigned = unsigned
         self.env: dict[fx.Node, Any] = {}
+        self.modules: dict[str, torch.nn.Module] = dict(gm.named_modules())
+        # Nodes of a quantization-preserving op whose output an emitter knows is *off* the input's grid (a
+        # constant pad value between two codes): the exporter must not claim the input's qparams for them.
+        self.off_grid: set[fx.Node] = set()
         # Tensors computed only from constants, folded into initializers (filled by the exporter).
         self.consts: dict[fx.Node, torch.Tensor] = {}
         # Nodes whose ONNX form computes close to, but not exactly, what the simulation does (a recurrent
@@ -228,6 +243,8 @@ class ExportContext:
         if isinstance(v, PyValue) and isinstance(v.value, int | float | bool) and not v.batch_dependent:
             dtype = torch_to_numpy_dtype(like) if like is not None else np.dtype(np.float32)
             return TensorValue(self.b.scalar(v.value, dtype, f"{node.name}/const"))
+        if isinstance(v, PyValue) and v.tensor is not None:
+            return TensorValue(v.tensor)  # a size the graph computes (Shape → Gather), int64
         if isinstance(v, PyValue) and v.batch_dependent:
             raise ExportError(
                 f"fx node {node.name!r} uses a value computed from the batch size ({v.value!r}) as tensor data; "
@@ -306,42 +323,37 @@ def summarize(value):
     return value
 
 
-# -- the op table's registry (filled by onnx_ops / onnx_ops_quant at import) --------------------------------
-MODULE_OPS: dict[type, Any] = {}
-FUNCTION_OPS: dict[Any, Any] = {}
-METHOD_OPS: dict[str, Any] = {}
-PRESERVING: set = set()
-_REQUIRED = object()
+# -- emitters: registered against the op registry (compress.ops), never in a table of our own ---------------
+def emitter(*names: str, quantized: bool = False):
+    """Register ``fn(ctx, node, module_or_None) -> value`` as the ONNX emitter of each registry op in ``names``.
 
+    ``quantized``: the emitter writes the compress quant layer form (a QuantLinear node, a Quantizer); float
+    emitters never see quant layers, so a quant layer without a quantized emitter is refused rather than
+    written in float. Whether the op keeps its input's int8 grid is the registry's ``Policy.PRESERVING``.
 
-def op(*, modules=(), functions=(), methods=(), preserving: bool = False, quant: bool = False):
-    """Register a handler ``fn(ctx, node, module_or_None) -> value`` for modules, functions and methods.
-
-    ``preserving``: the op keeps its input's int8 grid (max pooling, reshapes, transposes, slicing); the
-    exporter re-emits Q/DQ with the input's qparams after it so the runtime can run it in int8.
-    ``quant``: the handler understands compress quant layers (others refuse them rather than export float).
+    Example:
+        >>> from compress import ops
+        >>> ops.get("relu").emitter("onnx") is not None  # registered when the emitter modules load
+        True
     """
 
     def register(fn):
-        for m in modules:
-            MODULE_OPS[m] = fn
-        for f in functions:
-            FUNCTION_OPS[f] = fn
-        for name in methods:
-            METHOD_OPS[name] = fn
-        fn.handles_quant = quant
-        if preserving:
-            PRESERVING.add(fn)
+        for name in names:
+            ops.register_emitter("onnx", name, quantized=quantized)(fn)
         return fn
 
     return register
 
 
 def supported_ops() -> list[str]:
-    """Names of every module, function and tensor method the ONNX exporter writes (for error messages)."""
-    names = {f"nn.{m.__name__}" if m.__module__.startswith("torch.nn") else m.__name__ for m in MODULE_OPS}
-    names |= {_function_name(f) for f in FUNCTION_OPS}
-    names |= {f"Tensor.{m}" for m in METHOD_OPS}
+    """Every module, function and tensor method the ONNX exporter writes natively (from the op registry)."""
+    names: set[str] = set()
+    for spec in ops.all_specs():
+        if spec.emitter("onnx") is None and spec.emitter("onnx", quantized=True) is None:
+            continue
+        names |= {f"nn.{m.__name__}" if m.__module__.startswith("torch.nn") else m.__name__ for m in spec.modules}
+        names |= {_function_name(f) for f in spec.functions}
+        names |= {f"Tensor.{m}" for m in spec.methods}
     return sorted(names)
 
 
@@ -353,6 +365,9 @@ def _function_name(f) -> str:
     if module.startswith("torch.nn.functional"):
         return f"F.{name}"
     return f"torch.{name}" if module.startswith("torch") or module == "" else f"{module}.{name}"
+
+
+_REQUIRED = object()
 
 
 def arg(node: fx.Node, index: int, name: str, default=_REQUIRED):

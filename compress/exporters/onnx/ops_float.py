@@ -1,14 +1,14 @@
-"""ONNX op table, float and structural part: what each torch module / function / method becomes in ONNX.
+"""ONNX emitters, float and structural part: what each torch module / function / method becomes in ONNX.
 
-Handlers take ``(ctx, node, module_or_None)`` and return the node's value (see ``onnx_graph``). The same
-table writes fp32 graphs (float models, our baseline) and the float islands of int8 graphs. Ops marked
-``preserving`` keep their input's int8 grid; the exporter re-emits Q/DQ after them.
+Emitters take ``(ctx, node, module_or_None)`` and return the node's value (see :mod:`.graph`); each is
+registered for a registry op (:func:`~compress.exporters.onnx.graph.emitter`). The same emitters write fp32
+graphs (float models, our baseline) and the float islands of int8 graphs. Ops the registry declares
+``Policy.PRESERVING`` keep their input's int8 grid; the exporter re-emits Q/DQ after them.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 import torch
@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from compress.errors import ExportError
-from compress.exporters.onnx_graph import ExportContext, PyValue, TensorValue, arg, op, static
-from compress.exporters.onnx_ops_quant import clamp_implied, conv_attrs, emit_embedding, emit_linear
+from compress.exporters.onnx.graph import ExportContext, PyValue, TensorValue, arg, emitter, static
+from compress.exporters.onnx.ops_quant import clamp_implied, conv_attrs, emit_embedding, emit_linear
 
 _INT64_MAX = 2**63 - 1
 
@@ -38,7 +38,7 @@ def _axis(dim: int, rank: int) -> int:
 
 
 # -- weighted float layers ------------------------------------------------------------------------------
-@op(modules=[nn.Conv1d, nn.Conv2d])
+@emitter("conv1d", "conv2d")
 def _conv(ctx: ExportContext, node: fx.Node, mod: nn.Conv2d):
     inputs = [_x(ctx, node).name, ctx.b.const(mod.weight.detach().numpy(), f"{node.name}.weight")]
     if mod.bias is not None:
@@ -46,7 +46,7 @@ def _conv(ctx: ExportContext, node: fx.Node, mod: nn.Conv2d):
     return TensorValue(ctx.b.node("Conv", inputs, node.name, **conv_attrs(mod, node.name)))
 
 
-@op(modules=[nn.Linear])
+@emitter("linear")
 def _linear(ctx: ExportContext, node: fx.Node, mod: nn.Linear):
     w = mod.weight.detach().numpy()
 
@@ -59,7 +59,7 @@ def _linear(ctx: ExportContext, node: fx.Node, mod: nn.Linear):
     return TensorValue(emit_linear(ctx, node, _x(ctx, node), weight_for, bias))
 
 
-@op(modules=[nn.BatchNorm1d, nn.BatchNorm2d])
+@emitter("batch_norm")
 def _batch_norm(ctx: ExportContext, node: fx.Node, mod: nn.BatchNorm2d):
     if mod.running_mean is None:
         raise ExportError(f"BatchNorm {node.name!r} has no running statistics; use track_running_stats=True")
@@ -73,7 +73,7 @@ def _batch_norm(ctx: ExportContext, node: fx.Node, mod: nn.BatchNorm2d):
                                   epsilon=float(mod.eps)))
 
 
-@op(modules=[nn.Embedding])
+@emitter("embedding")
 def _embedding(ctx: ExportContext, node: fx.Node, mod: nn.Embedding):
     return emit_embedding(ctx, node, mod, ctx.b.const(mod.weight.detach().numpy(), f"{node.name}.weight"))
 
@@ -89,28 +89,28 @@ def _clip(ctx: ExportContext, node: fx.Node, lo: float, hi: float | None):
     return TensorValue(ctx.b.node("Clip", inputs, node.name))
 
 
-@op(modules=[nn.ReLU], functions=[torch.relu, F.relu], methods=["relu"])
+@emitter("relu")
 def _relu(ctx, node, mod):
     return _clip(ctx, node, 0.0, None)
 
 
-@op(modules=[nn.ReLU6], functions=[F.relu6])
+@emitter("relu6")
 def _relu6(ctx, node, mod):
     return _clip(ctx, node, 0.0, 6.0)
 
 
-@op(modules=[nn.Hardtanh], functions=[F.hardtanh])
+@emitter("hardtanh")
 def _hardtanh(ctx, node, mod):
     if mod is not None:
         return _clip(ctx, node, float(mod.min_val), float(mod.max_val))
     return _clip(ctx, node, float(arg(node, 1, "min_val", -1.0)), float(arg(node, 2, "max_val", 1.0)))
 
 
-op(modules=[nn.Sigmoid], functions=[torch.sigmoid, F.sigmoid], methods=["sigmoid"])(_unary("Sigmoid"))
-op(modules=[nn.Tanh], functions=[torch.tanh, F.tanh], methods=["tanh"])(_unary("Tanh"))
+emitter("sigmoid")(_unary("Sigmoid"))
+emitter("tanh")(_unary("Tanh"))
 
 
-@op(modules=[nn.Hardswish], functions=[F.hardswish])
+@emitter("hardswish")
 def _hardswish(ctx, node, mod):
     x = _x(ctx, node)
     if ctx.b.opset >= 14:
@@ -119,19 +119,19 @@ def _hardswish(ctx, node, mod):
     return TensorValue(ctx.b.node("Mul", [x.name, hs], node.name))
 
 
-@op(modules=[nn.SiLU], functions=[F.silu])
+@emitter("silu")
 def _silu(ctx, node, mod):
     x = _x(ctx, node)
     return TensorValue(ctx.b.node("Mul", [x.name, ctx.b.node("Sigmoid", [x.name], node.name)], node.name))
 
 
-@op(modules=[nn.LeakyReLU], functions=[F.leaky_relu])
+@emitter("leaky_relu")
 def _leaky_relu(ctx, node, mod):
     slope = mod.negative_slope if mod is not None else static(ctx, arg(node, 1, "negative_slope", 0.01), node)
     return TensorValue(ctx.b.node("LeakyRelu", [_x(ctx, node).name], node.name, alpha=float(slope)))
 
 
-@op(modules=[nn.GELU], functions=[F.gelu])
+@emitter("gelu")
 def _gelu(ctx, node, mod):
     approximate = mod.approximate if mod is not None else node.kwargs.get("approximate", "none")
     x = _x(ctx, node).name
@@ -155,18 +155,18 @@ def _softmax_axis(ctx, node, mod) -> int:
     return _axis(dim, ctx.rank(node))
 
 
-@op(modules=[nn.Softmax], functions=[torch.softmax, F.softmax], methods=["softmax"])
+@emitter("softmax")
 def _softmax(ctx, node, mod):
     return TensorValue(ctx.b.node("Softmax", [_x(ctx, node).name], node.name, axis=_softmax_axis(ctx, node, mod)))
 
 
-@op(modules=[nn.LogSoftmax], functions=[torch.log_softmax, F.log_softmax], methods=["log_softmax"])
+@emitter("log_softmax")
 def _log_softmax(ctx, node, mod):
     return TensorValue(ctx.b.node("LogSoftmax", [_x(ctx, node).name], node.name,
                                   axis=_softmax_axis(ctx, node, mod)))
 
 
-@op(modules=[nn.LayerNorm], functions=[F.layer_norm])
+@emitter("layer_norm")
 def _layer_norm(ctx, node, mod):
     if mod is not None:
         shape, eps = tuple(mod.normalized_shape), mod.eps
@@ -217,7 +217,7 @@ def _pool_params(ctx, node, mod, nd: int) -> dict:
     return p
 
 
-@op(modules=[nn.MaxPool1d, nn.MaxPool2d], functions=[F.max_pool2d], preserving=True)
+@emitter("max_pool")
 def _max_pool(ctx, node, mod):
     nd = ctx.rank(node) - 2
     p = _pool_params(ctx, node, mod, nd)
@@ -228,7 +228,7 @@ def _max_pool(ctx, node, mod):
                                   ceil_mode=int(bool(p.get("ceil_mode")))))
 
 
-@op(modules=[nn.AvgPool1d, nn.AvgPool2d], functions=[F.avg_pool2d])
+@emitter("avg_pool")
 def _avg_pool(ctx, node, mod):
     nd = ctx.rank(node) - 2
     p = _pool_params(ctx, node, mod, nd)
@@ -241,7 +241,7 @@ def _avg_pool(ctx, node, mod):
                                   count_include_pad=int(True if include is None else bool(include))))
 
 
-@op(modules=[nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d], functions=[F.adaptive_avg_pool2d])
+@emitter("adaptive_avg_pool")
 def _adaptive_avg_pool(ctx, node, mod):
     in_shape = ctx.shape(node.args[0])
     spatial = list(in_shape[2:])
@@ -260,19 +260,15 @@ def _adaptive_avg_pool(ctx, node, mod):
 
 
 # -- shape ops (quantization-preserving) ----------------------------------------------------------------
-@op(modules=[nn.Flatten, nn.Unflatten], functions=[torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze],
-    methods=["view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "expand_as"],
-    preserving=True)
+@emitter("reshape")
 def _reshape(ctx, node, mod):
-    if node.op == "call_method" and node.target == "expand_as":
-        raise ExportError(f"{node.name!r}: Tensor.expand_as is not exported; rely on broadcasting instead")
     x = _x(ctx, node)
     if ctx.shape(node) == ctx.shape(node.args[0]) and not (ctx.dyn_dims(node) ^ ctx.dyn_dims(node.args[0])):
         return TensorValue(x.name)
     return TensorValue(ctx.reshape_to_output(x, node.args[0], node))
 
 
-@op(functions=[torch.permute, torch.transpose], methods=["permute", "transpose"], preserving=True)
+@emitter("transpose")
 def _transpose(ctx, node, mod):
     rank = ctx.rank(node)
     dims = [static(ctx, d, node) for d in node.args[1:]]
@@ -291,13 +287,12 @@ def _transpose(ctx, node, mod):
     return TensorValue(ctx.b.node("Transpose", [_x(ctx, node).name], node.name, perm=perm))
 
 
-@op(modules=[nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity], functions=[F.dropout],
-    methods=["contiguous", "detach", "clone"])
+@emitter("dropout")
 def _identity(ctx, node, mod):
     return _x(ctx, node)  # inference graph: dropout is the identity, and the value keeps its grid
 
 
-@op(functions=[operator.getitem], preserving=True)
+@emitter("getitem")
 def _getitem(ctx, node, mod):
     container = ctx.value(node.args[0])
     if isinstance(container, tuple):
@@ -361,22 +356,22 @@ def _binary(op_type: str):
     return handler
 
 
-op(functions=[operator.add, torch.add], methods=["add"])(_binary("Add"))
-op(functions=[operator.sub, torch.sub], methods=["sub"])(_binary("Sub"))
-op(functions=[operator.mul, torch.mul], methods=["mul"])(_binary("Mul"))
-op(functions=[operator.truediv, torch.div], methods=["div"])(_binary("Div"))
-op(functions=[operator.matmul, torch.matmul, torch.bmm], methods=["matmul", "bmm"])(_binary("MatMul"))
+emitter("add")(_binary("Add"))
+emitter("sub")(_binary("Sub"))
+emitter("mul")(_binary("Mul"))
+emitter("div")(_binary("Div"))
+emitter("matmul")(_binary("MatMul"))
 
 
-@op(functions=[operator.neg, torch.neg], methods=["neg"])
+@emitter("neg")
 def _neg(ctx, node, mod):
     return TensorValue(ctx.b.node("Neg", [_x(ctx, node).name], node.name))
 
 
-@op(functions=[torch.cat, torch.concat])
+@emitter("cat")
 def _cat(ctx, node, mod):
     tensors = arg(node, 0, "tensors")
-    dim = static(ctx, arg(node, 1, "dim", 0), node)
+    dim = mod.dim if mod is not None else static(ctx, arg(node, 1, "dim", 0), node)  # FloatCat keeps its dim
     names = [ctx.tensor(t, node).name for t in tensors]
     return TensorValue(ctx.b.node("Concat", names, node.name, axis=_axis(dim, ctx.rank(node))))
 
@@ -390,7 +385,7 @@ def _reduce_mean(ctx: ExportContext, x: str, axes: list[int] | None, keepdims: b
     return ctx.b.node("ReduceMean", [x], hint, axes=list(axes), keepdims=int(keepdims))
 
 
-@op(functions=[torch.mean], methods=["mean"])
+@emitter("mean")
 def _mean(ctx, node, mod):
     if node.kwargs.get("dtype") is not None:
         raise ExportError(f"mean {node.name!r} with dtype= is not exported; cast before the mean")
@@ -403,7 +398,7 @@ def _mean(ctx, node, mod):
 
 def is_python_record(rec) -> bool:
     """A traced value that is not a tensor (sizes, shapes, ints): kept as a Python constant."""
-    from compress.exporters.onnx_graph import TensorRecord
+    from compress.exporters.onnx.graph import TensorRecord
 
     if isinstance(rec, TensorRecord):
         return False

@@ -1,4 +1,4 @@
-"""ONNX op table, quantized part: activation quantizers, quant conv / linear / embedding layers.
+"""ONNX emitters, quantized part: activation quantizers, quant conv / linear / embedding layers.
 
 Numerics contract (DESIGN.md): weights are int8 initializers behind ``DequantizeLinear`` (axis 0 per output
 channel, or per tensor); the bias is an int32 initializer with scale ``input_scale × weight_scale`` and zero
@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-import compress.layers as qlayers
+from compress import ops
 from compress.errors import ExportError
-from compress.exporters.onnx_graph import MODULE_OPS, PRESERVING, ExportContext, QParams, TensorValue, op
+from compress.exporters.onnx.graph import ExportContext, QParams, TensorValue, emitter
 from compress.layers.activation import QuantOutputMixin
 from compress.layers.base import INT32_MAX, INT32_MIN, FusedActivation, QuantLayerMixin
-from compress.layers.elementwise import QuantAdd, QuantCat, QuantMatmul, QuantMul
+from compress.layers.elementwise import QuantAdd, QuantCat, QuantMatmul, QuantMul, _QuantElementwise
 from compress.quant.fake import Quantizer, QuantState
 
 # Tolerance when checking that a layer's recorded input scale is its input quantizer's scale.
@@ -79,7 +79,7 @@ def apply_quantizer(ctx: ExportContext, x: TensorValue, q: Quantizer, hint: str)
     return ctx.b.quantize_dequantize(x.name, qp, hint)
 
 
-@op(modules=[Quantizer], quant=True)
+@emitter("quantize", quantized=True)
 def _quantizer(ctx: ExportContext, node: fx.Node, q: Quantizer):
     return apply_quantizer(ctx, ctx.tensor(node.args[0], node), q, node.name)
 
@@ -189,7 +189,7 @@ def conv_attrs(mod: nn.Module, where: str) -> dict:
                 group=mod.groups)
 
 
-@op(modules=[qlayers.QuantConv1d, qlayers.QuantConv2d], quant=True)
+@emitter("conv1d", "conv2d", quantized=True)
 def _quant_conv(ctx: ExportContext, node: fx.Node, layer: nn.Module):
     x = _quant_input(ctx, layer, node)
     weight, bias = _weight_and_bias(layer)
@@ -208,7 +208,7 @@ def emit_linear(ctx: ExportContext, node: fx.Node, x: TensorValue, weight_for, b
     return ctx.b.node("Add", [y, bias], node.name) if bias else y
 
 
-@op(modules=[qlayers.QuantLinear], quant=True)
+@emitter("linear", quantized=True)
 def _quant_linear(ctx: ExportContext, node: fx.Node, layer: nn.Module):
     x = _quant_input(ctx, layer, node)
     weight, bias = _weight_and_bias(layer)
@@ -224,9 +224,6 @@ def _quant_linear(ctx: ExportContext, node: fx.Node, layer: nn.Module):
     return _finish_layer(ctx, layer, node, y)
 
 
-_QUANT_EMBEDDING = getattr(qlayers, "QuantEmbedding", None)
-
-
 def emit_embedding(ctx: ExportContext, node: fx.Node, mod: nn.Module, weight: str) -> TensorValue:
     if mod.max_norm is not None:
         raise ExportError(f"embedding {node.name!r} uses max_norm, which renormalises weights at run time; "
@@ -235,29 +232,32 @@ def emit_embedding(ctx: ExportContext, node: fx.Node, mod: nn.Module, weight: st
     return TensorValue(ctx.b.node("Gather", [weight, idx.name], node.name, axis=0))
 
 
-if _QUANT_EMBEDDING is not None:
-
-    @op(modules=[_QUANT_EMBEDDING], quant=True)
-    def _quant_embedding(ctx: ExportContext, node: fx.Node, layer: nn.Module):
-        codes, scale, axis = weight_codes(layer, layer.weight, node.name)
-        w = ctx.b.dequantized_const(codes, scale, axis, f"{node.name}.weight")
-        out = emit_embedding(ctx, node, layer, w)
-        out_q = getattr(layer, "output_quant", None)
-        return apply_quantizer(ctx, out, out_q, f"{node.name}.output_quant") if out_q is not None else out
+@emitter("embedding", quantized=True)
+def _quant_embedding(ctx: ExportContext, node: fx.Node, layer: nn.Module):
+    codes, scale, axis = weight_codes(layer, layer.weight, node.name)
+    w = ctx.b.dequantized_const(codes, scale, axis, f"{node.name}.weight")
+    out = emit_embedding(ctx, node, layer, w)
+    out_q = getattr(layer, "output_quant", None)
+    return apply_quantizer(ctx, out, out_q, f"{node.name}.output_quant") if out_q is not None else out
 
 
 def is_quant_module(mod: nn.Module) -> bool:
-    return isinstance(mod, QuantLayerMixin | Quantizer) or hasattr(mod, "weight_quant") or \
-        type(mod).__module__.startswith("compress.layers")
+    """A compress quant layer or quantizer: written by a quantized emitter, never by its float op's."""
+    return isinstance(mod, QuantLayerMixin | QuantOutputMixin | Quantizer | _QuantElementwise) or \
+        hasattr(mod, "weight_quant")
 
 
 # -- eager quant wrappers (hand-built models): quantizers around a float op ------------------------------
 
 
-@op(modules=[QuantOutputMixin], quant=True)
-def _quant_output_op(ctx: ExportContext, node: fx.Node, layer: nn.Module):
-    """QuantReLU, QuantMaxPool2d, QuantLayerNorm...: [input_quant →] the float op's handler [→ output_quant]."""
-    float_handler = MODULE_OPS.get(layer._FLOAT_MODULE)
+def quant_output_op(ctx: ExportContext, node: fx.Node, layer: nn.Module):
+    """QuantReLU, QuantMaxPool2d, QuantLayerNorm...: [input_quant →] the float op's emitter [→ output_quant].
+
+    Not registered for one op: the exporter's dispatch calls it for every :class:`QuantOutputMixin` layer,
+    whose registry op (its ``_FLOAT_MODULE``'s) has a float emitter only.
+    """
+    spec = ops.module_spec(layer)
+    float_handler = spec.emitter("onnx") if spec is not None else None
     if float_handler is None:
         raise ExportError(f"{type(layer).__name__} at fx node {node.name!r} wraps {layer._FLOAT_MODULE.__name__}, "
                           "which the ONNX exporter does not support; replace it with a supported op")
@@ -273,7 +273,7 @@ def _quant_output_op(ctx: ExportContext, node: fx.Node, layer: nn.Module):
         ctx.env[src] = saved
     if layer.output_quant is not None:
         return apply_quantizer(ctx, out, layer.output_quant, f"{node.name}.output_quant")
-    if float_handler in PRESERVING and x.qparams is not None and out.qparams is None:
+    if spec.policy is ops.Policy.PRESERVING and x.qparams is not None and out.qparams is None:
         return ctx.b.quantize_dequantize(out.name, x.qparams, node.name)
     return out
 
@@ -281,7 +281,7 @@ def _quant_output_op(ctx: ExportContext, node: fx.Node, layer: nn.Module):
 _ELEMENTWISE = {QuantAdd: "Add", QuantMul: "Mul", QuantMatmul: "MatMul"}
 
 
-@op(modules=[QuantAdd, QuantMul, QuantMatmul, QuantCat], quant=True)
+@emitter("add", "mul", "matmul", "cat", quantized=True)
 def _quant_elementwise(ctx: ExportContext, node: fx.Node, layer: nn.Module):
     """QuantAdd / QuantMul / QuantMatmul / QuantCat: each operand's own quantizer, the op, output_quant."""
     operands = list(node.args[0]) if isinstance(layer, QuantCat) else list(node.args[:2])

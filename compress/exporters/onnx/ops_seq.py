@@ -1,4 +1,4 @@
-"""ONNX op table, sequence layers: multi-head attention and LSTM / GRU, float and int8.
+"""ONNX emitters, sequence layers: multi-head attention and LSTM / GRU, float and int8.
 
 Attention is decomposed (there is no standard ONNX attention op at opset 17): projections as ``MatMul``
 (+ ``Add``), reshape / transpose to ``[N, heads, L, head_dim]``, ``Q·K^T``, mask ``Add``, ``Softmax``, ``·V``,
@@ -42,8 +42,8 @@ from torch import fx, nn
 
 import compress.layers as qlayers
 from compress.errors import ExportError
-from compress.exporters.onnx_graph import ExportContext, PyValue, TensorValue, arg, op, static
-from compress.exporters.onnx_ops_quant import apply_quantizer, quantizer_codes
+from compress.exporters.onnx.graph import ExportContext, PyValue, TensorValue, arg, emitter, static
+from compress.exporters.onnx.ops_quant import apply_quantizer, quantizer_codes
 from compress.layers.base import fake_quantize_bias
 from compress.quant.fake import Quantizer, QuantState
 
@@ -130,7 +130,8 @@ def _mask_term(ctx: ExportContext, mask_arg, node: fx.Node, what: str) -> str | 
     return m.name
 
 
-@op(modules=[nn.MultiheadAttention], quant=True)
+@emitter("multihead_attention")
+@emitter("multihead_attention", quantized=True)
 def _attention(ctx: ExportContext, node: fx.Node, mha: nn.MultiheadAttention):
     quant = isinstance(mha, qlayers.QuantMultiheadAttention)
     name, b = node.name, ctx.b
@@ -428,7 +429,8 @@ class _Rnn:
         return TensorValue(b.node("Concat", parts, name, axis=-1)), b.node("Concat", h_parts, name, axis=0)
 
 
-@op(modules=[nn.LSTM, nn.GRU], quant=True)
+@emitter("lstm", "gru")
+@emitter("lstm", "gru", quantized=True)
 def _recurrent(ctx: ExportContext, node: fx.Node, mod: nn.Module):
     return _Rnn(ctx, node, mod).emit()
 
