@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
+from compress.capture._rnn_op import opaque_recurrent_ops
 from compress.capture.raiser import raise_exported_program
 from compress.errors import CaptureError
 
@@ -76,8 +77,14 @@ def _export_dynamic(model: nn.Module, inputs: tuple) -> torch.export.ExportedPro
     # A batch of 1 would be specialised (torch.export treats sizes 0 and 1 as constants): export two copies.
     tiled = tuple(torch.cat([t, t]) if _batched(t) and t.shape[0] == 1 else t for t in inputs)
     # Dim.AUTO: dynamic where the code allows it; a batch the code fixes (x.view(2, -1)) stays static.
-    shapes = tuple({0: torch.export.Dim.AUTO} if _batched(t) else None for t in inputs)
-    return torch.export.export(model, tiled, dynamic_shapes=_by_signature(model, shapes))
+    shapes = _by_signature(model, tuple({0: torch.export.Dim.AUTO} if _batched(t) else None for t in inputs))
+    if any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        try:
+            with opaque_recurrent_ops():  # LSTM / GRU as one op each: export time independent of length
+                return torch.export.export(model, tiled, dynamic_shapes=shapes)
+        except Exception:  # noqa: BLE001  (an unusual RNN call: aten's own, slower path below)
+            pass
+    return torch.export.export(model, tiled, dynamic_shapes=shapes)
 
 
 def _by_signature(model: nn.Module, shapes: tuple) -> tuple:
