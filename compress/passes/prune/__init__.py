@@ -7,9 +7,6 @@
 from compress.passes.prune.api import (
     PruneResult,
     apply_plan,
-    count_macs,
-    count_params,
-    disk_sizes,
     export_program,
     load_plan,
     prune,
@@ -20,6 +17,7 @@ from compress.passes.prune.config import NM, Criterion, Mode, PruneConfig, Sched
 from compress.passes.prune.finetune import FinetuneConfig, finetune
 from compress.passes.prune.groups import ChannelGraph, Group, analyze
 from compress.passes.prune.magnitude import magnitude_masks, nm_mask, nm_masks
+from compress.passes.prune.report import accuracy, count_macs, count_nonzero, count_params, disk_sizes
 
 __all__ = [
     "NM",
@@ -33,9 +31,11 @@ __all__ = [
     "Schedule",
     "ScheduleKind",
     "Scope",
+    "accuracy",
     "analyze",
     "apply_plan",
     "count_macs",
+    "count_nonzero",
     "count_params",
     "disk_sizes",
     "export_program",

@@ -170,43 +170,4 @@ def save_pruned(model: nn.Module, example_inputs, plan: dict, out_dir: str | Pat
     return paths
 
 
-def disk_sizes(path: str | Path) -> dict[str, int]:
-    """A file's size on disk and gzip-compressed (level 9): what zeros buy in a download or a flash image."""
-    import gzip
-
-    data = Path(path).read_bytes()
-    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0))}
-
-
-def count_params(model: nn.Module) -> int:
-    """Parameters, counting shared ones once."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-
-def count_macs(model: nn.Module, example_inputs) -> int:
-    """Multiply-accumulates of conv / linear layers for one sample (the batch's total / batch size)."""
-    example_inputs = _as_tuple(example_inputs)
-    total = [0]
-
-    def hook(mod, _inp, out):
-        if isinstance(mod, nn.modules.conv._ConvNd):
-            k = mod.weight[0].numel() if not isinstance(mod, nn.modules.conv._ConvTransposeNd) else \
-                mod.weight.shape[1] * mod.weight[0, 0].numel()
-            total[0] += out.numel() * k
-        elif isinstance(mod, nn.Linear):
-            total[0] += out.numel() * mod.in_features
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, nn.modules.conv._ConvNd | nn.Linear)]
-    try:
-        with torch.no_grad():
-            model.eval()(*example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    batch = example_inputs[0].shape[0] if example_inputs and example_inputs[0].dim() > 0 else 1
-    return total[0] // max(batch, 1)
-
-
-__all__ = ["PruneResult", "apply_plan", "count_macs", "count_params", "disk_sizes", "export_program", "load_plan", "prune",
-           "save_plan", "save_pruned"]
+__all__ = ["PruneResult", "apply_plan", "export_program", "load_plan", "prune", "save_plan", "save_pruned"]

@@ -1,0 +1,261 @@
+"""``compress prune MODEL (--sparsity S | --nm N:M | --channels C | --plan plan.json) -o OUTDIR``.
+
+Prunes, optionally fine-tunes, and writes OUTDIR/model.pt2 (torch.export, loadable by every command without
+--arch), state_dict.pt, plan.json, model_fp32.onnx (verified in onnxruntime against the pruned torch model) and
+report.json. The output is staged and renamed into place only when complete, like ``compress quantize``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+
+from compress.cli._common import (
+    check_labels,
+    check_output_dir,
+    debug_option,
+    finish_report,
+    handle_errors,
+    quiet_library,
+    staged_output,
+    stdout_console,
+)
+from compress.cli.quantize import _spec_files
+from compress.errors import ConfigError
+
+# Literal copies of compress.passes.prune.Criterion values, so `compress --help` does not import torch.
+CRITERION_CHOICES = ("l1", "l2", "bn")
+VERIFY_SAMPLES = 8
+REPORT_VERSION = 1
+
+
+def _skip_list(text: str | None) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip()) if text else ()
+
+
+def _example(net, datasets: dict, input_shape: str | None):
+    """Two samples to capture with (a batch of 2 keeps the batch dimension dynamic) and verification batches."""
+    import numpy as np
+    import torch
+
+    from compress.cli._shapes import check_shape_memory, parse_shape
+
+    for role in ("eval", "train"):
+        if role in datasets:
+            data = datasets[role]
+            n = min(len(data), VERIFY_SAMPLES)
+            return data.example(min(2, len(data))), [tuple(a[:n] for a in data.arrays)]
+    shape = parse_shape(input_shape)
+    check_shape_memory(net, input_shape, shape, copies=4)
+    x = np.random.default_rng(0).standard_normal((max(2, shape[0]), *shape[1:]), dtype=np.float32)
+    return (torch.from_numpy(x),), [(x,)]
+
+
+def _export_onnx(model, example, path: Path, batches=None):
+    """fp32 ONNX the way ``compress export`` writes it; verified (strict) when ``batches`` are given."""
+    from compress.cli.export import _export, _verify
+
+    with quiet_library():
+        info = _export("onnx", model, tuple(t[:1] for t in example), path, None)
+    return info, (_verify("onnx", path, model, batches, info) if batches is not None else None)
+
+
+def _config(sparsity, nm, channels, scope_global, criterion, round_to, max_sparsity, skip):
+    from compress.passes.prune import NM, PruneConfig
+
+    given = [flag for flag, v in (("--sparsity", sparsity), ("--nm", nm), ("--channels", channels)) if v is not None]
+    if len(given) != 1:
+        raise ConfigError("choose one pruning mode: --sparsity 0.8 (unstructured), --nm 2:4 or --channels 0.5 "
+                          f"(structured), or replay --plan plan.json{'; got ' + ', '.join(given) if len(given) > 1 else ''}")
+    if scope_global and sparsity is None:
+        raise ConfigError("--global ranks weights across layers for --sparsity only; drop it or use --sparsity")
+    if channels is None and (criterion is not None or round_to is not None):
+        raise ConfigError("--criterion and --round-to apply to structured pruning; add --channels 0.5")
+    return PruneConfig(sparsity=sparsity, nm=NM.parse(nm) if nm else None, channels=channels,
+                       scope="global" if scope_global else "layer", criterion=criterion or "l1",
+                       round_to=round_to or 1, max_sparsity=1.0 if max_sparsity is None else max_sparsity,
+                       skip=_skip_list(skip))
+
+
+def _groups_summary(plan: dict) -> list[dict]:
+    return [{k: g[k] for k in ("key", "width_before", "width_after", "skipped")} for g in plan.get("groups", [])]
+
+
+def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path, *, epochs: int, lr: float,
+              batch_size: int) -> dict:
+    """Prune (or replay ``plan``), fine-tune, finalize, save and verify into ``staging``; returns the report."""
+    import copy
+
+    from compress.layers.prune import finalize
+    from compress.passes.prune import FinetuneConfig, apply_plan, finetune, prune, save_pruned
+    from compress.passes.prune import report as figures
+
+    evaluation = datasets.get("eval")
+    before = {"params": figures.count_params(net), "nonzero_params": figures.count_nonzero(net),
+              "macs": figures.count_macs(net, example), "state_dict": figures.state_dict_sizes(net)}
+    accuracy = {"before": figures.accuracy(net, evaluation)} if evaluation is not None else {}
+    with tempfile.TemporaryDirectory() as tmp:  # the unpruned file, for the size comparison only
+        _export_onnx(net, example, Path(tmp) / "before.onnx")
+        before["onnx_fp32"] = figures.disk_sizes(Path(tmp) / "before.onnx")
+
+    result = apply_plan(copy.deepcopy(net), example, plan) if plan is not None else \
+        prune(copy.deepcopy(net), example, config)
+    model, plan = result.model, result.plan
+    if evaluation is not None:
+        accuracy["after_prune"] = figures.accuracy(model, evaluation)
+    history = None
+    if "train" in datasets:
+        from compress.passes.prune import PruneConfig
+
+        history = finetune(model, datasets["train"], FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size),
+                           prune_config=PruneConfig.from_dict(plan["config"]))
+        if evaluation is not None:
+            accuracy["after_finetune"] = figures.accuracy(model, evaluation)
+    finalize(model)  # masks → zeros in the weights: nothing mask-shaped is saved or exported
+    model.eval()
+
+    save_pruned(model, example, plan, staging)
+    info, parity = _export_onnx(model, example, staging / "model_fp32.onnx", batches)
+    after = {"params": figures.count_params(model), "nonzero_params": figures.count_nonzero(model),
+             "macs": figures.count_macs(model, example), "state_dict": figures.state_dict_sizes(model),
+             "onnx_fp32": figures.disk_sizes(staging / "model_fp32.onnx")}
+    report = {
+        "version": REPORT_VERSION, "command": "prune", "mode": plan["mode"], "config": plan["config"],
+        "model": {"class": type(net).__name__}, "before": before, "after": after,
+        "groups": _groups_summary(plan), "layer_sparsity": figures.layer_sparsity(model),
+        "accuracy": accuracy, "finetune": None if history is None else {"epochs": epochs, "lr": lr, "loss": history},
+        "onnx": {"opset": info.opset, "max_rel_diff": parity.max_rel_diff, "verified_on_samples": len(batches[0][0])},
+        "files": {name: str(staging / name) for name in ("model.pt2", "state_dict.pt", "plan.json",
+                                                          "model_fp32.onnx", "report.json")},
+    }
+    if evaluation is not None:
+        report["evaluated_on"] = {"set": "eval", "samples": len(evaluation), "source": str(evaluation.source)}
+    from compress.io.atomic import write_json_atomic
+
+    write_json_atomic(staging / "report.json", report)
+    return report
+
+
+def render(report: dict):
+    """The one table the command prints: before / after / ratio per figure, and a line on the groups."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from compress.pipeline import _human_bytes
+
+    b, a = report["before"], report["after"]
+    table = Table(title=f"compress prune ({report['mode']}) — {report['model']['class']}", title_justify="left")
+    for col in ("", "before", "after", "after / before"):
+        table.add_column(col, justify="left" if not col else "right", no_wrap=True)
+
+    def row(label, x, y, fmt=str):
+        table.add_row(label, fmt(x), fmt(y), f"{y / x:.3f}" if x else "–")
+
+    row("parameters", b["params"], a["params"], lambda v: f"{v:,}")
+    row("non-zero parameters", b["nonzero_params"], a["nonzero_params"], lambda v: f"{v:,}")
+    row("MACs / sample", b["macs"], a["macs"], lambda v: f"{v:,}")
+    row("ONNX fp32", b["onnx_fp32"]["bytes"], a["onnx_fp32"]["bytes"], _human_bytes)
+    row("ONNX fp32 gzip", b["onnx_fp32"]["gzip_bytes"], a["onnx_fp32"]["gzip_bytes"], _human_bytes)
+    acc = report["accuracy"]
+
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.2f}%"
+
+    if "before" in acc:
+        table.add_row("accuracy (eval)", pct(acc["before"]), pct(acc.get("after_prune")), "")
+    if "after_finetune" in acc:
+        table.add_row(f"accuracy after {report['finetune']['epochs']} epoch(s)", "", pct(acc["after_finetune"]), "")
+    groups = report["groups"]
+    pruned = sum(g["width_after"] < g["width_before"] for g in groups)
+    skipped = [g for g in groups if g["skipped"]]
+    note = (f"groups: {pruned} pruned, {len(skipped)} kept whole" +
+            (f" (e.g. {skipped[0]['key']}: {skipped[0]['skipped']})" if skipped else "") + " · " if groups else "")
+    note += f"onnxruntime vs torch: max rel err {report['onnx']['max_rel_diff']:.1e}"
+    return Group(table, Text(note, style="dim"))
+
+
+@click.command("prune")
+@click.argument("model", metavar="MODEL")
+@click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
+              help="Output directory (model.pt2, state_dict.pt, plan.json, model_fp32.onnx, report.json). Must "
+                   "not exist unless --force.")
+@click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Unstructured: fraction of weights set to zero by magnitude.")
+@click.option("--nm", metavar="N:M", default=None, help="Semi-structured: N zeros in every M input weights (2:4, 4:8).")
+@click.option("--channels", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Structured: fraction of channels physically removed from every prunable group.")
+@click.option("--plan", "plan_path", metavar="PLAN", type=click.Path(path_type=Path), default=None,
+              help="Replay a plan.json written by compress prune onto MODEL (same architecture).")
+@click.option("--global", "scope_global", is_flag=True, help="--sparsity: rank weights across all layers.")
+@click.option("--criterion", type=click.Choice(CRITERION_CHOICES), default=None,
+              help="--channels: channel importance [default: l1].")
+@click.option("--round-to", type=click.IntRange(min=1), default=None,
+              help="--channels: kept widths are multiples of this (e.g. 8) [default: 1].")
+@click.option("--max-sparsity", type=click.FloatRange(0, 1), default=None,
+              help="No layer (or group) loses more than this fraction [default: 1].")
+@click.option("--skip", metavar="PATHS", default=None, help="Module paths left whole, comma-separated (fc,layer4).")
+@click.option("--eval", "eval_spec", metavar="DATA", help="Labelled data: accuracy before / after in the report.")
+@click.option("--train", "train_spec", metavar="DATA", help="Labelled data to fine-tune the pruned model on.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Fine-tuning epochs [default: 2].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Fine-tuning learning rate [default: 1e-3].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--input-shape", metavar="N,C,H,W", help="The input shape, when neither --eval nor --train is given.")
+@click.option("--arch", metavar="MODULE:CALLABLE",
+              help="Builds the model a state dict is loaded into, e.g. compress.models:DemoCNN or nets.py:build.")
+@click.option("--trust-pickle", is_flag=True,
+              help="Allow loading a fully pickled model. Unpickling runs code from the file: trusted files only.")
+@click.option("--force", is_flag=True, help="Replace OUTDIR if it exists (only after the new output is complete).")
+@debug_option
+@handle_errors
+def prune_command(model: str, out: Path, sparsity, nm, channels, plan_path, scope_global, criterion, round_to,
+                  max_sparsity, skip, eval_spec, train_spec, epochs, lr, batch_size, input_shape, arch, trust_pickle,
+                  force) -> None:
+    """Prune MODEL: unstructured (--sparsity), N:M (--nm) or structured channel removal (--channels).
+
+    MODEL is a state dict (.pt/.pth/.safetensors, with --arch), a torch.export program (.pt2), or a pickled
+    module (.pt, only with --trust-pickle). The input comes from --eval / --train data or --input-shape.
+    """
+    plan = None
+    if plan_path is not None:
+        if any(v is not None for v in (sparsity, nm, channels)):
+            raise ConfigError("--plan replays a saved plan; drop --sparsity / --nm / --channels")
+        from compress.passes.prune import load_plan
+
+        plan = load_plan(plan_path)
+        config = None
+    else:
+        config = _config(sparsity, nm, channels, scope_global, criterion, round_to, max_sparsity, skip)
+    if train_spec is None and (epochs is not None or lr is not None):
+        raise ConfigError("--epochs and --lr set fine-tuning; add --train DATA (an .npz with x and y)")
+    if input_shape is None and eval_spec is None and train_spec is None:
+        raise ConfigError("prune needs the model's input: pass --input-shape 1,3,224,224 or --eval / --train DATA")
+    inputs = [Path(model), *_spec_files(eval_spec), *_spec_files(train_spec), *_spec_files(arch),
+              *([plan_path] if plan_path else [])]
+    check_output_dir(out, inputs=inputs, force=force)
+
+    from compress.io import check_fits, load_data, load_model, match_model_dtype
+
+    net = load_model(model, arch=arch, trust_pickle=trust_pickle)
+    datasets = {}
+    for role, spec in (("eval", eval_spec), ("train", train_spec)):
+        if spec is not None:
+            datasets[role] = match_model_dtype(net, load_data(spec))
+            check_labels(datasets[role], check_fits(net, datasets[role]), f"--{role}")
+            if datasets[role].y is None:
+                raise ConfigError(f"--{role} needs labels: pass an .npz with both x and y")
+    example, batches = _example(net, datasets, input_shape)
+
+    with staged_output(out, kind="prune") as staging:
+        report = run_prune(net, example, batches, config, plan, datasets, staging, epochs=epochs or 2,
+                           lr=lr or 1e-3, batch_size=batch_size)
+        report = finish_report(report, staging, out)
+
+    console = stdout_console()
+    console.print(render(report))
+    written = ", ".join(f"{p.name} ({p.stat().st_size / 1024:.1f} kB)" for p in sorted(out.iterdir())
+                        if p.is_file() and not p.name.startswith("."))
+    console.print(f"wrote {out}: {written}", soft_wrap=True, highlight=False)

@@ -1,0 +1,112 @@
+"""`compress prune` end to end: files, report, parity in onnxruntime, plan replay, .pt2 → quantize, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.onnx
+
+
+def _ort(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def test_channels_end_to_end_replay_and_quantize(cli, tmp_path, calib_npz, state_dict_file, tiny_arch, digits_like):
+    from compress.io import load_model
+
+    result = cli("prune", state_dict_file, "--arch", tiny_arch, "--channels", "0.5", "--eval", calib_npz,
+                 "--train", calib_npz, "--epochs", "1", "-o", "out")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} >= {"model.pt2", "state_dict.pt", "plan.json", "model_fp32.onnx",
+                                               "report.json"}
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    assert "parameters" in result.stdout and "wrote out" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert report["after"]["params"] < report["before"]["params"]
+    assert report["after"]["macs"] < report["before"]["macs"]
+    assert {"before", "after_prune", "after_finetune"} <= set(report["accuracy"])
+    assert report["after"]["onnx_fp32"]["bytes"] < report["before"]["onnx_fp32"]["bytes"]
+    assert [g["width_after"] for g in report["groups"]] == [2, 2, 4, 10]
+    assert "model output" in report["groups"][-1]["skipped"]
+    assert all(str(out.resolve()) in f for f in report["files"].values())
+
+    # The saved program, its ONNX file and the state dict agree; the .pt2 loads without --arch.
+    x, _ = digits_like
+    pruned = load_model(out / "model.pt2")
+    with torch.no_grad():
+        want = pruned(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_ort(out / "model_fp32.onnx", x), want, rtol=1e-4, atol=1e-4)
+
+    # --plan replays onto the original weights: the same widths.
+    again = cli("prune", state_dict_file, "--arch", tiny_arch, "--plan", out / "plan.json", "--input-shape",
+                "1,1,8,8", "-o", "replayed")
+    assert again.exit_code == 0, again.output
+    shapes = {k: v.shape for k, v in torch.load(tmp_path / "replayed" / "state_dict.pt").items()}
+    assert shapes == {k: v.shape for k, v in torch.load(out / "state_dict.pt").items()}
+
+    quantized = cli("quantize", out / "model.pt2", "--calib", calib_npz, "-o", "q")
+    assert quantized.exit_code == 0, quantized.output
+    assert (tmp_path / "q" / "model.onnx").is_file()
+
+
+def test_nm_masks_are_baked_into_the_onnx_file(cli, tmp_path, calib_npz, state_dict_file, tiny_arch):
+    import onnx
+    from onnx import numpy_helper
+
+    result = cli("prune", state_dict_file, "--arch", tiny_arch, "--nm", "2:4", "--train", calib_npz, "-o", "out")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["layer_sparsity"]["conv1.weight"] == 0.5
+    assert report["after"]["onnx_fp32"]["gzip_bytes"] < report["before"]["onnx_fp32"]["gzip_bytes"]
+    model = onnx.load(str(tmp_path / "out" / "model_fp32.onnx"))
+    convs = [numpy_helper.to_array(i) for i in model.graph.initializer if i.dims[:2] == [4, 4]]
+    assert convs, "the 4→4 convolutions' weights should be initializers"
+    for w in convs:
+        groups = np.moveaxis(w, 1, -1).reshape(*w.shape[:1], *w.shape[2:], 1, 4)
+        assert ((groups == 0).sum(-1) >= 2).all()
+    assert not [i.name for i in model.graph.initializer if "mask" in i.name]
+
+
+def test_errors_are_one_line_and_leave_nothing(cli, tmp_path, calib_npz, state_dict_file, tiny_arch):
+    base = ("prune", state_dict_file, "--arch", tiny_arch, "--input-shape", "1,1,8,8")
+    none = cli(*base, "-o", "out")
+    assert none.exit_code == 2 and "choose one pruning mode" in none.stderr
+    both = cli(*base, "--sparsity", "0.5", "--channels", "0.5", "-o", "out")
+    assert both.exit_code == 2 and "--sparsity, --channels" in both.stderr
+    assert len(both.stderr.strip().splitlines()) == 1
+    bad = cli(*base, "--nm", "4:2", "-o", "out")
+    assert bad.exit_code == 2 and "N:M" in bad.stderr
+    wrong = cli(*base, "--sparsity", "0.5", "--round-to", "8", "-o", "out")
+    assert wrong.exit_code == 2 and "--channels" in wrong.stderr
+    assert not (tmp_path / "out").exists()
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"version": 1, "mode": "channels", "config": {"channels": 0.5}, "groups": [
+        {"key": "nowhere", "width_before": 3, "kept": [0]}]}))
+    mismatch = cli(*base, "--plan", plan, "-o", "out")
+    assert mismatch.exit_code == 2 and "another --arch" in mismatch.stderr
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+
+    ok = cli(*base, "--sparsity", "0.5", "-o", "out")
+    assert ok.exit_code == 0, ok.output
+    again = cli(*base, "--sparsity", "0.5", "-o", "out")
+    assert again.exit_code == 2 and "--force" in again.stderr
+    forced = cli(*base, "--sparsity", "0.7", "-o", "out", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["config"]["sparsity"] == 0.7
+
+
+def test_criterion_choices_match_the_library():
+    from compress.cli.prune import CRITERION_CHOICES
+    from compress.passes.prune import Criterion
+
+    assert CRITERION_CHOICES == tuple(c.value for c in Criterion)
