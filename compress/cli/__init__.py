@@ -13,6 +13,7 @@ from compress.cli.bench import bench_command
 from compress.cli.demo import demo_command
 from compress.cli.export import export_command
 from compress.cli.inspect import inspect_command
+from compress.cli.prune import prune_command
 from compress.cli.quantize import quantize_command
 
 __all__ = ["main"]
@@ -33,3 +34,4 @@ main.add_command(export_command)
 main.add_command(inspect_command)
 main.add_command(demo_command)
 main.add_command(bench_command)
+main.add_command(prune_command)
