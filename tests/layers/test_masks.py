@@ -169,3 +169,21 @@ def test_exported_tflite_holds_the_zeros(tmp_path):
     assert len(big) == 2
     for w in big:
         assert 0.4 < float(np.mean(w == 0)) < 0.6
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_masks_train_on_cuda():
+    torch.manual_seed(0)
+    net = nn.Sequential(QuantConv2d.from_float(nn.Conv2d(3, 8, 3)), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(8 * 6 * 6, 4)).cuda()
+    masks = _mask_all(net)
+    assert all(get_mask(m, n).device.type == "cuda" for _, m, n in prunable_tensors(net))
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        net(torch.randn(4, 3, 8, 8, device="cuda")).pow(2).sum().backward()
+        opt.step()
+    finalize(net.cpu())
+    for path, m, name in prunable_tensors(net):
+        assert bool((getattr(m, name)[~masks[f"{path}.{name}"]] == 0).all())
