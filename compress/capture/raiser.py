@@ -204,6 +204,8 @@ class _Raiser:
         # The op itself, callable in eager torch (and exportable by torch.onnx): ONNX runs it in float; the
         # coverage check names it with node.meta["stack_trace"]. In-place ops get their out-of-place form.
         target = node.target
+        if target.namespace == "compress":  # compress::lstm / gru (capture's stand-ins): aten's own op again
+            target = getattr(torch.ops.aten, target.overloadpacket.__name__).input
         if in_place:
             packet = getattr(torch.ops.aten, target.overloadpacket.__name__[:-1], None)
             target = getattr(packet, target._overloadname, target) if packet is not None else target

@@ -209,3 +209,12 @@ def test_supported_ops_list_the_new_handlers():
                  "baddbmm", "scaled_dot_product_attention", "lstm", "gru", "erf", "rsqrt", "reciprocal", "pow"):
         assert f"aten.{name}" in ops, name
     assert "aten.cumprod" not in ops
+
+
+def test_lstm_with_projections_stays_the_aten_op_and_computes_the_same():
+    """No nn.LSTM rebuild for proj_size: the generic node is aten's own lstm (never capture's stand-in op)."""
+    model = Fn(lambda m, x: m.rnn(x)[0], rnn=nn.LSTM(8, 16, proj_size=4, batch_first=True)).eval()
+    gm = capture(model, (_seq(2),))
+    generic = [n.target for n in gm.graph.nodes if isinstance(n.target, torch._ops.OpOverload)]
+    assert generic == [torch.ops.aten.lstm.input]
+    torch.testing.assert_close(gm(_seq(3)), model(_seq(3)))
