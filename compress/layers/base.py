@@ -22,7 +22,8 @@ from torch.nn.utils.parametrize import type_before_parametrizations
 from compress.quant.config import QuantConfig
 from compress.quant.fake import Quantizer, QuantState
 
-INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# The bias arithmetic is the numerics module's (one home for layers and exporters); named here for the layers.
+from compress.quant.numerics import INT32_MAX, INT32_MIN, fake_quantize_bias  # noqa: F401
 
 
 class FusedActivation(str, Enum):
@@ -39,13 +40,6 @@ def apply_fused(y: torch.Tensor, act: FusedActivation) -> torch.Tensor:
     if act is FusedActivation.RELU6:
         return torch.clamp(y, 0.0, 6.0)
     return y
-
-
-def fake_quantize_bias(bias: torch.Tensor, input_scale: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
-    """Snap a float bias to the int32 grid of scale input_scale × weight_scale (straight-through gradient)."""
-    scale = (input_scale.reshape(()) * weight_scale).to(bias.dtype)
-    q = torch.clamp(torch.round(bias / scale), INT32_MIN, INT32_MAX) * scale
-    return (q - bias).detach() + bias
 
 
 class QuantLayerMixin:

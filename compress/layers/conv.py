@@ -8,6 +8,7 @@ from torch import nn
 from compress.errors import ConfigError
 from compress.layers.base import FusedActivation, QuantLayerMixin, check_float_type, copy_float_params
 from compress.quant.config import QuantConfig
+from compress.quant.numerics import bn_factor, fold_bn
 
 
 class _QuantConvNd(QuantLayerMixin):
@@ -123,17 +124,11 @@ class QuantConvBn2d(QuantConv2d):
         self.bn_frozen = True
 
     def _bn_factor(self) -> torch.Tensor:
-        gamma = self.bn.weight if self.bn.affine else torch.ones_like(self.bn.running_var)
-        return gamma / torch.sqrt(self.bn.running_var + self.bn.eps)
+        return bn_factor(self.bn.running_var, self.bn.eps, self.bn.weight if self.bn.affine else None)
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) of the single conv equal to conv→BN in eval mode."""
-        factor = self._bn_factor()
-        beta = self.bn.bias if self.bn.affine else torch.zeros_like(factor)
-        conv_bias = self.bias if self.bias is not None else torch.zeros_like(factor)
-        weight = self.weight * factor.reshape(-1, 1, 1, 1)
-        bias = beta + (conv_bias - self.bn.running_mean) * factor
-        return weight, bias
+        return fold_bn(self.weight, self.bias, self.bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._quant_input(x)

@@ -15,9 +15,10 @@ from torch import fx, nn
 
 from compress import ops
 from compress.errors import ExportError
+from compress.exporters import numerics
 from compress.exporters.onnx.graph import ExportContext, QParams, TensorValue, emitter
 from compress.layers.activation import QuantOutputMixin
-from compress.layers.base import INT32_MAX, INT32_MIN, FusedActivation, QuantLayerMixin
+from compress.layers.base import FusedActivation, QuantLayerMixin
 from compress.layers.elementwise import QuantAdd, QuantCat, QuantMatmul, QuantMul, _QuantElementwise
 from compress.quant.fake import Quantizer, QuantState
 
@@ -85,37 +86,9 @@ def _quantizer(ctx: ExportContext, node: fx.Node, q: Quantizer):
 
 
 # -- weights and bias -----------------------------------------------------------------------------------
-def _check_weight_quant(layer: nn.Module, where: str) -> Quantizer:
-    wq = getattr(layer, "weight_quant", None)
-    if not isinstance(wq, Quantizer) or wq.state is QuantState.OBSERVING:
-        raise ExportError(f"layer {where!r} has no usable weight quantizer; run convert() before exporting")
-    return wq
-
-
 def weight_codes(layer: nn.Module, weight: torch.Tensor, where: str) -> tuple[np.ndarray, np.ndarray, int | None]:
     """(int8 codes, float32 scale [] or [C], per-channel axis or None) of the layer's quantized weight."""
-    return quantizer_codes(_check_weight_quant(layer, where), weight, where)
-
-
-def quantizer_codes(wq: Quantizer, weight: torch.Tensor, where: str) -> tuple[np.ndarray, np.ndarray, int | None]:
-    """(int8 codes, float32 scale [] or [C], per-channel axis or None) of ``weight`` under the frozen ``wq``."""
-    with torch.no_grad():
-        fq = wq(weight.detach())  # the simulation's own fake-quantized weight
-        scale = wq.scale.detach().float()
-        zp = wq.zero_point.detach()
-        axis = wq.spec.axis
-        shape = [1] * fq.dim()
-        if axis is not None and scale.dim() == 1:
-            axis = axis % fq.dim()
-            shape[axis] = -1
-        else:
-            axis = None
-        codes = torch.round(fq / scale.reshape(shape)) + zp.reshape(shape)
-        codes = torch.clamp(codes, wq.spec.qmin, wq.spec.qmax)
-    if int(zp.abs().max()) != 0:
-        raise ExportError(f"layer {where!r} has asymmetric weights; the int8 kernels need symmetric weights "
-                          "(QuantConfig(weight=...symmetric=True))")
-    return codes.to(torch.int8).numpy(), scale.numpy(), axis
+    return numerics.weight_codes(weight, getattr(layer, "weight_quant", None), f"layer {where}")
 
 
 def _bias_value(ctx: ExportContext, layer: nn.Module, bias: torch.Tensor | None, x: TensorValue,
@@ -132,14 +105,12 @@ def _bias_value(ctx: ExportContext, layer: nn.Module, bias: torch.Tensor | None,
             f"layer {where!r} snaps its bias with input scale {float(in_scale):.6g} but its input is quantized "
             f"with scale {x.qparams.scale:.6g}; re-run convert() so input_scale matches the upstream quantizer"
         )
-    with torch.no_grad():
-        # The same arithmetic as compress.layers.base.fake_quantize_bias, so the codes match the simulation.
-        scale = (in_scale * layer.weight_quant.scale.detach()).to(bias.dtype)
-        codes = torch.clamp(torch.round(bias.detach() / scale), INT32_MIN, INT32_MAX)
+    # The arithmetic the layer's forward snaps its bias with (compress.quant.numerics): the simulation's codes.
+    codes, scale = numerics.bias_codes(bias, in_scale, layer.weight_quant.scale.detach())
     scale = scale.float().numpy()
     if scale.ndim == 1 and scale.shape[0] != codes.shape[0]:
         scale = np.broadcast_to(scale, codes.shape).copy()
-    return ctx.b.dequantized_const(codes.to(torch.int32).numpy(), scale, 0, f"{where}.bias")
+    return ctx.b.dequantized_const(codes.numpy(), scale, 0, f"{where}.bias")
 
 
 def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:

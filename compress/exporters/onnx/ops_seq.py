@@ -42,9 +42,9 @@ from torch import fx, nn
 
 import compress.layers as qlayers
 from compress.errors import ExportError
+from compress.exporters import numerics
 from compress.exporters.onnx.graph import ExportContext, PyValue, TensorValue, arg, emitter, static
-from compress.exporters.onnx.ops_quant import apply_quantizer, quantizer_codes
-from compress.layers.base import fake_quantize_bias
+from compress.exporters.onnx.ops_quant import apply_quantizer
 from compress.quant.fake import Quantizer, QuantState
 
 #: Relative tolerance (max |diff| / max |reference|) for outputs downstream of a quantized recurrent layer.
@@ -95,7 +95,7 @@ def _project(ctx: ExportContext, x: TensorValue, w: torch.Tensor, b: torch.Tenso
         if b is None:
             return y
         return b_.node("Add", [y, b_.const(b.detach().float().numpy() * _F32(factor), f"{hint}.bias")], hint)
-    codes, scale, axis = quantizer_codes(wq, w, hint)
+    codes, scale, axis = numerics.weight_codes(w, wq, hint)
     wt = b_.dequantized_const(np.ascontiguousarray(codes.T), scale * _F32(factor), None if axis is None else 1,
                               f"{hint}.weight_t")
     y = b_.node("MatMul", [x.name, wt], hint)
@@ -104,10 +104,9 @@ def _project(ctx: ExportContext, x: TensorValue, w: torch.Tensor, b: torch.Tenso
     if in_scale is None:
         bias = b_.const(b.detach().float().numpy() * _F32(factor), f"{hint}.bias")
     else:
-        with torch.no_grad():
-            # The arithmetic of compress.layers.base.fake_quantize_bias, so the codes are the simulation's.
-            s = (in_scale.reshape(()) * wq.scale.detach()).to(b.dtype)
-            bcodes = torch.clamp(torch.round(b.detach() / s), -(2**31), 2**31 - 1).to(torch.int32).numpy()
+        # The arithmetic the layer's forward snaps its bias with: the codes are the simulation's.
+        bcodes, s = numerics.bias_codes(b, in_scale, wq.scale.detach())
+        bcodes = bcodes.numpy()
         s = np.broadcast_to(s.float().numpy() * _F32(factor), bcodes.shape).copy() if s.dim() else \
             s.float().numpy() * _F32(factor)
         bias = b_.dequantized_const(bcodes, s, 0, f"{hint}.bias")
@@ -342,17 +341,17 @@ class _Rnn:
                 for wname in ("weight_ih" + sfx, "weight_hh" + sfx):
                     _check_frozen(mod.weight_quants[wname], f"{self.node.name}.weight_quants.{wname}")
                 wq_ih, wq_hh = mod.weight_quants["weight_ih" + sfx], mod.weight_quants["weight_hh" + sfx]
-                codes_ih, s_ih, _ = quantizer_codes(wq_ih, w_ih, self.node.name)
-                codes_hh, s_hh, _ = quantizer_codes(wq_hh, w_hh, self.node.name)
+                codes_ih, s_ih, _ = numerics.weight_codes(w_ih, wq_ih, self.node.name)
+                codes_hh, s_hh, _ = numerics.weight_codes(w_hh, wq_hh, self.node.name)
                 ws.append(_reorder(codes_ih, self.kind))
                 rs.append(_reorder(codes_hh, self.kind))
                 w_scales.append(_reorder(np.broadcast_to(s_ih, (gates * hidden,)), self.kind))
                 r_scales.append(_reorder(np.broadcast_to(s_hh, (gates * hidden,)), self.kind))
                 with torch.no_grad():  # the simulation's biases: int32 grids of input/hidden scale × weight scale
                     if b_ih is not None and x_scale is not None:
-                        b_ih = fake_quantize_bias(b_ih, x_scale, wq_ih.scale.detach())
+                        b_ih = numerics.fake_quantize_bias(b_ih, x_scale, wq_ih.scale.detach())
                     if b_hh is not None:
-                        b_hh = fake_quantize_bias(b_hh, hq.scale.detach(), wq_hh.scale.detach())
+                        b_hh = numerics.fake_quantize_bias(b_hh, hq.scale.detach(), wq_hh.scale.detach())
                 h = self.state_slice(h0, layer, d)
                 if h is not None:  # the simulation quantizes the initial hidden state with the step quantizer
                     h = apply_quantizer(self.ctx, TensorValue(h), hq, f"{name}.h0").name
