@@ -150,7 +150,11 @@ class InvertedResidual(nn.Module):
 
 
 class EfficientLiteStyle(nn.Module):
-    """A small EfficientNet-B0-shaped network for 32x32 RGB input (stem, 4 MBConv blocks, hard-swish head)."""
+    """A small EfficientNet-B0-shaped network for 32x32 RGB input (stem, 6 MBConv blocks, hard-swish head).
+
+    Channel widths follow Lite0's proportions (most weights in the late 1x1 convs and the 1280-wide head), so
+    per-channel overhead (scales, int32 biases) weighs in the file as it does in the real network.
+    """
 
     def __init__(self, num_classes=10, image_size=32, drop_rate=0.2):
         super().__init__()
@@ -162,8 +166,10 @@ class EfficientLiteStyle(nn.Module):
             InvertedResidual(32, 48, 3, stride=2),
             InvertedResidual(48, 48, 3, stride=1),
             InvertedResidual(48, 80, 5, stride=2),
+            InvertedResidual(80, 112, 3, stride=1),
+            InvertedResidual(112, 192, 5, stride=2),
         )
-        self.conv_head = Conv2dSame(80, 1280, 1, bias=False)
+        self.conv_head = Conv2dSame(192, 1280, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(1280)
         self.act2 = nn.Hardswish(inplace=True)
         self.global_pool = nn.AdaptiveAvgPool2d(1)

@@ -59,7 +59,7 @@ ZOO: dict[str, ZooModel] = {m.name: m for m in (
              task_kwargs={"n": 2000}),
     ZooModel("bert_two_input", "BertStyleEncoderWithMask", "token_order", "classify", "accuracy", 0.95,
              task_kwargs={"n": 2000, "with_mask": True}, weights_from="bert"),
-    ZooModel("efficient_lite", "EfficientLiteStyle", "digits32rgb", "classify", "accuracy", 0.95, epochs=3),
+    ZooModel("efficient_lite", "EfficientLiteStyle", "digits32rgb", "classify", "accuracy", 0.95, epochs=5),
     ZooModel("resnet", "TorchvisionStyleResNet", "digits32rgb", "classify", "accuracy", 0.95, epochs=8),
     ZooModel("audio_lstm", "AudioConvLSTM", "audio_windows", "classify", "accuracy", 0.95, epochs=16, lr=1e-2),
     ZooModel("gru_seq2seq", "GRUSeq2Seq", "reverse_tokens", "seq2seq", "token_accuracy", 0.90, epochs=8,
