@@ -14,6 +14,7 @@ from compress.layers.activation import (
 from compress.layers.attention import QuantMultiheadAttention
 from compress.layers.base import FusedActivation, QuantLayerMixin
 from compress.layers.conv import QuantConv1d, QuantConv2d, QuantConvBn2d, QuantConvBnReLU2d
+from compress.layers.conv_transpose import QuantConvTranspose1d, QuantConvTranspose2d
 from compress.layers.elementwise import (
     FloatAdd,
     FloatCat,
@@ -44,6 +45,8 @@ __all__ = [
     "QuantConv2d",
     "QuantConvBn2d",
     "QuantConvBnReLU2d",
+    "QuantConvTranspose1d",
+    "QuantConvTranspose2d",
     "QuantDropout",
     "QuantEmbedding",
     "QuantGELU",

@@ -70,8 +70,7 @@ def quant_class_for(module):
     from torch import nn
 
     spec = module_spec(module)
-    if spec is None or spec.quant_class is None or type(module) not in spec.modules:
+    cls = spec.quant_classes().get(type(module)) if spec is not None else None
+    if cls is None or isinstance(module, nn.LSTM) and getattr(module, "proj_size", 0):
         return None
-    if isinstance(module, nn.LSTM) and getattr(module, "proj_size", 0):
-        return None
-    return spec.quant_class
+    return cls

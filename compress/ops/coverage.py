@@ -3,9 +3,12 @@
 Example:
     >>> import torch
     >>> from torch import fx, nn
-    >>> gm = fx.symbolic_trace(nn.Sequential(nn.Conv2d(1, 2, 3), nn.SiLU()))
+    >>> class Net(nn.Module):
+    ...     def forward(self, x):
+    ...         return torch.special.i0(torch.relu(x))  # no compress op for i0 (capture keeps aten's)
+    >>> gm = fx.symbolic_trace(Net())
     >>> [(g.label, g.fmt) for g in coverage_gaps(gm, ("onnx", "tflite"))]
-    [('SiLU', 'tflite')]
+    [('special_i0', 'onnx'), ('special_i0', 'tflite')]
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ INT8, FLOAT, NONE = Kernel.INT8, Kernel.FLOAT, Kernel.NONE
 KERNELS: dict[str, Kernel] = {
     "conv1d": INT8,
     "conv2d": INT8,
-    "conv_transpose": FLOAT,
+    "conv_transpose": FLOAT,  # onnxruntime has no int8 ConvTranspose: int8 weights (DQ), float compute
     "linear": INT8,
     "embedding": INT8,
     "multihead_attention": INT8,

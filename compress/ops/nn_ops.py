@@ -15,6 +15,7 @@ from torch import nn
 
 from compress.layers.attention import QuantMultiheadAttention
 from compress.layers.conv import QuantConv1d, QuantConv2d
+from compress.layers.conv_transpose import QuantConvTranspose1d, QuantConvTranspose2d
 from compress.layers.embedding import QuantEmbedding
 from compress.layers.linear import QuantLinear
 from compress.layers.recurrent import QuantGRU, QuantLSTM
@@ -32,8 +33,9 @@ declare(OpSpec("conv1d", Policy.WEIGHTED, modules=(nn.Conv1d,), aten=("conv1d", 
                quant_class=QuantConv1d, coupling=Coupling.PRODUCER))
 declare(OpSpec("conv2d", Policy.WEIGHTED, modules=(nn.Conv2d,), aten=("conv2d", "convolution"),
                quant_class=QuantConv2d, coupling=Coupling.PRODUCER))
-declare(OpSpec("conv_transpose", C, modules=(nn.ConvTranspose1d, nn.ConvTranspose2d), aten=("convolution",), coupling=Coupling.PRODUCER,
-               reason="no quantized ConvTranspose layer yet; its weights stay float"))
+declare(OpSpec("conv_transpose", Policy.WEIGHTED, modules=(nn.ConvTranspose1d, nn.ConvTranspose2d),
+               aten=("convolution",), quant_class=(QuantConvTranspose1d, QuantConvTranspose2d),
+               coupling=Coupling.PRODUCER))
 declare(OpSpec("linear", Policy.WEIGHTED, modules=(nn.Linear,), aten=("linear", "addmm", "mm"),
                quant_class=QuantLinear, coupling=Coupling.PRODUCER))
 declare(OpSpec("embedding", Policy.WEIGHTED, modules=(nn.Embedding,), aten=("embedding",),

@@ -81,7 +81,8 @@ class OpSpec:
         modules, functions, methods: the graph targets it matches (exact module types; quant layers whose
             ``_FLOAT_MODULE`` is one of ``modules`` match too); ``aten``: the aten op packets capture raises
             into this op (documentation and the coverage table of ``compress inspect``).
-        quant_class: for WEIGHTED ops, the compress layer that replaces the float module.
+        quant_class: for WEIGHTED ops, the compress layer that replaces the float module (a tuple parallel to
+            ``modules`` when each module type has its own).
         grid: a fixed output grid (``"unit"`` [0, 1), ``"symmetric_unit"`` [-1, 1)) for bounded ops.
         kernels: per format, how an int8 model runs it (from ``kernels_onnx.py`` / ``kernels_tflite.py``).
         reason: why an op with a FLOAT kernel stays float (shown in ``float_ops``).
@@ -95,13 +96,21 @@ class OpSpec:
     functions: tuple[Any, ...] = ()
     methods: tuple[str, ...] = ()
     aten: tuple[str, ...] = ()
-    quant_class: type[nn.Module] | None = None
+    quant_class: type[nn.Module] | tuple[type[nn.Module], ...] | None = None
     grid: str | None = None
     kernels: dict[str, Kernel] = field(default_factory=dict)  # filled from kernels_<format>.py
     reason: str = ""
     coupling: Coupling = Coupling.NONE
     reference: Callable | None = None
     emitters: dict[tuple[str, bool], Emitter] = field(default_factory=dict, repr=False)
+
+    def quant_classes(self) -> dict[type[nn.Module], type[nn.Module]]:
+        """``float module type -> compress layer`` for WEIGHTED ops ({} otherwise)."""
+        if self.quant_class is None:
+            return {}
+        if isinstance(self.quant_class, tuple):
+            return dict(zip(self.modules, self.quant_class, strict=True))
+        return dict.fromkeys(self.modules, self.quant_class)
 
     def kernel(self, fmt: str) -> Kernel:
         return self.kernels.get(fmt, Kernel.NONE)
@@ -133,8 +142,8 @@ def declare(spec: OpSpec) -> OpSpec:
             if key in table:
                 raise CompressError(f"{key} is claimed by ops {table[key].name!r} and {spec.name!r}")
             table[key] = spec
-    if spec.quant_class is not None:
-        _BY_MODULE.setdefault(spec.quant_class, spec)
+    for cls in spec.quant_classes().values():
+        _BY_MODULE.setdefault(cls, spec)
     _SPECS[spec.name] = spec
     return spec
 

@@ -5,7 +5,7 @@ Example:
     >>> verdict_for_module(nn.Conv2d(1, 2, 3)), verdict_for_module(nn.MaxPool2d(2))
     ('QuantConv2d', 'int8 passthrough')
     >>> verdict_for_module(nn.SiLU())
-    'stays float (float in onnx, no tflite mapping)'
+    'stays float (float in onnx/tflite)'
     >>> verdict_for_module(nn.Tanh())
     'float in onnx'
 """
@@ -24,7 +24,11 @@ def verdict(spec: OpSpec | None, formats: tuple[str, ...] = FORMATS, quant_class
     if spec is None:
         return "stays float (not in the op registry)"
     if spec.policy is Policy.WEIGHTED:
-        return quant_class.__name__ if quant_class is not None else "stays float"
+        if quant_class is None:
+            return "stays float"
+        floats = [f for f in formats if spec.kernel(f) is not Kernel.INT8]
+        # int8 weights either way (a quarter of the bytes); some runtimes have no int8 kernel for the op itself
+        return quant_class.__name__ + (f" (int8 weights, float in {'/'.join(floats)})" if floats else "")
     if spec.policy is Policy.FOLDED:
         return "folded into conv"
     if spec.policy is Policy.SHAPE:

@@ -18,6 +18,7 @@ from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import Const, Emitter, TValue
 from compress.exporters.tflite.ops_base import _arg, _finish, _meta_shape, emits
 from compress.exporters.tflite.schema import Options, TensorType, numpy_dtype
+from compress.layers.base import QuantLayerMixin
 
 _INT64 = 4  # tflite.TensorType.INT64 (ArgMax's output_type)
 _MAX_SLICES = 16  # index_select with at most this many constant indices is written as slices
@@ -408,6 +409,25 @@ def cumsum(em: Emitter, node: fx.Node) -> None:
 
 
 # -- transposed convolution -----------------------------------------------------------------------------
+def _transpose_filter(em: Emitter, mod: nn.Module, w: np.ndarray, one_d: bool, name: str) -> int:
+    """The OHWI filter: float, or for QuantConvTranspose the simulation's int8 codes per output channel and a
+    constant DEQUANTIZE (LiteRT's int8 TRANSPOSE_CONV would requantize per call; this keeps the weights a
+    quarter of the size and the arithmetic exactly the simulation's)."""
+    if not isinstance(mod, QuantLayerMixin):
+        return em.const(f"{name}_weight", np.ascontiguousarray(w.transpose(1, 2, 3, 0)), TensorType.FLOAT32)
+    from compress.exporters.tflite.schema import QuantParams
+    from compress.quant.numerics import weight_codes
+
+    codes, scale, _axis = weight_codes(mod.weight, mod.weight_quant, f"layer {name}")  # [Cin, Cout, k...]
+    codes = codes[:, :, None, :] if one_d else codes
+    ohwi = np.ascontiguousarray(codes.transpose(1, 2, 3, 0)).astype(np.int8)
+    scale = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (ohwi.shape[0],)).copy()
+    wq = em.const(f"{name}_weight_int8", ohwi, TensorType.INT8, QuantParams.per_channel(scale, 0, 0))
+    out = em.w.add_tensor(f"{name}_weight", ohwi.shape, TensorType.FLOAT32)
+    em.op("DEQUANTIZE", [wq], [out], version=5)
+    return out
+
+
 @emits("conv_transpose", in_float=True)
 def conv_transpose(em: Emitter, node: fx.Node) -> None:
     """``nn.ConvTranspose2d`` / ``1d`` as TRANSPOSE_CONV (VALID: the full ``(in − 1)·s + k`` output) cropped by
@@ -435,9 +455,10 @@ def conv_transpose(em: Emitter, node: fx.Node) -> None:
     full = ((h - 1) * s[0] + kh, (wd - 1) * s[1] + kw)
     want = tuple(full[i] - 2 * p[i] + op[i] for i in range(2))
     overhang = [max(p[i] + want[i] - full[i], 0) for i in range(2)]
-    bias = (mod.bias.detach().cpu().numpy() if mod.bias is not None else np.zeros(cout)).astype(np.float32)
+    bias_t = mod.quantized_bias() if isinstance(mod, QuantLayerMixin) else mod.bias  # the simulation's int32 grid
+    bias = (bias_t.detach().cpu().numpy() if bias_t is not None else np.zeros(cout)).astype(np.float32)
     in_conv = not any(overhang)
-    filt = em.const(f"{node.name}_weight", np.ascontiguousarray(w.transpose(1, 2, 3, 0)), TensorType.FLOAT32)
+    filt = _transpose_filter(em, mod, w, one_d, node.name)
     out = em.tensor(f"{node.name}_full", (n, cout, *full), L.NCHW_TO_NHWC, TensorType.FLOAT32)
     ins = [em.int32_const(f"{node.name}_out_shape", [n, full[0], full[1], cout]), filt, x.tensor]
     ins.append(em.const(f"{node.name}_bias", bias if in_conv else np.zeros(cout, np.float32), TensorType.FLOAT32))
