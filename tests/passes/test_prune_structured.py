@@ -183,3 +183,20 @@ def test_half_channel_resnet_recovers_accuracy_after_a_short_fine_tune():
     # measured here: 0.986 before, 0.11 right after cutting half the channels, 0.975 after 2 epochs (2.5 s)
     assert cut < before - 0.2, "the cut should hurt: otherwise this test proves nothing about recovery"
     assert after >= before - 0.03, (before, cut, after)
+
+
+def test_transformer_prunes_its_feed_forward_and_keeps_heads_and_the_residual_stream():
+    from tests.zoo.models import BertStyleEncoder
+
+    torch.manual_seed(0)
+    net = BertStyleEncoder().eval()
+    ids = torch.randint(0, 16, (2, 16))
+    result = prune(net, ids, PruneConfig(channels=0.5))
+    groups = {g["key"]: g for g in result.plan["groups"]}
+    assert groups["encoder.layer.0.intermediate.dense"]["width_after"] == 128
+    assert "reshape" in groups["encoder.layer.0.attention.self.query"]["skipped"]  # the head split
+    stream = next(g for k, g in groups.items() if k.startswith("embeddings."))
+    assert stream["kept"] is None and stream["skipped"]
+    assert count_params(result.model) < count_params(net)
+    with torch.no_grad():
+        assert result.model(ids).shape == net(ids).shape

@@ -209,13 +209,13 @@ class _Walker:
     def producer(self, node: fx.Node, module: nn.Module, inputs: list[fx.Node], label: str) -> None:
         path = str(node.target)
         out_shape = _shape(node)
-        if isinstance(module, _CONV) and module.groups > 1:
-            if module.groups == module.in_channels == module.out_channels:
+        if isinstance(module, _CONV + _CONV_T) and module.groups > 1:
+            if isinstance(module, _CONV) and module.groups == module.in_channels == module.out_channels:
                 return self.depthwise(node, module, inputs, label)
             self.block_all(inputs, f"{label} is a grouped convolution")
             sid = self.new_space(module.out_channels, path, f"{label} is a grouped convolution")
             return self.out_layout(node, sid, len(out_shape) - 1)
-        if isinstance(module, _CONV + _CONV_T) and not (isinstance(module, _CONV_T) and module.groups > 1):
+        if isinstance(module, _CONV + _CONV_T):
             x = inputs[0]
             lay = self.layouts.get(x)
             rank = len(_shape(x))
