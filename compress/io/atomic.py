@@ -159,14 +159,14 @@ def _staging(out: Path, option: str) -> Iterator[tuple[Path, Path]]:
     """
     parent = out.absolute().parent
     created = _make_parents(parent, option)
-    clean_stale_staging(parent)
     tmp = parent / staging_name(out.name)
+    # mkdir inside the try: a SIGTERM arriving right after it must still remove the directory.
     try:
-        tmp.mkdir(mode=0o700)
-    except OSError as exc:
-        _remove_dirs(created)
-        raise os_error(exc, out, option) from exc
-    try:
+        clean_stale_staging(parent)
+        try:
+            tmp.mkdir(mode=0o700)
+        except OSError as exc:
+            raise os_error(exc, out, option) from exc
         yield tmp, parent
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
