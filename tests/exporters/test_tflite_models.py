@@ -269,3 +269,36 @@ def test_gru_float_and_dynamic_range_int8(tmp_path):
     assert info.op_counts["SPLIT"] == 2 * 6 * 2  # layers × steps × (input gates, hidden gates)
     _, report = _check(convert(calibrate(prepare(m, xs[0]), xs, progress=False)), xs, tmp_path / "q.tflite")
     assert report.within_1lsb_fraction >= 0.99
+
+
+class EncoderDecoderGRU(nn.Module):
+    """An encoder GRU whose final state starts a decoder GRU stepped 3 times from a constant start token (a
+    seq2seq decoder unrolled: each step is its own call of the same GRU, sharing its weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(5, 8)
+        self.encoder = nn.GRU(8, 16, batch_first=True)
+        self.decoder = nn.GRU(8, 16, batch_first=True)
+        self.out = nn.Linear(16, 5)
+
+    def forward(self, ids):
+        _, h = self.encoder(self.embed(ids))
+        step = self.embed(torch.zeros(ids.size(0), 1, dtype=torch.long))
+        outs = []
+        for _ in range(3):
+            y, h = self.decoder(step, h)
+            outs.append(self.out(y))
+            step = torch.relu(y[..., :8])
+        return torch.cat(outs, 1)
+
+
+def test_gru_initial_and_final_state_float_and_int8(tmp_path):
+    torch.manual_seed(0)
+    m = EncoderDecoderGRU().eval()
+    ids = [torch.randint(0, 5, (1, 6)) for _ in range(6)]
+    info, _ = _check(m, ids, tmp_path / "f.tflite")
+    assert info.op_counts["PACK"] >= 4  # the final states, stacked [layers, B, H]
+    q = convert(calibrate(prepare(m, ids[0]), ids, progress=False))
+    _, report = _check(q, ids, tmp_path / "q.tflite")
+    assert report.within_1lsb_fraction >= 0.99

@@ -99,6 +99,8 @@ CASES = {
                    "RESHAPE"),
     "expand": (lambda: Block(lambda y: y[:, :1].expand(-1, 4, -1, -1) * y), (1, 3, 4, 4), "expand",
                "BROADCAST_TO"),
+    "expand_constant": (lambda: Block(lambda y: y * (1.0 - torch.ones(1, 1, 1, 4).expand(1, 4, 4, 4) * 0.5)),
+                        (1, 3, 4, 4), "expand", "MUL"),
     "repeat": (lambda: Block(lambda y: y.repeat(1, 2, 1, 3)), (1, 3, 2, 3), "expand", "TILE"),
     "index_select": (lambda: Block(lambda y: torch.index_select(y, 1, IDX)), (1, 3, 4, 4), "gather",
                      "CONCATENATION"),

@@ -48,7 +48,7 @@ from compress.exporters.tflite import layout as L
 from compress.exporters.tflite import ops_index, ops_seq  # noqa: F401  (they register their emitters)
 from compress.exporters.tflite.graph import Const, Emitter, TValue, qparams_of
 from compress.exporters.tflite.ops import emitter_for
-from compress.exporters.tflite.ops_math import evaluate, python_only
+from compress.exporters.tflite.ops_math import constant_only, evaluate, fold, python_only
 from compress.exporters.tflite.schema import FILE_IDENTIFIER, SCHEMA_VERSION, ModelWriter, TensorType
 from compress.quant.fake import Quantizer, QuantState
 
@@ -296,7 +296,14 @@ def _walk(em: Emitter, gm: fx.GraphModule, example_inputs: tuple, config: TFLite
             em.bind(node, x)
         elif python_only(em, node):
             em.bind(node, evaluate(em, node))
+        elif constant_only(em, node):
+            em.bind(node, fold(em, node))
         else:
+            first = node.args[0] if node.args else None
+            if isinstance(first, fx.Node) and isinstance(em.values.get(first), Const):
+                # an op on a folded constant and a tensor (a GRU step on a constant start token's embedding):
+                # emitters take tensors, so the constant is written as one
+                em.values[first] = em.materialize(em.values[first], first.name)
             emitter_for(em, node)(em, node)
     return inputs, outputs
 

@@ -166,6 +166,19 @@ class Emitter:
         idx = self.const(name, arr, TensorType.FLOAT32)
         return TValue(idx, arr.shape, TensorType.FLOAT32, L.identity(arr.ndim))
 
+    def materialize(self, c: Const, name: str) -> TValue:
+        """A folded constant as a constant tensor in torch layout: int8 on its grid in an int8 graph (a constant
+        that went through a quantizer), else in its own dtype."""
+        arr = np.ascontiguousarray(np.asarray(c.array))
+        if self.quantized and c.quant is not None:
+            q = c.quant
+            codes = np.clip(np.round(arr / q.scale[0]) + q.zero_point[0], -128, 127).astype(np.int8)
+            return TValue(self.const(name, codes, TensorType.INT8, q), codes.shape, TensorType.INT8,
+                          L.identity(codes.ndim), q)
+        dtype = {np.dtype(np.int64): TensorType.INT64, np.dtype(np.int32): TensorType.INT32,
+                 np.dtype(np.bool_): TensorType.BOOL}.get(arr.dtype, TensorType.FLOAT32)
+        return TValue(self.const(name, arr, dtype), arr.shape, dtype, L.identity(arr.ndim))
+
     # -- domain conversions ---------------------------------------------------------------------------
     def to_float(self, v: TValue) -> TValue:
         if not v.is_int8:

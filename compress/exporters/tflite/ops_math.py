@@ -9,12 +9,14 @@ import numpy as np
 import torch
 from torch import fx
 
+from compress import ops
 from compress.errors import ExportError
 from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import ACT_CODE, Const, Emitter, TValue
 from compress.exporters.tflite.ops_base import _arg, _broadcast, _finish, _meta_shape, _to_float32, emits
 from compress.exporters.tflite.schema import Options, QuantParams, TensorType, numpy_dtype
 from compress.layers.base import FusedActivation
+from compress.ops import Policy
 
 _TORCH_TYPES = {torch.float32: TensorType.FLOAT32, torch.int64: TensorType.INT64, torch.int32: TensorType.INT32,
                 torch.bool: TensorType.BOOL}
@@ -58,6 +60,46 @@ def evaluate(em: Emitter, node: fx.Node):
     if node.op == "call_method":
         return getattr(args[0], node.target)(*args[1:], **kwargs)
     return node.target(*args, **kwargs)
+
+
+def _has(v, kind) -> bool:
+    if isinstance(v, kind):
+        return True
+    return isinstance(v, list | tuple) and any(_has(x, kind) for x in v)
+
+
+def constant_only(em: Emitter, node: fx.Node) -> bool:
+    """A function or method whose tensor arguments are all constants (a mask built from a buffer): folded."""
+    if node.op not in ("call_function", "call_method"):
+        return False
+    values = [em.value(list(node.args)), em.value(list(node.kwargs.values()))]
+    return not _has(values, TValue) and _has(values, Const)
+
+
+def fold(em: Emitter, node: fx.Node):
+    """Run the node in torch on its constants; a tensor result is a :class:`Const` (on its input's grid when the
+    op is grid-preserving), anything else a Python value."""
+
+    def as_torch(v):
+        if isinstance(v, Const):
+            return torch.from_numpy(np.array(v.array))
+        return type(v)(as_torch(x) for x in v) if isinstance(v, list | tuple) else v
+
+    args = as_torch(em.value(tuple(node.args)))
+    kwargs = {k: as_torch(em.value(v)) for k, v in node.kwargs.items()}
+    with torch.no_grad():
+        out = getattr(args[0], node.target)(*args[1:], **kwargs) if node.op == "call_method" else \
+            node.target(*args, **kwargs)
+    spec = ops.lookup(node, em.modules)
+    first = next((v for v in em.value(list(node.args)) if isinstance(v, Const)), None)
+    grid = first.quant if spec is not None and spec.policy is Policy.PRESERVING and first is not None else None
+
+    def as_const(v):
+        if isinstance(v, torch.Tensor):
+            return Const(v.detach().numpy(), grid)
+        return type(v)(as_const(x) for x in v) if isinstance(v, list | tuple) else v
+
+    return as_const(out)
 
 
 @emits("shape")

@@ -175,7 +175,8 @@ def _fc(em: Emitter, x: TValue, w_t: int, b: np.ndarray, out_shape, name: str) -
 
 
 def _elementwise(em: Emitter, op: str, ins: list[TValue], name: str) -> TValue:
-    out = em.tensor(name, ins[0].shape, L.identity(ins[0].rank), TensorType.FLOAT32)
+    shape = tuple(int(d) for d in np.broadcast_shapes(*(v.shape for v in ins)))  # a scalar may come first (1 − z)
+    out = em.tensor(name, shape, L.identity(len(shape)), TensorType.FLOAT32)
     options = Options(f"{op.title()}Options", {"FusedActivationFunction": 0}) if op in ("ADD", "MUL") else None
     em.op(op, [v.tensor for v in ins], [out.tensor], options)
     return out
@@ -215,7 +216,8 @@ def _split(em: Emitter, v: TValue, n: int, name: str) -> list[TValue]:
 
 
 def recurrent(em: Emitter, node: fx.Node) -> None:
-    """nn.LSTM / nn.GRU (and QuantLSTM / QuantGRU) unrolled over time in float.
+    """nn.LSTM / nn.GRU (and QuantLSTM / QuantGRU) unrolled over time in float, with an initial state (``hx``) and
+    the final state (``h_n`` / ``(h_n, c_n)``) when the graph uses them (an encoder feeding a decoder).
 
     The input projection of all steps is one FULLY_CONNECTED; each step adds the hidden projection and
     applies the gates (SPLIT, LOGISTIC, TANH, MUL, ADD); PACK stacks the steps. A converted quant layer keeps
@@ -230,13 +232,13 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
     problem = None
     if mod.bidirectional or getattr(mod, "proj_size", 0):
         problem = "bidirectional or proj_size"
-    elif len(node.args) > 1 or node.kwargs.get("hx") is not None:
-        problem = "an initial state (hx)"
-    elif _second_output_used(em, node):
-        problem = "the final state used (take the last step of the output instead)"
     if problem is not None:
         raise ExportError(f"{node.name!r}: {kind} with {problem} is not exported to TFLite; use a unidirectional "
                           f"{kind} and its output sequence")
+    hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+    hx = None if hx is None else em.value(hx)
+    state0 = None if hx is None else [_state_rows(em, v, mod.num_layers, f"{node.name}_hx{i}")
+                                      for i, v in enumerate(hx if isinstance(hx, tuple | list) else (hx,))]
     quant = isinstance(mod, QuantLSTM | QuantGRU) and em.quantized
     cell, n_gates = (_lstm_cell, 4) if is_lstm else (_gru_cell, 3)
     x = em.to_float(em.torch_order(em.uncollapse(em.value(node.args[0]))))
@@ -245,6 +247,7 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
     bsz, steps, hidden, name = x.shape[0], x.shape[1], mod.hidden_size, node.name
     width = n_gates * hidden
     x_scale = mod.known_input_scale() if quant else None
+    finals = []
     for layer in range(mod.num_layers):
         sfx = f"_l{layer}"
         if quant and layer > 0:
@@ -263,6 +266,9 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
         b_ih, b_hh = (np.zeros(width) if b is None else b for b in (b_ih, b_hh))
         gates_x = _fc(em, x, w_ih, b_ih, (bsz, steps, width), f"{name}{sfx}_gx")
         h = c = None
+        if state0 is not None:  # the given initial state, its h on the hidden-state grid as the simulation has it
+            h = _fake_quant(em, state0[0][layer], hq, f"{name}{sfx}_h0")
+            c = state0[1][layer] if is_lstm else None
         outs = []
         for t in range(steps):
             tag = f"{name}{sfx}_t{t}"
@@ -277,11 +283,36 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
             h, c = cell(em, step, h, c, hidden_proj, tag)
             h = _fake_quant(em, h, hq, f"{tag}_h")
             outs.append(h)
+        finals.append((h, c))
         x = em.tensor(f"{name}{sfx}_out", (bsz, steps, hidden), L.identity(3), TensorType.FLOAT32)
         em.op("PACK", [v.tensor for v in outs], [x.tensor], Options("PackOptions", {"ValuesCount": steps, "Axis": 1}))
     if not mod.batch_first:
         x = TValue(x.tensor, (steps, bsz, hidden), x.dtype, (1, 0, 2))
-    em.bind(node, (x, None))
+    state_n = None
+    if _second_output_used(em, node):  # h_n (and c_n): the last step of each layer, stacked [layers, B, H]
+        parts = [_stack(em, [f[k] for f in finals], f"{name}_{kind.lower()}_state{k}") for k in range(2 if is_lstm else 1)]
+        state_n = tuple(parts) if is_lstm else parts[0]
+    em.bind(node, (x, state_n))
+
+
+def _state_rows(em: Emitter, v: TValue, layers: int, name: str) -> list[TValue]:
+    """An initial state ``[layers, B, H]`` as one float ``[B, H]`` value per layer."""
+    v = em.to_float(em.torch_order(em.uncollapse(v)))
+    rows = []
+    for i in range(layers):
+        row = em.tensor(f"{name}_{i}", v.shape[1:], (0, 1), TensorType.FLOAT32)
+        ins = [v.tensor] + [em.int32_const(f"{name}_{i}_{k}", b) for k, b in
+                            (("begin", [i, 0, 0]), ("end", [i + 1, *v.shape[1:]]), ("strides", [1, 1, 1]))]
+        em.op("STRIDED_SLICE", ins, [row.tensor], Options("StridedSliceOptions", {"ShrinkAxisMask": 1}))
+        rows.append(row)
+    return rows
+
+
+def _stack(em: Emitter, values: list[TValue], name: str) -> TValue:
+    out = em.tensor(name, (len(values), *values[0].shape), L.identity(3), TensorType.FLOAT32)
+    em.op("PACK", [v.tensor for v in values], [out.tensor], Options("PackOptions", {"ValuesCount": len(values),
+                                                                                   "Axis": 0}))
+    return out
 
 
 ops.register_emitter("tflite", "lstm")(recurrent)
