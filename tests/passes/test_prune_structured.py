@@ -130,47 +130,58 @@ def test_zoo_models_shrink_and_match_onnxruntime(cls, shape, tmp_path):
         ref = pruned(x[:1]).numpy()
     got = _ort(tmp_path / "m.onnx", x[:1])
     assert np.abs(got - ref).max() <= 1e-4 * max(np.abs(ref).max(), 1.0)
-
-
-def test_residual_branches_share_one_group():
-    net = TorchvisionStyleResNet().eval()
-    result = prune(net, torch.randn(2, 3, 32, 32), PruneConfig(channels=0.5))
-    keys = {g["key"] for g in result.plan["groups"]}
-    # the stem feeds layer1's identity skip; later stages add conv2 to the downsample branch
-    assert {"conv1+layer1.0.conv2", "layer2.0.conv2+layer2.0.downsample.0", "layer4.0.conv2+layer4.0.downsample.0"} <= keys
-    m = result.model
-    assert m.get_submodule("layer2.0.bn2").num_features == m.get_submodule("layer2.0.downsample.1").num_features == 16
-    assert m.fc.in_features == 64
+    if cls is TorchvisionStyleResNet:
+        keys = {g["key"] for g in result.plan["groups"]}
+        # the stem feeds layer1's identity skip; later stages add conv2 to the downsample branch
+        assert {"conv1+layer1.0.conv2", "layer2.0.conv2+layer2.0.downsample.0",
+                "layer4.0.conv2+layer4.0.downsample.0"} <= keys
+        assert pruned.get_submodule("layer2.0.bn2").num_features == 16
+        assert pruned.get_submodule("layer2.0.downsample.1").num_features == 16
+        assert pruned.fc.in_features == 64
 
 
 def test_plan_replays_and_pt2_reloads(tmp_path):
     from compress.io import load_model
 
     torch.manual_seed(0)
-    net = EfficientLiteStyle().eval()
-    x = torch.randn(2, 3, 32, 32)
-    result = prune(net, x, PruneConfig(channels=0.5, round_to=8))
+    net = ExactNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    result = prune(net, x, PruneConfig(channels=0.5, criterion="l2"))
     paths = save_pruned(result.model, x, result.plan, tmp_path)
-    replayed = apply_plan(EfficientLiteStyle().eval().requires_grad_(False), x, result.plan)
-    fresh_weights = {k: v.shape for k, v in replayed.model.state_dict().items()}
-    assert fresh_weights == {k: v.shape for k, v in result.model.state_dict().items()}
-    replayed.model.load_state_dict(torch.load(paths["state_dict"], weights_only=True))
+    fresh = ExactNet().eval()
+    fresh.load_state_dict(net.state_dict())
+    replayed = apply_plan(fresh, x, result.plan)
+    assert {k: v.shape for k, v in replayed.model.state_dict().items()} == \
+        {k: v.shape for k, v in result.model.state_dict().items()}
     loaded = load_model(paths["pt2"])
     with torch.no_grad():
         want = result.model(x)
         torch.testing.assert_close(replayed.model(x), want)
-        torch.testing.assert_close(loaded(torch.randn(3, 3, 32, 32)).shape, torch.Size([3, 10]))
+        assert loaded(torch.randn(3, 3, 8, 8)).shape == (3, 5)  # the batch stays dynamic
         torch.testing.assert_close(loaded(x), want)
+    state = torch.load(paths["state_dict"], weights_only=True)
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in result.model.state_dict().items()}
     with pytest.raises(ConfigError, match="another --arch"):
-        apply_plan(TorchvisionStyleResNet().eval(), x, result.plan)
+        apply_plan(Blocked().eval(), torch.randn(2, 3, 10, 10), result.plan)
 
 
 def test_half_channel_resnet_recovers_accuracy_after_a_short_fine_tune():
-    from compress.passes.prune import FinetuneConfig, finetune
-    from tests.zoo.train import ZOO, evaluate, task_data, trained
+    from tests.zoo.train import ZOO, task_data, trained
 
     model, _, test = trained("resnet")
     train, _ = task_data(ZOO["resnet"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny net: on a busy 2-core machine 2 threads were several times slower
+    try:
+        _fine_tune_case(model, train, test)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fine_tune_case(model, train, test):
+    from compress.passes.prune import FinetuneConfig, finetune
+    from tests.zoo.train import evaluate
+
     before = evaluate(model, test, "accuracy")
     result = prune(model, torch.from_numpy(train.x[:2]), PruneConfig(channels=0.5, round_to=4))
     assert count_params(result.model) < 0.3 * count_params(model)
