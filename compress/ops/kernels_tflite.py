@@ -33,7 +33,7 @@ KERNELS: dict[str, Kernel] = {
     "sigmoid": INT8,
     "tanh": INT8,
     "softmax": FLOAT,
-    "log_softmax": FLOAT,  # builtin float LOG_SOFTMAX
+    "log_softmax": FLOAT,  # REDUCE_MAX, SUB, EXP, SUM, LOG, SUB in float (XNNPACK has no LOG_SOFTMAX)
     "hardswish": FLOAT,
     "hardsigmoid": FLOAT,
     "gelu": FLOAT,

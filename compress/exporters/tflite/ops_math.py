@@ -290,7 +290,26 @@ def log_softmax(em: Emitter, node: fx.Node) -> None:
         x = em.torch_order(x)
         if dim is None or dim % x.rank != x.rank - 1:
             raise ExportError(f"{node.name!r}: log_softmax is exported over the last axis only; got dim={dim}")
-    _finish_float(em, node, _unary_out(em, x, node.name, "LOG_SOFTMAX", options=Options("LogSoftmaxOptions")))
+    # x − max − log Σ exp(x − max): the ops XNNPACK runs (its delegate has no LOG_SOFTMAX; that one op split the
+    # shape-checking classifier of the zoo into two partitions), stable for large logits as torch's kernel is.
+    axis = em.int32_const(f"{node.name}_axis", [x.rank - 1])
+    red = x.shape[:-1] + (1,)
+
+    def reduce(op_name: str, v: TValue, suffix: str) -> TValue:
+        out = em.tensor(f"{node.name}_{suffix}", red, x.perm, TensorType.FLOAT32)
+        em.op(op_name, [v.tensor, axis], [out.tensor], Options("ReducerOptions", {"KeepDims": True}))
+        return out
+
+    def sub(a: TValue, b: TValue, name: str) -> TValue:
+        out = em.like(a, name, quant=None)
+        em.op("SUB", [a.tensor, b.tensor], [out.tensor], Options("SubOptions", {"FusedActivationFunction": 0}))
+        return out
+
+    shifted = sub(x, reduce("REDUCE_MAX", x, "max"), f"{node.name}_shifted")
+    total = reduce("SUM", _unary_out(em, shifted, f"{node.name}_exp", "EXP"), "sum")
+    log_total = em.tensor(f"{node.name}_log_sum", red, x.perm, TensorType.FLOAT32)
+    em.op("LOG", [total.tensor], [log_total.tensor])
+    _finish_float(em, node, sub(shifted, log_total, node.name))
 
 
 @emits("leaky_relu")
