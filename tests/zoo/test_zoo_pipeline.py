@@ -24,7 +24,7 @@ PENDING = {
     "bert": "tflite: 'the int8 tflite file does not match the torch simulation (83.8% of outputs within 1 LSB, "
             "max 4 LSB; the contract is ≥ 99%)'",
     "bert_two_input": "tflite: same as bert (83.8 % within 1 LSB, max 4 LSB)",
-    "efficient_lite": "both files written, verified, 33/33 int8, metric kept; size 30.1 % (ONNX) / 33 % (TFLite) > 30 %",
+    "efficient_lite": "both files written, verified, 33/33 int8, metric kept; size 30.2 % (ONNX) / 33 % (TFLite) > 30 %",
     "audio_lstm": "tflite: the unrolled LSTM's FULLY_CONNECTEDs run on DEQUANTIZE'd weights (3/53 int8), file 42 % "
                   "of fp32; ONNX passes (29 %, 5/5 int8)",
     "gru_seq2seq": "onnx: 'the int8 onnx file does not match the torch simulation (99.3% of outputs within 1 LSB, "
