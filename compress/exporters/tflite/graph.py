@@ -66,6 +66,12 @@ def qparams_of(q: Quantizer) -> QuantParams:
     return QuantParams.per_tensor(float(q.scale.reshape(())), int(q.zero_point.reshape(())))
 
 
+def grid_codes(values, q: QuantParams) -> np.ndarray:
+    """Real values as int8 codes on the per-tensor activation grid ``q`` (clamped to [-128, 127])."""
+    values = np.asarray(values, np.float64)
+    return np.clip(np.round(values / q.scale[0]) + q.zero_point[0], -128, 127).astype(np.int8)
+
+
 def same_grid(a: QuantParams | None, b: QuantParams | None) -> bool:
     if a is None or b is None:
         return False
@@ -153,7 +159,7 @@ class Emitter:
         arr = np.ascontiguousarray(arr)
         if like.is_int8 and isinstance(c, Const) and c.quant is not None:  # already on a grid: keep it exact
             q = c.quant
-            data = np.clip(np.round(arr / q.scale[0]) + q.zero_point[0], -128, 127).astype(np.int8)
+            data = grid_codes(arr, q)
             idx = self.const(name, data, TensorType.INT8, q)
             return TValue(idx, arr.shape, TensorType.INT8, L.identity(arr.ndim), q)
         if like.is_int8:
@@ -172,7 +178,7 @@ class Emitter:
         arr = np.ascontiguousarray(np.asarray(c.array))
         if self.quantized and c.quant is not None:
             q = c.quant
-            codes = np.clip(np.round(arr / q.scale[0]) + q.zero_point[0], -128, 127).astype(np.int8)
+            codes = grid_codes(arr, q)
             return TValue(self.const(name, codes, TensorType.INT8, q), codes.shape, TensorType.INT8,
                           L.identity(codes.ndim), q)
         dtype = {np.dtype(np.int64): TensorType.INT64, np.dtype(np.int32): TensorType.INT32,

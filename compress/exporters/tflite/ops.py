@@ -108,12 +108,12 @@ def conv2d(em: Emitter, node: fx.Node) -> None:
 def linear(em: Emitter, node: fx.Node) -> None:
     mod = em.module(node)
     x, w, b, act, last, absorbed, plan, int8 = _weighted_prologue(em, node, mod)
-    if x.col_perm is not None:
-        col_perm = x.col_perm
-        w = w[:, col_perm]  # TFLite column j holds torch feature col_perm[j]
+    cols = x.col_perm  # TFLite column j holds torch feature cols[j]
+    if cols is not None:
+        w = w[:, cols]
     else:
         x = em.torch_order(x)
-    w_t, b_t = _weights(em, mod, x, int8, node.name, w, b, lambda a: a)
+    w_t, b_t = _weights(em, mod, x, int8, node.name, w, b, lambda a: a, cols)
     out_shape = _meta_shape(last)
     keep = len(out_shape) > 2
     out = em.tensor(node.name, out_shape, L.identity(len(out_shape)),

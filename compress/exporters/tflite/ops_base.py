@@ -6,10 +6,12 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
+import torch
 from torch import fx, nn
 
 from compress import ops
 from compress.errors import ExportError
+from compress.exporters.numerics import bias_codes, fold_bn, weight_codes
 from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import ACT_CODE, Emitter, TValue
 from compress.exporters.tflite.schema import Options, QuantParams, TensorType, numpy_dtype
@@ -37,36 +39,39 @@ def _meta_shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(int(d) for d in meta.shape)
 
 
-def _int8_weights(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    shape = [-1] + [1] * (w.ndim - 1)
-    return np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+def int8_weight(weight, wq, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codes, per-output-channel scale ``[C]``) of a weight under its frozen quantizer: the simulation's
+    codes (:func:`compress.exporters.numerics.weight_codes`), a per-tensor scale repeated per channel."""
+    codes, scale, _ = weight_codes(weight, wq, where)
+    scale = np.asarray(scale, np.float64).reshape(-1)
+    return codes, np.full(codes.shape[0], scale[0]) if scale.size == 1 else scale
 
 
-def _weights(em: Emitter, mod: nn.Module, x: TValue, int8: bool, name: str, w: np.ndarray, b, layout):
-    """(weight tensor, bias tensor) for conv/linear, int8 per channel or float; ``layout`` reorders weights."""
+def _weights(em: Emitter, mod: nn.Module, x: TValue, int8: bool, name: str, w: np.ndarray, b, layout, cols=None):
+    """(weight tensor, bias tensor) for conv/linear, int8 per channel or float; ``layout`` reorders weights,
+    ``cols`` permutes the input columns of a dense layer after an NHWC flatten."""
     out_ch = w.shape[0]
     if b is None:
         b = np.zeros(out_ch, np.float32)
     if not int8:
         return (em.const(f"{name}_weight", layout(w.astype(np.float32)), TensorType.FLOAT32),
                 em.const(f"{name}_bias", np.asarray(b, np.float32), TensorType.FLOAT32))
-    s_w = mod.weight_quant.scale.detach().double().numpy().reshape(-1)
-    if s_w.size == 1:
-        s_w = np.full(out_ch, s_w[0])
-    wq = layout(_int8_weights(w.astype(np.float64), s_w))
+    codes, s_w = int8_weight(mod.weight, mod.weight_quant, name)
+    wq = layout(codes if cols is None else codes[:, cols])
     axis = 3 if layout is L.depthwise_weight_1hwo else 0
     w_t = em.const(f"{name}_weight", wq, TensorType.INT8, QuantParams.per_channel(s_w, 0, axis))
-    s_b = x.quant.scale[0] * s_w
-    bq = np.clip(np.round(np.asarray(b, np.float64) / s_b), -(2**31), 2**31 - 1).astype(np.int32)
-    b_t = em.const(f"{name}_bias", bq, TensorType.INT32, QuantParams.per_channel(s_b, 0, 0))
+    bias = mod.bias if mod.bias is not None else torch.zeros(out_ch)
+    bq, s_b = bias_codes(bias, torch.tensor(x.quant.scale[0], dtype=torch.float32), mod.weight_quant.scale)
+    s_b = np.broadcast_to(s_b.double().numpy().reshape(-1), (out_ch,))
+    b_t = em.const(f"{name}_bias", bq.numpy(), TensorType.INT32, QuantParams.per_channel(s_b, 0, 0))
     return w_t, b_t
 
 
 def _float_params(em: Emitter, node: fx.Node, mod: nn.Module):
     """(weight, bias, fused activation, node the output follows, absorbed nodes) as numpy arrays.
 
-    A float BatchNorm right after the layer is folded in (numpy, float32: deep-copying the layer to fold it
-    with :func:`compress.passes.fuse.fold_bn` cost 0.5 s of ResNet-18's conversion).
+    A float BatchNorm right after the layer is folded in (:func:`compress.exporters.numerics.fold_bn` on the
+    tensors: deep-copying the layer to fold it as a module cost 0.5 s of ResNet-18's conversion).
     """
     w = mod.weight.detach().cpu().numpy()
     b = None if mod.bias is None else mod.bias.detach().cpu().numpy()
@@ -78,13 +83,9 @@ def _float_params(em: Emitter, node: fx.Node, mod: nn.Module):
         from compress.passes.fuse import can_fold
 
         if can_fold(mod, bn):
-            var, mean = bn.running_var.detach().numpy(), bn.running_mean.detach().numpy()
-            gamma = bn.weight.detach().numpy() if bn.affine else np.ones_like(var)
-            beta = bn.bias.detach().numpy() if bn.affine else np.zeros_like(var)
-            factor = (gamma / np.sqrt(var + np.float32(bn.eps))).astype(np.float32)
-            w = w * factor.reshape([-1] + [1] * (w.ndim - 1))
-            b = beta + ((b if b is not None else 0.0) - mean) * factor
-            return w, b, FusedActivation.NONE, users[0], [users[0]]
+            with torch.no_grad():
+                fw, fb = fold_bn(mod.weight, mod.bias, bn)
+            return fw.numpy(), fb.numpy(), FusedActivation.NONE, users[0], [users[0]]
     return w, b, FusedActivation.NONE, node, []
 
 

@@ -15,7 +15,7 @@ from torch import fx, nn
 
 from compress.errors import ExportError
 from compress.exporters.tflite import layout as L
-from compress.exporters.tflite.graph import Const, Emitter, TValue
+from compress.exporters.tflite.graph import Const, Emitter, TValue, grid_codes
 from compress.exporters.tflite.ops_base import _arg, _finish, _meta_shape, emits
 from compress.exporters.tflite.schema import Options, TensorType, numpy_dtype
 from compress.layers.base import QuantLayerMixin
@@ -111,8 +111,7 @@ def _pad_constant(em: Emitter, node: fx.Node, x: TValue, pairs: dict, value: flo
         return em.bind(node, out)
     # Another value: constant borders CONCATENATEd on each side (PADV2 has no XNNPACK kernel). An int8 value is
     # written as its code on the input's grid (what the quantizer after a grid-preserving op rounds it to).
-    fill = int(np.clip(np.round(value / x.quant.scale[0]) + x.quant.zero_point[0], -128, 127)) if x.is_int8 \
-        else value
+    fill = int(grid_codes(value, x.quant)) if x.is_int8 else value
     cur, shape = x, list(x.shape)
     for dim, (before, after) in sorted(pairs.items()):
         axis, parts = L.axis_in(x.perm, dim), []

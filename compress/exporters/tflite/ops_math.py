@@ -12,7 +12,7 @@ from torch import fx
 from compress import ops
 from compress.errors import ExportError
 from compress.exporters.tflite import layout as L
-from compress.exporters.tflite.graph import ACT_CODE, Const, Emitter, TValue
+from compress.exporters.tflite.graph import ACT_CODE, Const, Emitter, TValue, grid_codes
 from compress.exporters.tflite.ops_base import _arg, _broadcast, _finish, _meta_shape, _to_float32, emits
 from compress.exporters.tflite.schema import Options, QuantParams, TensorType, numpy_dtype
 from compress.layers.base import FusedActivation
@@ -421,8 +421,7 @@ def _select(em: Emitter, node: fx.Node, cond, a, b) -> None:
 
 
 def _grid_const(em: Emitter, c, q: QuantParams, like: TValue, name: str) -> TValue:
-    arr = np.asarray(c.array if isinstance(c, Const) else c, np.float64)
-    codes = np.clip(np.round(arr / q.scale[0]) + q.zero_point[0], -128, 127).astype(np.int8)
+    codes = grid_codes(c.array if isinstance(c, Const) else c, q)
     if codes.ndim == like.rank and codes.ndim > 0:
         codes = np.ascontiguousarray(codes.transpose(like.perm))
         return TValue(em.const(name, codes, TensorType.INT8, q), codes.shape, TensorType.INT8, like.perm, q)

@@ -154,11 +154,10 @@ def _weight(em: Emitter, w: torch.Tensor, q: nn.Module | None, name: str) -> int
     a quarter of the bytes, dequantized once when LiteRT prepares the graph)."""
     if not isinstance(q, Quantizer):
         return em.const(name, _np(w), TensorType.FLOAT32)
+    from compress.exporters.tflite.ops_base import int8_weight
     from compress.exporters.tflite.schema import QuantParams
 
-    s = q.scale.detach().double().numpy().reshape(-1)
-    s = np.full(w.shape[0], s[0]) if s.size == 1 else s
-    codes = np.clip(np.round(w.detach().double().numpy() / s[:, None]), -127, 127).astype(np.int8)
+    codes, s = int8_weight(w, q, name)
     wq = em.const(f"{name}_int8", codes, TensorType.INT8, QuantParams.per_channel(s, 0, 0))
     out = em.w.add_tensor(name, codes.shape, TensorType.FLOAT32)
     em.op("DEQUANTIZE", [wq], [out], version=5)

@@ -9,7 +9,7 @@ from torch import fx
 from compress.errors import ExportError
 from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import Const, Emitter, TValue
-from compress.exporters.tflite.ops_base import _binary_float, _finish, _int8_weights, _meta_shape
+from compress.exporters.tflite.ops_base import _binary_float, _finish, _meta_shape, int8_weight
 from compress.exporters.tflite.schema import Options, QuantParams, TensorType
 from compress.layers.base import FusedActivation, QuantLayerMixin
 
@@ -145,9 +145,8 @@ def embedding(em: Emitter, node: fx.Node) -> None:
     plan = em.plan_output(node, fuse_act=False)
     w = mod.weight.detach().double().numpy()
     if em.quantized and isinstance(mod, QuantLayerMixin):
-        s = mod.weight_quant.scale.detach().double().numpy().reshape(-1)
-        s = np.full(w.shape[0], s[0]) if s.size == 1 else s
-        wq = em.const(f"{node.name}_table", _int8_weights(w, s), TensorType.INT8, QuantParams.per_channel(s, 0, 0))
+        codes, s = int8_weight(mod.weight, mod.weight_quant, node.name)
+        wq = em.const(f"{node.name}_table", codes, TensorType.INT8, QuantParams.per_channel(s, 0, 0))
         table = em.w.add_tensor(f"{node.name}_table_float", w.shape, TensorType.FLOAT32)
         em.op("DEQUANTIZE", [wq], [table], version=5)
     else:
