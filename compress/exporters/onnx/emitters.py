@@ -5,6 +5,14 @@ The exporter never keeps an op list of its own: it looks a node up in the regist
 registered there.
 """
 
-from compress.exporters.onnx import fallback, ops_conv_transpose, ops_float, ops_math, ops_quant, ops_seq, ops_tensor
+from compress.exporters.onnx import (
+    fallback,
+    ops_conv_transpose,
+    ops_float,
+    ops_math,
+    ops_quant,
+    ops_seq,
+    ops_tensor,
+)
 
 FAMILIES = (ops_float, ops_quant, ops_conv_transpose, ops_seq, ops_math, ops_tensor, fallback)
