@@ -80,8 +80,9 @@ def check_coverage(gm: fx.GraphModule, formats: tuple[str, ...]) -> None:
     others = sorted({g.label for g in gaps} - {first.label})
     more = f" (also unmapped: {', '.join(others)})" if others else ""
     other_formats = [f for f in formats if f != first.fmt and not any(g.fmt == f for g in gaps)]
-    alt = f"--format {','.join(other_formats)} (which covers it), " if other_formats else ""
+    alt = f"use --format {','.join(other_formats)} (which covers it), " if other_formats else ""
     raise ExportError(
-        f"{first.label}{where}{inside} has no {first.fmt} mapping{more}; use {alt}replace the op in the model, "
-        "or keep it outside the exported model (`compress inspect MODEL` lists every op and its mapping)"
+        f"{first.label}{where}{inside} has no {first.fmt} mapping{more}; {alt}replace the op in the model, "
+        "or keep it outside the exported model (`compress inspect MODEL --input-shape ...` lists every op and "
+        "its mapping)"
     )
