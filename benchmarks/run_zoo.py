@@ -478,7 +478,10 @@ def render_markdown(report: dict) -> str:
             lines[-1] += (f" Slowest capture: **{slow['model']}** ({slow['parameters']} parameters), "
                           f"{slow['first_s']:.2f} s first call, {slow['again_s']:.2f} s again.")
         lines.append("")
-    other = [(n, k, e) for n, r in report["models"].items() for k, e in r["errors"].items()]
+    other = [(n, f"CLI --format {fmt} alone", f["error"]) for n, r in report["models"].items()
+             for fmt, f in ((r.get("cli") or {}).get("formats") or {}).items()
+             if f.get("error") and f["error"] != (r.get("cli") or {}).get("first_error")]
+    other += [(n, k, e) for n, r in report["models"].items() for k, e in r["errors"].items()]
     if other:
         lines += ["Other errors (the contender or figure is missing from the tables):", ""]
         lines += [f"* {n}, {k}: `{_cell(e)}`" for n, k, e in other]
@@ -529,6 +532,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=HERE / "results", help="root of the results tree")
     p.add_argument("--no-save", action="store_true", help="print the Markdown only")
     p.add_argument("--verbose", action="store_true", help="log every latency measurement")
+    p.add_argument("--render", type=Path, metavar="JSON", help="only re-write the Markdown of a saved zoo-*.json")
     a = p.parse_args(argv)
     a.rounds = a.rounds or (3 if a.quick else 5)
     a.runs = a.runs or (50 if a.quick else 100)
@@ -541,6 +545,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render:
+        report = json.loads(args.render.read_text())
+        md = render_markdown(report)
+        page = "zoo-latest-quick.md" if report["quick"] else "zoo-latest.md"
+        (args.render.parent / page).write_text(md)
+        print(md)
+        return 0
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
         root = extract_rev(args.rev, Path(tmp) / "src") if args.rev else REPO_ROOT
