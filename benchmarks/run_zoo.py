@@ -482,8 +482,9 @@ def render_markdown(report: dict) -> str:
              for fmt, f in ((r.get("cli") or {}).get("formats") or {}).items()
              if f.get("error") and f["error"] != (r.get("cli") or {}).get("first_error")]
     other += [(n, k, e) for n, r in report["models"].items() for k, e in r["errors"].items()]
+    other += [(n, "peer (note)", note) for n, r in report["models"].items() for note in (r.get("peer") or {}).get("notes", [])]
     if other:
-        lines += ["Other errors (the contender or figure is missing from the tables):", ""]
+        lines += ["Other errors and notes (a contender or figure missing from the tables says why here):", ""]
         lines += [f"* {n}, {k}: `{_cell(e)}`" for n, k, e in other]
         lines.append("")
     done = [g for g in (r.get("goal") for r in report["models"].values()) if g]
