@@ -6,6 +6,7 @@ Each format registers its emitters against the op registry (:mod:`compress.ops`)
 :func:`register_all_emitters` imports them all (the registry's completeness test walks the result).
 """
 
+from compress.exporters.info import ExportInfo
 from compress.exporters.onnx import (
     ActivationDType,
     OnnxExportConfig,
@@ -42,6 +43,7 @@ def register_all_emitters() -> None:
 __all__ = [
     "XNNPACK_FLOAT_OPS",
     "ActivationDType",
+    "ExportInfo",
     "Int8Kernels",
     "OnnxExportConfig",
     "OnnxExportInfo",

@@ -283,3 +283,14 @@ def test_constants_computed_in_forward_are_folded(tmp_path):
     got = run(tmp_path / "m.onnx", torch.zeros(5, 3))
     np.testing.assert_allclose(got, np.broadcast_to(np.arange(5.0).reshape(-1, 1), (5, 3)))
     export_onnx(BatchPositions(), (torch.randn(2, 3),), tmp_path / "m.onnx", OnnxExportConfig(dynamic_batch=False))
+
+
+def test_export_info_is_the_one_type_both_formats_share(tmp_path):
+    from compress.exporters import ExportInfo, OnnxExportInfo
+
+    info = export_onnx(nn.Linear(4, 2), (torch.randn(3, 4),), tmp_path / "m.onnx")
+    assert type(info) is ExportInfo and OnnxExportInfo is ExportInfo
+    assert info.format == "onnx" and not info.quantized and info.bytes == (tmp_path / "m.onnx").stat().st_size
+    d = info.to_dict()
+    assert d["opset"] == 17 and d["activation_dtype"] == "uint8" and d["seconds"] > 0
+    assert not {"schema_version", "int8_io", "nhwc_input", "inputs", "outputs"} & set(d)  # TFLite-only fields

@@ -22,7 +22,8 @@ import contextlib
 import io
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from compress import ops
 from compress.errors import CompressError, ConfigError, ExportError, require
+from compress.exporters.info import ExportInfo
 from compress.exporters.onnx import emitters  # noqa: F401  (registers every ONNX emitter with the op registry)
 from compress.exporters.onnx.fallback import emit_fallback, fallback_inputs, find_emitter
 from compress.exporters.onnx.graph import (
@@ -104,37 +106,9 @@ class OnnxExportConfig:
                 object.__setattr__(self, what, tuple(names))
 
 
-@dataclass
-class OnnxExportInfo:
-    """What was written.
-
-    ``output_scales[i]`` is ``(scale, zero_point)`` of the quantizer feeding graph output i (the torch
-    quantizer's own zero point, in its signed/unsigned code range), or None for a float output.
-    ``output_tolerances[i]`` is None when output i is meant to be bit-faithful to the simulation (≤ 1 LSB),
-    or the relative tolerance (max |diff| / max |reference|) it is verified with when an approximated op
-    (a quantized LSTM / GRU, see :mod:`compress.exporters.onnx_ops_seq`) lies upstream; ``approximations``
-    says which ops and why. ``float_fallbacks`` lists the ops the op table lacks, written in float by
-    ``torch.onnx`` (``"up (ConvTranspose2d)"``; see :mod:`compress.exporters.onnx_fallback`).
-    """
-
-    path: str
-    opset: int
-    bytes: int
-    activation_dtype: ActivationDType
-    output_scales: list[tuple[float, int] | None]
-    node_count: int
-    op_histogram: dict[str, int]
-    input_names: list[str] = field(default_factory=list)
-    output_names: list[str] = field(default_factory=list)
-    output_tolerances: list[float | None] = field(default_factory=list)
-    approximations: list[str] = field(default_factory=list)
-    float_fallbacks: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["activation_dtype"] = self.activation_dtype.value
-        d["output_scales"] = [list(s) if s is not None else None for s in self.output_scales]
-        return d
+#: The ONNX exporter's name for :class:`~compress.exporters.info.ExportInfo` (one type for both formats; the
+#: ONNX-only fields are ``opset`` and ``activation_dtype``).
+OnnxExportInfo = ExportInfo
 
 
 # -- tracing --------------------------------------------------------------------------------------------
@@ -353,7 +327,8 @@ def export_onnx(model: fx.GraphModule | nn.Module, example_inputs: tuple[torch.T
         config: opset, activation storage type, dynamic batch, names.
 
     Returns:
-        :class:`OnnxExportInfo` with the path, opset, size, output quantization and op histogram.
+        :class:`~compress.exporters.ExportInfo` (``format="onnx"``) with the path, opset, size, output
+        quantization and op histogram.
 
     Example:
         >>> import tempfile, os
@@ -361,6 +336,7 @@ def export_onnx(model: fx.GraphModule | nn.Module, example_inputs: tuple[torch.T
         >>> info.op_histogram
         {'Gemm': 1}
     """
+    started = time.perf_counter()
     onnx = require("onnx", "onnx")
     if not isinstance(config, OnnxExportConfig):
         raise ConfigError(f"config must be an OnnxExportConfig, got {type(config).__name__}")
@@ -383,7 +359,7 @@ def export_onnx(model: fx.GraphModule | nn.Module, example_inputs: tuple[torch.T
         for m, training in modes.items():
             m.train(training)
     _write_atomic(proto, path)
-    info.path, info.bytes = str(path), path.stat().st_size
+    info.path, info.bytes, info.seconds = str(path), path.stat().st_size, time.perf_counter() - started
     return info
 
 
@@ -451,13 +427,14 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"internal error: onnx.checker rejected the graph ({str(exc).splitlines()[0]}); "
                           "please report this with the model") from exc
-    info = OnnxExportInfo(path="", opset=config.opset, bytes=0, activation_dtype=config.activation_dtype,
-                          output_scales=output_scales, node_count=len(builder.nodes),
-                          op_histogram=builder.histogram(), input_names=in_names,
-                          output_names=[o.name for o in graph_outputs],
-                          output_tolerances=_output_tolerances(gm, ctx.approximate, leaves),
-                          approximations=[f"{n.name}: {why}" for n, why in ctx.approximate.items()],
-                          float_fallbacks=list(ctx.float_fallbacks))
+    quantized = any(isinstance(m, Quantizer) for m in gm.modules())
+    info = ExportInfo(format="onnx", path="", quantized=quantized, opset=config.opset,
+                      activation_dtype=config.activation_dtype, output_scales=output_scales,
+                      node_count=len(builder.nodes), op_histogram=builder.histogram(), input_names=in_names,
+                      output_names=[o.name for o in graph_outputs],
+                      output_tolerances=_output_tolerances(gm, ctx.approximate, leaves),
+                      approximations=[f"{n.name}: {why}" for n, why in ctx.approximate.items()],
+                      float_fallbacks=list(ctx.float_fallbacks))
     return proto, info
 
 

@@ -16,6 +16,7 @@ Value model: every fx node maps to one of
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +28,8 @@ from torch import fx
 from compress import ops
 from compress.errors import ExportError, require
 
-# Constants at most this many elements are shared between nodes (scales, zero points, shapes, axes).
-_DEDUP_MAX_ELEMENTS = 64
+# Initializers up to this many bytes are deduplicated by their bytes, larger ones by a SHA-256 of them.
+_DEDUP_KEY_BYTES = 256
 
 _NP_TO_ONNX = {
     np.dtype(np.float32): 1, np.dtype(np.uint8): 2, np.dtype(np.int8): 3, np.dtype(np.int32): 6,
@@ -103,6 +104,7 @@ class GraphBuilder:
         self._names: set[str] = set()
         self._const_cache: dict[tuple, str] = {}
         self._producers: dict[str, Any] = {}
+        self._dequantized: dict[tuple, str] = {}
 
     # -- names -----------------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
@@ -137,15 +139,22 @@ class GraphBuilder:
         return self._producers.get(name)
 
     def const(self, array: np.ndarray, hint: str) -> str:
-        array = np.asarray(array)
-        if array.size <= _DEDUP_MAX_ELEMENTS:
-            key = (array.dtype.str, array.shape, array.tobytes())
-            if key in self._const_cache:
-                return self._const_cache[key]
+        """An initializer holding ``array``; identical arrays (dtype, shape and bytes) are stored once.
+
+        Besides small constants (scales, zero points, shapes, axes), this is what keeps shared weights shared:
+        a module called N times (a decoder step, a tied embedding) becomes N graph nodes whose int8 codes are
+        identical, and the file holds them once.
+        """
+        array = np.asarray(array, order="C")  # not ascontiguousarray: it makes 0-d scales 1-d (QLinearAdd wants [])
+        data = array.tobytes()
+        # Small arrays are keyed by their bytes, large ones by a digest (hashing is cheap next to writing them).
+        digest = data if len(data) <= _DEDUP_KEY_BYTES else hashlib.sha256(data).digest()
+        key = (array.dtype.str, array.shape, digest)
+        if key in self._const_cache:
+            return self._const_cache[key]
         name = self.fresh(hint)
         self.initializers.append(self.numpy_helper.from_array(np.array(array, order="C", copy=True), name))
-        if array.size <= _DEDUP_MAX_ELEMENTS:
-            self._const_cache[key] = name
+        self._const_cache[key] = name
         return name
 
     def int64s(self, values, hint: str = "const/i64") -> str:
@@ -171,8 +180,11 @@ class GraphBuilder:
         scale = np.asarray(scale, np.float32)
         scale_name = self.const(scale, f"{hint}_scale")
         zp_name = self.const(np.zeros(scale.shape, dtype=codes.dtype), f"{hint}_zero_point")
-        return self.node("DequantizeLinear", [codes_name, scale_name, zp_name], hint,
-                         axis=axis if scale.ndim == 1 else None)
+        axis = axis if scale.ndim == 1 else None
+        key = (codes_name, scale_name, zp_name, axis)
+        if key not in self._dequantized:  # a shared weight: one initializer and one DequantizeLinear
+            self._dequantized[key] = self.node("DequantizeLinear", [codes_name, scale_name, zp_name], hint, axis=axis)
+        return self._dequantized[key]
 
     # -- finishing -------------------------------------------------------------------------------------
     def rename_output(self, old: str, new: str) -> bool:
