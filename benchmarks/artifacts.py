@@ -72,7 +72,10 @@ def quantize_peer(fp32: Path, calib: np.ndarray, input_name: str, out_dir: Path)
     t0 = time.perf_counter()
     pre = out_dir / "peer_preprocessed.onnx"
     path = out_dir / "peer_ort_int8.onnx"
-    quant_pre_process(str(fp32), str(pre))
+    # quant_pre_process's symbolic shape inference writes sym_shape_infer_temp.onnx and external-data files into
+    # the working directory, not next to its output: run it inside out_dir.
+    with contextlib.chdir(out_dir.resolve()):
+        quant_pre_process(str(fp32.resolve()), str(pre.resolve()))
     quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     art = Artifact("peer", path, time.perf_counter() - t0)

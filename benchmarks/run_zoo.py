@@ -22,6 +22,7 @@ A model that fails anywhere stays in the table with its first error line. See be
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -187,7 +188,8 @@ def quantize_peer(fp32: Path, calib, out_dir: Path) -> dict:
     pre, path = out_dir / "peer_preprocessed.onnx", out_dir / "peer_ort_int8.onnx"
     notes = []
     try:
-        quant_pre_process(str(fp32), str(pre))
+        with contextlib.chdir(out_dir.resolve()):  # its shape inference writes temp files into the working directory
+            quant_pre_process(str(fp32.resolve()), str(pre.resolve()))
         src = pre
     except Exception as exc:  # noqa: BLE001 - quantize the file as it is, and say so
         notes.append(f"quant_pre_process failed ({first_line(exc)}); quantized without it")
