@@ -217,7 +217,8 @@ def emit_fallback(ctx: ExportContext, node: fx.Node, mod: nn.Module | None, what
         raise ExportError(
             f"op {what} at fx node {node.name!r} has no ONNX handler and torch.onnx.export could not write it at "
             f"opset {ctx.b.opset} ({'; '.join(problems)}); try another opset, replace the op with one of the "
-            f"{len(supported_ops())} supported ops (`compress inspect MODEL` shows them) or keep it outside the model")
+            f"{len(supported_ops())} ops the exporter writes (`compress inspect MODEL --input-shape ...` gives each op "
+            "of your model its verdict) or keep it outside the model")
     outs = _splice(ctx, proto, [_float_input(ctx, ctx.value(n), proto, node.name) for n in inputs], node.name)
     ctx.float_fallbacks.append(short_name(node, mod))
     tensors = tuple(TensorValue(o) for o in outs)
