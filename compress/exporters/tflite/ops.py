@@ -37,6 +37,7 @@ from compress.exporters.tflite.ops_base import (
     _to_float32,
     _weighted_prologue,
     _weights,
+    last_axis_input,
 )
 from compress.exporters.tflite.ops_shape import (
     alias,
@@ -385,13 +386,7 @@ def gelu(em: Emitter, node: fx.Node) -> None:
 
 
 def softmax(em: Emitter, node: fx.Node) -> None:
-    mod = em.module(node)
-    dim = mod.dim if mod is not None else _arg(node, 1, "dim")
-    x = em.uncollapse(em.value(node.args[0]))
-    if dim is None or x.perm[-1] != dim % x.rank:
-        x = em.torch_order(x)
-        if dim is None or dim % x.rank != x.rank - 1:
-            raise ExportError(f"{node.name!r}: softmax is exported over the last axis only; got dim={dim}")
+    x = last_axis_input(em, node, "softmax")
     _unary(em, node, "SOFTMAX", True, Options("SoftmaxOptions", {"Beta": 1.0}), x=x)
 
 

@@ -32,6 +32,23 @@ def _arg(node: fx.Node, i: int, name: str, default=None):
     return node.kwargs.get(name, default)
 
 
+def last_axis_input(em: Emitter, node: fx.Node, what: str) -> TValue:
+    """The input of a softmax-like op laid out so that its ``dim`` is TFLite's last axis (SOFTMAX and the
+    log-softmax decomposition reduce over the innermost axis only).
+
+    Raises:
+        ExportError: ``dim`` is not the tensor's last axis in torch's order either.
+    """
+    mod = em.module(node)
+    dim = mod.dim if mod is not None else _arg(node, 1, "dim")
+    x = em.uncollapse(em.value(node.args[0]))
+    if dim is None or x.perm[-1] != dim % x.rank:
+        x = em.torch_order(x)
+        if dim is None or dim % x.rank != x.rank - 1:
+            raise ExportError(f"{node.name!r}: {what} is exported over the last axis only; got dim={dim}")
+    return x
+
+
 def _meta_shape(node: fx.Node) -> tuple[int, ...]:
     meta = node.meta.get("tensor_meta")
     if meta is None or not hasattr(meta, "shape"):

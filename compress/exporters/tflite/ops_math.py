@@ -13,7 +13,15 @@ from compress import ops
 from compress.errors import ExportError
 from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import ACT_CODE, Const, Emitter, TValue, grid_codes
-from compress.exporters.tflite.ops_base import _arg, _broadcast, _finish, _meta_shape, _to_float32, emits
+from compress.exporters.tflite.ops_base import (
+    _arg,
+    _broadcast,
+    _finish,
+    _meta_shape,
+    _to_float32,
+    emits,
+    last_axis_input,
+)
 from compress.exporters.tflite.schema import Options, QuantParams, TensorType, numpy_dtype
 from compress.layers.base import FusedActivation
 from compress.ops import Policy
@@ -283,13 +291,7 @@ def prelu(em: Emitter, node: fx.Node) -> None:
 
 @emits("log_softmax", in_float=True)
 def log_softmax(em: Emitter, node: fx.Node) -> None:
-    mod = em.module(node)
-    dim = mod.dim if mod is not None else _arg(node, 1, "dim")
-    x = em.uncollapse(em.value(node.args[0]))
-    if dim is None or x.perm[-1] != dim % x.rank:
-        x = em.torch_order(x)
-        if dim is None or dim % x.rank != x.rank - 1:
-            raise ExportError(f"{node.name!r}: log_softmax is exported over the last axis only; got dim={dim}")
+    x = last_axis_input(em, node, "log_softmax")
     # x − max − log Σ exp(x − max): the ops XNNPACK runs (its delegate has no LOG_SOFTMAX; that one op split the
     # shape-checking classifier of the zoo into two partitions), stable for large logits as torch's kernel is.
     axis = em.int32_const(f"{node.name}_axis", [x.rank - 1])
