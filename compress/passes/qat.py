@@ -64,16 +64,21 @@ class QATConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be ≥ 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        check_training_options(self.epochs, self.lr, self.batch_size)
         try:
             object.__setattr__(self, "optimizer", OptimizerKind(self.optimizer))
         except ValueError:
             raise ConfigError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}") from None
+
+
+def check_training_options(epochs: int, lr: float, batch_size: int) -> None:
+    """The checks every training config (QAT, pruning's fine-tune) makes; raises ConfigError naming the option."""
+    if epochs < 1:
+        raise ConfigError(f"epochs must be ≥ 1, got {epochs}")
+    if not lr > 0:
+        raise ConfigError(f"lr must be > 0, got {lr}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be ≥ 1, got {batch_size}")
 
 
 def _distributed() -> tuple[int, int] | None:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.errors import ConfigError, DataError
+from compress.errors import DataError
 from compress.passes.prune.config import Mode, PruneConfig, ScheduleKind
 from compress.passes.prune.magnitude import magnitude_masks
-from compress.passes.qat import _count_batches, _labelled_batches, resolve_device
+from compress.passes.qat import _count_batches, _labelled_batches, check_training_options, resolve_device
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,7 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be ≥ 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be ≥ 1, got {self.batch_size}")
+        check_training_options(self.epochs, self.lr, self.batch_size)
 
 
 def finetune(model: nn.Module, train_data, config: FinetuneConfig | None = None, *,
