@@ -7,8 +7,8 @@ onnxruntime → accuracy, size, latency → ``report.json``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from compress.io.atomic import write_json_atomic
 from compress.io.fit import match_model_dtype
 from compress.ops.coverage import check_coverage
 from compress.passes import QATConfig, calibrate, convert, prepare, train_qat
-from compress.quant.config import QuantConfig
+from compress.quant.config import QuantConfig, QuantMode, parse_mode
 from compress.quant.spec import WEIGHT_INT8, WEIGHT_INT8_PER_TENSOR, ObserverKind
 
 REPORT_VERSION = 1
@@ -50,6 +50,10 @@ class QuantizeOptions:
     formats: tuple = ("onnx",)
     tflite_int8_io: bool = False
     accept_degraded: bool = False  # return a collapsed int8 model (warnings in the report) instead of QualityError
+    # Quantization mode of every weight layer, and per-layer overrides by module path (QuantConfig's): see
+    # compress.quant.config.QuantMode. A model-level mode that picks per layer ("auto") resolves to these.
+    mode: QuantMode = QuantMode.STATIC
+    layer_modes: Mapping[str, QuantMode] = field(default_factory=dict)
 
     def __post_init__(self):
         for name, enum in (("observer", ObserverKind), ("target", Target)):
@@ -69,15 +73,19 @@ class QuantizeOptions:
         if not formats:
             raise ConfigError("formats must name at least one of: onnx, tflite")
         object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "mode", parse_mode(self.mode))
+        object.__setattr__(self, "layer_modes", {k: parse_mode(v, f"mode of layer {k!r}")
+                                                 for k, v in dict(self.layer_modes).items()})
 
     def quant_config(self) -> QuantConfig:
         weight = WEIGHT_INT8_PER_TENSOR if self.per_tensor else WEIGHT_INT8
-        return QuantConfig(weight=weight, observer=self.observer)
+        return QuantConfig(weight=weight, observer=self.observer, mode=self.mode, layer_modes=self.layer_modes)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["observer"], d["target"] = self.observer.value, self.target.value
         d["formats"] = [f.value for f in self.formats]
+        d["mode"], d["layer_modes"] = self.mode.value, {k: v.value for k, v in self.layer_modes.items()}
         return d
 
 
@@ -162,6 +170,7 @@ def quantize_model(
         "options": options.to_dict(),
         "capture": info.capture,
         "quantized_layers": info.quantized_layers,
+        "layer_modes": info.layer_modes,
         "float_ops": [asdict(f) for f in info.float_ops],
         "formats": {},
         "artifacts": [],

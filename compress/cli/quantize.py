@@ -24,6 +24,32 @@ from compress.errors import ConfigError
 OBSERVER_CHOICES = ("minmax", "moving_average", "percentile", "mse")
 TARGET_CHOICES = ("x86", "arm")
 FORMAT_CHOICES = ("onnx", "tflite")
+# compress.quant.config.QuantMode values a whole model can take ("float" is per layer: --float-layer). A mode
+# that chooses per layer (auto) is added here and resolved into layer modes before quantize_model.
+MODE_CHOICES = ("static", "dynamic", "weight-only")
+LAYER_MODE_CHOICES = (*MODE_CHOICES, "float")
+
+
+def parse_layer_modes(pairs: tuple[str, ...], float_layers: tuple[str, ...] = ()) -> dict[str, str]:
+    """``("encoder.fc=dynamic",)`` and ``--float-layer`` names → ``{module path: mode}``.
+
+    Example:
+        >>> parse_layer_modes(("fc1=weight-only",), ("head",))
+        {'fc1': 'weight-only', 'head': 'float'}
+    """
+    modes = {}
+    for pair in pairs:
+        name, sep, mode = (part.strip() for part in pair.partition("="))
+        if not sep or not name or mode not in LAYER_MODE_CHOICES:
+            raise ConfigError(f"--layer-mode {pair!r} must be NAME=MODE with MODE one of "
+                              f"{', '.join(LAYER_MODE_CHOICES)} (e.g. --layer-mode encoder.fc1=dynamic)")
+        modes[name] = mode
+    for name in float_layers:
+        if modes.get(name, "float") != "float":
+            raise ConfigError(f"layer {name!r} is given both --float-layer and --layer-mode {name}={modes[name]}; "
+                              "keep one")
+        modes[name] = "float"
+    return modes
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -61,6 +87,15 @@ def _spec_files(spec: str | None) -> list[Path]:
 @click.option("--train", "train_spec", metavar="DATA", help="Labelled training data for --qat.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="QAT epochs [default: 3].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="QAT learning rate [default: 1e-3].")
+@click.option("--mode", type=click.Choice(MODE_CHOICES), default="static", show_default=True,
+              help="static: int8 weights and calibrated int8 activations; dynamic: int8 weights, activations "
+                   "quantized per call at run time (transformers, LSTMs); weight-only: int8 weights, float "
+                   "compute (smallest file at float accuracy).")
+@click.option("--float-layer", "float_layers", multiple=True, metavar="NAME",
+              help="Keep the layer (or every layer under the module) at this path in float; repeatable.")
+@click.option("--layer-mode", "layer_mode_pairs", multiple=True, metavar="NAME=MODE",
+              help="Mode of one layer (or module subtree), overriding --mode: static, dynamic, weight-only or "
+                   "float; repeatable.")
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
 @click.option("--observer", type=click.Choice(OBSERVER_CHOICES), default="minmax", show_default=True,
               help="How activation ranges are calibrated.")
@@ -83,7 +118,8 @@ def _spec_files(spec: str | None) -> list[Path]:
 @debug_option
 @handle_errors
 def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, qat: bool, train_spec: str | None,
-                     epochs: int | None, lr: float | None, per_tensor: bool, observer: str, target: str,
+                     epochs: int | None, lr: float | None, mode: str, float_layers: tuple[str, ...],
+                     layer_mode_pairs: tuple[str, ...], per_tensor: bool, observer: str, target: str,
                      formats: str, int8_io: bool, arch: str | None, trust_pickle: bool, force: bool,
                      batch_size: int | None, accept_degraded: bool) -> None:
     """Quantize MODEL to int8 ONNX (and TFLite), verify each file against the torch simulation, write a report.
@@ -92,6 +128,7 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     module (.pt, only with --trust-pickle).
     """
     format_names = parse_formats(formats)
+    layer_modes = parse_layer_modes(layer_mode_pairs, float_layers)
     if int8_io and "tflite" not in format_names:
         raise ConfigError("--int8-io applies to TFLite files; add --format tflite (or onnx,tflite)")
     if not qat:
@@ -111,7 +148,8 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     extra = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     options = QuantizeOptions(
         per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat,
-        formats=format_names, tflite_int8_io=int8_io, accept_degraded=accept_degraded, **extra
+        formats=format_names, tflite_int8_io=int8_io, accept_degraded=accept_degraded, mode=mode,
+        layer_modes=layer_modes, **extra
     )
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     datasets = {}

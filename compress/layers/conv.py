@@ -7,11 +7,12 @@ from torch import nn
 
 from compress.errors import ConfigError
 from compress.layers.base import FusedActivation, QuantLayerMixin, check_float_type, copy_float_params
+from compress.layers.dynamic import LayerModeMixin
 from compress.quant.config import QuantConfig
 from compress.quant.numerics import bn_factor, fold_bn
 
 
-class _QuantConvNd(QuantLayerMixin):
+class _QuantConvNd(LayerModeMixin, QuantLayerMixin):
     """Shared from_float / to_float / forward of QuantConv1d and QuantConv2d."""
 
     def _conv_kwargs(self) -> dict:
@@ -40,7 +41,7 @@ class _QuantConvNd(QuantLayerMixin):
         return m
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._quant_input(x)
+        x = self._mode_input(x)
         y = self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
         return self._quant_output(y)
 
@@ -58,6 +59,7 @@ class QuantConv1d(_QuantConvNd, nn.Conv1d):
     def __init__(self, *args, config: QuantConfig | None = None, quantize_io: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_quant(config or QuantConfig(), quantize_io)
+        self._drop_io_quant_unless_static()
 
 
 class QuantConv2d(_QuantConvNd, nn.Conv2d):
@@ -73,6 +75,7 @@ class QuantConv2d(_QuantConvNd, nn.Conv2d):
     def __init__(self, *args, config: QuantConfig | None = None, quantize_io: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self._init_quant(config or QuantConfig(), quantize_io)
+        self._drop_io_quant_unless_static()
 
 
 class QuantConvBn2d(QuantConv2d):
@@ -131,7 +134,7 @@ class QuantConvBn2d(QuantConv2d):
         return fold_bn(self.weight, self.bias, self.bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._quant_input(x)
+        x = self._mode_input(x)
         weight, bias = self.folded()
         w_q = self.weight_quant(weight)
         if self.training and not self.bn_frozen:

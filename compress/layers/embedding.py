@@ -13,7 +13,7 @@ from torch import nn
 
 from compress.errors import ConfigError
 from compress.layers.base import QuantLayerMixin, check_float_type, copy_float_params
-from compress.quant.config import QuantConfig
+from compress.quant.config import QuantConfig, QuantMode
 
 
 class QuantEmbedding(QuantLayerMixin, nn.Embedding):
@@ -31,6 +31,8 @@ class QuantEmbedding(QuantLayerMixin, nn.Embedding):
     """
 
     _FLOAT_MODULE = nn.Embedding
+    # A lookup has no input activation: the int8 table behind a dequantize *is* the weight-only form.
+    _MODES = (QuantMode.STATIC, QuantMode.WEIGHT_ONLY)
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, *,
                  config: QuantConfig | None = None, quantize_io: bool = False, device=None, dtype=None):

@@ -7,8 +7,10 @@ from torch import fx, nn
 from compress.errors import ConfigError
 from compress.layers.base import QuantLayerMixin
 from compress.layers.conv import QuantConvBn2d
+from compress.layers.dynamic import layer_mode
 from compress.passes import graph as g
 from compress.passes.prepare import _set_module
+from compress.quant.config import QuantMode
 from compress.quant.fake import Quantizer, QuantState
 
 
@@ -42,7 +44,10 @@ def convert(model: nn.Module) -> nn.Module:
         modules = dict(model.named_modules())
         for node in model.graph.nodes:
             layer = g.target_module(node, modules)
-            if isinstance(layer, QuantLayerMixin) and node.args and isinstance(node.args[0], fx.Node):
+            # Only a static layer snaps its bias to input_scale × weight_scale: a dynamic layer's input scale
+            # changes per call and a weight-only layer's input is float (their biases stay float).
+            if isinstance(layer, QuantLayerMixin) and layer_mode(layer) is QuantMode.STATIC and node.args \
+                    and isinstance(node.args[0], fx.Node):
                 upstream = g.upstream_quantizer(node.args[0], modules)
                 if upstream is not None:
                     layer.input_scale = upstream.scale.detach().clone()

@@ -19,7 +19,7 @@ ops between layers then stay float and are listed in ``model.compress_info.float
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import fx, nn
@@ -29,10 +29,11 @@ from compress.capture import capture
 from compress.errors import CompressError, DataError
 from compress.layers.base import QuantLayerMixin
 from compress.layers.conv import QuantConvBn2d
-from compress.ops import quant_class_for
+from compress.layers.dynamic import supported_modes
+from compress.ops import Policy, quant_class_for
 from compress.passes import graph as g
 from compress.passes.fuse import can_fold, fold_bn
-from compress.quant.config import QuantConfig
+from compress.quant.config import QuantConfig, QuantMode
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class PrepareInfo:
     config: QuantConfig
     float_ops: list[FloatOp] = field(default_factory=list)
     quantized_layers: list[str] = field(default_factory=list)
+    layer_modes: dict[str, str] = field(default_factory=dict)  # module path -> the mode it runs in
 
     def to_dict(self) -> dict:
         return {
@@ -63,6 +65,7 @@ class PrepareInfo:
             "config": self.config.to_dict(),
             "float_ops": [asdict(f) for f in self.float_ops],
             "quantized_layers": list(self.quantized_layers),
+            "layer_modes": dict(self.layer_modes),
         }
 
 
@@ -85,7 +88,8 @@ def prepare(
     Args:
         model: the float model (left untouched).
         example_inputs: one input batch (a tensor or a tuple of tensors) used to trace shapes.
-        config: weight/activation formats and the calibration observer.
+        config: weight/activation formats, the calibration observer and the mode of each layer
+            (``config.mode`` / ``config.layer_modes``: static, dynamic, weight-only, float).
         qat: keep BatchNorm live (fused conv+BN) and return the model in train mode.
         keep_float: qualified names of modules to leave in float (e.g. a sensitive first conv).
 
@@ -107,19 +111,24 @@ def prepare(
     try:
         gm, how = _capture(model, example_inputs)
     except CompressError as exc:
+        config.check_layer_names(name for name, _ in model.named_modules() if name)
         return _prepare_module_swap(copy.deepcopy(model).train(qat), config, qat, keep_float, str(exc))
     gm.train(qat)  # captured in eval mode; QAT trains the graph (BatchNorm statistics live in QuantConvBn2d)
     shared = _untie_shared_calls(gm)
+    config.check_layer_names(_module_paths(model, gm))
+    modes = _resolve_modes(gm, config, shared)
     keep_float = tuple(keep_float) + tuple(c for name, copies in shared.items() if name in keep_float
                                            for c in copies)
-    _fold_batchnorm(gm, config, qat, keep_float)
-    swapped = _swap_layers(gm, config, keep_float)
+    _fold_batchnorm(gm, config, qat, keep_float + _kept_float(modes))
+    swapped, unsupported = _swap_layers(gm, config, keep_float, modes)
     _retie_shared(gm, shared)
     _propagate_shapes(gm, example_inputs)
-    _insert_quantizers(gm, config)
+    _insert_quantizers(gm, config, modes)
     gm.graph.lint()
     gm.recompile()
-    gm.compress_info = PrepareInfo(how, qat, config, _float_ops(gm, keep_float), swapped)
+    float_ops = _float_ops(gm, keep_float, modes, unsupported)
+    gm.compress_info = PrepareInfo(how, qat, config, float_ops, swapped,
+                                   {p: (m.value if p in swapped else "float") for p, m in modes.items()})
     return gm
 
 
@@ -247,8 +256,44 @@ def _fold_batchnorm(gm: fx.GraphModule, config: QuantConfig, qat: bool, keep_flo
     gm.delete_all_unused_submodules()
 
 
-def _swap_layers(gm: fx.GraphModule, config: QuantConfig, keep_float) -> list[str]:
-    swapped = []
+def _module_paths(model: nn.Module, gm: fx.GraphModule) -> list[str]:
+    """Every module path a ``layer_modes`` entry may name: the user's (containers too) and the graph's."""
+    paths = [name for name, _ in model.named_modules() if name]
+    return paths + [n.target for n in gm.graph.nodes if n.op == "call_module"]
+
+
+def _resolve_modes(gm: fx.GraphModule, config: QuantConfig, shared: dict[str, list[str]]) -> dict[str, QuantMode]:
+    """``{module path: mode}`` of every weight layer call; a shared module's per-call copies follow it."""
+    copy_of = {c: original for original, copies in shared.items() for c in copies}
+    modules = dict(gm.named_modules())
+    modes = {}
+    for node in gm.graph.nodes:
+        spec = g.spec_of(node, modules) if node.op == "call_module" else None
+        if spec is not None and spec.policy is Policy.WEIGHTED:
+            modes[node.target] = config.mode_for(copy_of.get(node.target, node.target))
+    return modes
+
+
+def _kept_float(modes: dict[str, QuantMode]) -> tuple[str, ...]:
+    return tuple(path for path, mode in modes.items() if mode is QuantMode.FLOAT)
+
+
+def _mode_for_class(cls: type, wanted: QuantMode) -> QuantMode:
+    """``wanted`` when ``cls`` implements it; a dynamic layer without a dynamic form is weight-only when it
+    has that (a lookup has no activation to quantize); otherwise float."""
+    available = supported_modes(cls)
+    if wanted in available:
+        return wanted
+    if wanted is QuantMode.DYNAMIC and QuantMode.WEIGHT_ONLY in available:
+        return QuantMode.WEIGHT_ONLY
+    return QuantMode.FLOAT
+
+
+def _swap_layers(gm: fx.GraphModule, config: QuantConfig, keep_float,
+                 modes: dict[str, QuantMode]) -> tuple[list[str], dict[str, str]]:
+    """Swap weight layers for their quant classes in their modes; returns (swapped paths, {path: why float}
+    for layers whose requested mode their class lacks). ``modes`` is updated to what each layer runs in."""
+    swapped, unsupported = [], {}
     modules = dict(gm.named_modules())
     for node in gm.graph.nodes:
         mod = g.target_module(node, modules)
@@ -257,14 +302,20 @@ def _swap_layers(gm: fx.GraphModule, config: QuantConfig, keep_float) -> list[st
                 swapped.append(node.target)
             continue
         cls = quant_class_for(mod)
-        if cls is None:
+        wanted = modes.get(node.target, config.mode)
+        if cls is None or wanted is QuantMode.FLOAT:
+            continue
+        mode = _mode_for_class(cls, wanted)
+        modes[node.target] = mode
+        if mode is QuantMode.FLOAT:
+            unsupported[node.target] = f"no {wanted.value} form of {cls.__name__}; kept in float (mode)"
             continue
         try:
-            _set_module(gm, node.target, cls.from_float(mod, config))
+            _set_module(gm, node.target, cls.from_float(mod, replace(config, mode=mode, layer_modes={})))
         except CompressError:
             continue  # e.g. a padding mode with no int8 kernel: the layer stays float and is reported
         swapped.append(node.target)
-    return swapped
+    return swapped, unsupported
 
 
 def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
@@ -306,11 +357,40 @@ def _wants_quantizer(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return True
 
 
-def _insert_quantizers(gm: fx.GraphModule, config: QuantConfig) -> None:
+def _runs_static(node: fx.Node, modules: dict[str, nn.Module], config: QuantConfig,
+                 modes: dict[str, QuantMode]) -> bool:
+    """Whether ``node`` computes on calibrated int8 grids: a weight layer in static mode; a ReLU-like op when
+    its producer does (it is fused into that producer's requantization); any other op when the model's mode
+    is static. Dynamic, weight-only and float layers, and the ops of a non-static model, compute in float."""
+    if node.op == "call_module" and node.target in modes:
+        return modes[node.target] is QuantMode.STATIC and isinstance(modules[node.target], QuantLayerMixin)
+    if g.is_clamp(node, modules) and node.args and isinstance(node.args[0], fx.Node):
+        return _runs_static(node.args[0], modules, config, modes)
+    return config.mode is QuantMode.STATIC
+
+
+def _static_consumer(node: fx.Node, modules, config: QuantConfig, modes) -> bool:
+    """Whether some op reading ``node``'s value (through grid-preserving ops) runs static."""
+    pending, seen = list(node.users), set()
+    while pending:
+        user = pending.pop()
+        if user in seen or user.op == "output":
+            continue
+        seen.add(user)
+        if g.is_preserving(user, modules) or g.is_quantizer(user, modules):
+            pending.extend(user.users)
+        elif _runs_static(user, modules, config, modes):
+            return True
+    return False
+
+
+def _insert_quantizers(gm: fx.GraphModule, config: QuantConfig, modes: dict[str, QuantMode]) -> None:
     modules = dict(gm.named_modules())
     for node in list(gm.graph.nodes):
         if not _wants_quantizer(node, modules):
             continue
+        if not (_runs_static(node, modules, config, modes) or _static_consumer(node, modules, config, modes)):
+            continue  # computed in float and read only by float computation: no grid to calibrate
         name = _free_name(gm, f"{node.name}_act_quant")
         grid = g.fixed_grid(node, modules)
         quantizer = config.fixed_activation_quantizer(grid) if grid else config.activation_quantizer()
@@ -328,9 +408,11 @@ def _free_name(gm: fx.GraphModule, base: str) -> str:
     return name
 
 
-def _float_ops(gm: fx.GraphModule, keep_float) -> list[FloatOp]:
+def _float_ops(gm: fx.GraphModule, keep_float, modes: dict[str, QuantMode] | None = None,
+               unsupported: dict[str, str] | None = None) -> list[FloatOp]:
     """Every op some export format runs in float (or cannot write), from the op registry's kernels."""
     modules = dict(gm.named_modules())
+    modes, unsupported = modes or {}, unsupported or {}
     out = []
     for node in gm.graph.nodes:
         if node.op not in ("call_module", "call_function", "call_method"):
@@ -342,6 +424,10 @@ def _float_ops(gm: fx.GraphModule, keep_float) -> list[FloatOp]:
         label = g.node_label(node, modules)
         if node.op == "call_module" and node.target in keep_float:
             reason = "kept in float on request (keep_float)"
+        elif node.op == "call_module" and node.target in unsupported:
+            reason = unsupported[node.target]
+        elif node.op == "call_module" and modes.get(node.target) is QuantMode.FLOAT:
+            reason = "kept in float (mode)"
         elif spec is None:
             reason = "not in the op registry: no exporter knows it"
         elif node.op == "call_module" and any(True for _ in modules[node.target].parameters()) \
@@ -355,15 +441,21 @@ def _float_ops(gm: fx.GraphModule, keep_float) -> list[FloatOp]:
 
 
 def _prepare_module_swap(model: nn.Module, config: QuantConfig, qat: bool, keep_float, why: str) -> nn.Module:
-    float_ops, swapped = [], []
+    float_ops, swapped, modes = [], [], {}
     for name, mod in list(model.named_modules()):
         if not name or name in keep_float or isinstance(mod, QuantLayerMixin):
             continue
         cls = quant_class_for(mod)
+        mode = _mode_for_class(cls, config.mode_for(name)) if cls is not None else QuantMode.FLOAT
+        if mode is QuantMode.FLOAT and cls is not None:
+            float_ops.append(FloatOp(name, type(mod).__name__, "kept in float (mode)"))
+            continue
         if cls is not None:
             try:
-                _set_module(model, name, cls.from_float(mod, config, quantize_io=True))
+                layer_config = replace(config, mode=mode, layer_modes={})
+                _set_module(model, name, cls.from_float(mod, layer_config, quantize_io=True))
                 swapped.append(name)
+                modes[name] = mode.value
                 continue
             except CompressError:
                 pass
@@ -371,5 +463,5 @@ def _prepare_module_swap(model: nn.Module, config: QuantConfig, qat: bool, keep_
             float_ops.append(FloatOp(name, type(mod).__name__, "no quantized implementation of this layer"))
     float_ops.append(FloatOp("<functional ops>", "*", f"model not traceable, ops between layers stay float ({why})"))
     model.train(qat)
-    model.compress_info = PrepareInfo("module_swap", qat, config, float_ops, swapped)
+    model.compress_info = PrepareInfo("module_swap", qat, config, float_ops, swapped, modes)
     return model
