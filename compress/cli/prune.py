@@ -22,13 +22,14 @@ from compress.cli._common import (
     staged_output,
     stdout_console,
 )
-from compress.cli.quantize import _spec_files
+from compress.cli.quantize import _spec_files, parse_formats
 from compress.errors import ConfigError
 
 # Literal copies of compress.passes.prune.Criterion values, so `compress --help` does not import torch.
 CRITERION_CHOICES = ("l1", "l2", "bn")
 VERIFY_SAMPLES = 8
 REPORT_VERSION = 1
+_RUNTIMES = {"onnx": "onnxruntime", "tflite": "LiteRT"}
 
 
 def _skip_list(text: str | None) -> tuple[str, ...]:
@@ -42,7 +43,7 @@ def _example(net, datasets: dict, input_shape: str | None):
 
     from compress.cli._shapes import check_shape_memory, parse_shape
 
-    for role in ("eval", "train"):
+    for role in ("eval", "train", "calib"):
         if role in datasets:
             data = datasets[role]
             n = min(len(data), VERIFY_SAMPLES)
@@ -53,13 +54,21 @@ def _example(net, datasets: dict, input_shape: str | None):
     return (torch.from_numpy(x),), [(x,)]
 
 
-def _export_onnx(model, example, path: Path, batches=None):
-    """fp32 ONNX the way ``compress export`` writes it; verified (strict) when ``batches`` are given."""
+def _export_fp32(fmt: str, model, example, path: Path, batches=None):
+    """fp32 ONNX / TFLite the way ``compress export`` writes it; verified (strict) when ``batches`` are given."""
     from compress.cli.export import _export, _verify
 
     with quiet_library():
-        info = _export("onnx", model, tuple(t[:1] for t in example), path, None)
-    return info, (_verify("onnx", path, model, batches, info) if batches is not None else None)
+        info = _export(fmt, model, tuple(t[:1] for t in example), path, None)
+    return info, (_verify(fmt, path, model, batches, info) if batches is not None else None)
+
+
+def _latency_ms(fmt: str, path: Path, example) -> float:
+    """Median latency of one file in its runtime: batch 1, 1 thread (how quantize's report measures)."""
+    from compress.pipeline import QuantizeOptions, _median_latency_ms, _onnx_runner, _tflite_runner
+
+    run = (_onnx_runner if fmt == "onnx" else _tflite_runner)(path, 1)
+    return _median_latency_ms(run, tuple(t[:1].numpy() for t in example), QuantizeOptions(latency_runs=100))
 
 
 def _config(sparsity, nm, channels, scope_global, criterion, round_to, max_sparsity, skip):
@@ -84,8 +93,12 @@ def _groups_summary(plan: dict) -> list[dict]:
 
 
 def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path, *, epochs: int, lr: float,
-              batch_size: int) -> dict:
-    """Prune (or replay ``plan``), fine-tune, finalize, save and verify into ``staging``; returns the report."""
+              batch_size: int, formats: tuple[str, ...] = ("onnx",), calib=None) -> dict:
+    """Prune (or replay ``plan``), fine-tune, finalize, save and verify into ``staging``; returns the report.
+
+    Every format in ``formats`` gets a verified fp32 file; with ``calib`` (a Dataset) the quantize pipeline
+    also writes and verifies int8 files of the pruned model in each format.
+    """
     import copy
 
     from compress.layers.prune import finalize
@@ -97,8 +110,9 @@ def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path
               "macs": figures.count_macs(net, example), "state_dict": figures.state_dict_sizes(net)}
     accuracy = {"before": figures.accuracy(net, evaluation)} if evaluation is not None else {}
     with tempfile.TemporaryDirectory() as tmp:  # the unpruned file, for the size comparison only
-        _export_onnx(net, example, Path(tmp) / "before.onnx")
+        _export_fp32("onnx", net, example, Path(tmp) / "before.onnx")
         before["onnx_fp32"] = figures.disk_sizes(Path(tmp) / "before.onnx")
+        before["latency_ms"] = {"onnx": _latency_ms("onnx", Path(tmp) / "before.onnx", example)}
 
     result = apply_plan(copy.deepcopy(net), example, plan) if plan is not None else \
         prune(copy.deepcopy(net), example, config)
@@ -117,25 +131,61 @@ def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path
     model.eval()
 
     save_pruned(model, example, plan, staging)
-    info, parity = _export_onnx(model, example, staging / "model_fp32.onnx", batches)
+    exported = {}  # format -> its fp32 section: verified in its runtime against the pruned torch model
+    for fmt in ("onnx", *(f for f in formats if f != "onnx")):
+        path = staging / f"model_fp32.{fmt}"
+        info, parity = _export_fp32(fmt, model, example, path, batches)
+        exported[fmt] = {"file": path.name, "max_rel_diff": parity.max_rel_diff, **figures.disk_sizes(path),
+                         "latency_ms": _latency_ms(fmt, path, example)}
+        if fmt == "onnx":
+            exported[fmt]["opset"] = info.opset
     after = {"params": figures.count_params(model), "nonzero_params": figures.count_nonzero(model),
              "macs": figures.count_macs(model, example), "state_dict": figures.state_dict_sizes(model),
-             "onnx_fp32": figures.disk_sizes(staging / "model_fp32.onnx")}
+             "onnx_fp32": figures.disk_sizes(staging / "model_fp32.onnx"),
+             "latency_ms": {fmt: sec["latency_ms"] for fmt, sec in exported.items()}}
     report = {
         "version": REPORT_VERSION, "command": "prune", "mode": plan["mode"], "config": plan["config"],
         "model": {"class": type(net).__name__}, "before": before, "after": after,
         "groups": _groups_summary(plan), "layer_sparsity": figures.layer_sparsity(model),
         "accuracy": accuracy, "finetune": None if history is None else {"epochs": epochs, "lr": lr, "loss": history},
-        "onnx": {"opset": info.opset, "max_rel_diff": parity.max_rel_diff, "verified_on_samples": len(batches[0][0])},
-        "files": {name: str(staging / name) for name in ("model.pt2", "state_dict.pt", "plan.json",
-                                                          "model_fp32.onnx", "report.json")},
+        "onnx": {"opset": exported["onnx"]["opset"], "max_rel_diff": exported["onnx"]["max_rel_diff"],
+                 "verified_on_samples": len(batches[0][0])},
+        "formats": exported,
     }
+    if calib is not None:
+        report["quantized"] = _quantize(staging, calib, evaluation, formats, batch_size)
+    names = ["model.pt2", "state_dict.pt", "plan.json", *(sec["file"] for sec in exported.values()),
+             *(sec["file"] for sec in report.get("quantized", {}).get("formats", {}).values()), "report.json"]
+    report["files"] = {name: str(staging / name) for name in names}
     if evaluation is not None:
         report["evaluated_on"] = {"set": "eval", "samples": len(evaluation), "source": str(evaluation.source)}
     from compress.io.atomic import write_json_atomic
 
     write_json_atomic(staging / "report.json", report)
     return report
+
+
+def _quantize(staging: Path, calib, evaluation, formats: tuple[str, ...], batch_size: int) -> dict:
+    """int8 files of the pruned model by the quantize pipeline, from the saved ``model.pt2`` (what a user's
+    ``compress quantize OUTDIR/model.pt2`` would load); the int8 files land beside the fp32 ones."""
+    import shutil
+
+    from compress.io import load_model
+    from compress.pipeline import QuantizeOptions, quantize_model
+
+    pruned = load_model(staging / "model.pt2")
+    with tempfile.TemporaryDirectory() as tmp, quiet_library():
+        q = quantize_model(pruned, calib, tmp, QuantizeOptions(formats=formats, batch_size=batch_size),
+                           eval_data=evaluation, progress=False)
+        sections = {}
+        for fmt, sec in q["formats"].items():
+            name = f"model_int8.{fmt}"
+            shutil.move(Path(tmp) / f"model.{fmt}", staging / name)
+            sec["parity"]["path"] = name  # was the temporary directory's copy
+            sections[fmt] = {"file": name, "runtime": sec["runtime"], "fp32": sec["fp32"], "int8": sec["int8"],
+                             "parity": sec["parity"], "export": sec["export"]}
+    return {"formats": sections, "float_ops": q["float_ops"], "warnings": q["warnings"],
+            "evaluated_on": q["evaluated_on"], "quantized_layers": q["quantized_layers"]}
 
 
 def render(report: dict):
@@ -168,6 +218,18 @@ def render(report: dict):
         table.add_row("accuracy (eval)", pct(acc["before"]), pct(acc.get("after_prune")), "")
     if "after_finetune" in acc:
         table.add_row(f"accuracy after {report['finetune']['epochs']} epoch(s)", "", pct(acc["after_finetune"]), "")
+    lat_before, lat_after = b.get("latency_ms", {}), a.get("latency_ms", {})
+    for fmt, ms in lat_after.items():
+        if fmt in lat_before:
+            row(f"{_RUNTIMES[fmt]} fp32 ms", lat_before[fmt], ms, lambda v: f"{v:.3f}")
+        else:
+            table.add_row(f"{_RUNTIMES[fmt]} fp32 ms", "", f"{ms:.3f}", "")
+    for fmt, sec in report.get("quantized", {}).get("formats", {}).items():
+        i8 = sec["int8"]
+        parity = sec["parity"].get("within_1lsb_fraction")
+        table.add_row(f"{_RUNTIMES[fmt]} int8", "", f"{_human_bytes(i8['bytes'])} · {i8['latency_ms_median']:.3f} ms"
+                      + (f" · {pct(i8['accuracy'])}" if "accuracy" in i8 else ""),
+                      "" if parity is None else f"1 LSB {100 * parity:.1f}%")
     groups = report["groups"]
     pruned = sum(g["width_after"] < g["width_before"] for g in groups)
     skipped = [g for g in groups if g["skipped"]]
@@ -196,6 +258,11 @@ def render(report: dict):
               help="--channels: kept widths are multiples of this (e.g. 8) [default: 1].")
 @click.option("--max-sparsity", type=click.FloatRange(0, 1), default=None,
               help="No layer (or group) loses more than this fraction [default: 1].")
+@click.option("--quantize", "do_quantize", is_flag=True,
+              help="Also quantize the pruned model to int8 (needs --calib): model_int8.onnx / .tflite, verified.")
+@click.option("--calib", metavar="DATA", help="Calibration data for --quantize (.npz with x, or MODULE:CALLABLE).")
+@click.option("--format", "formats", metavar="FORMATS", default="onnx", show_default=True,
+              help="Files of the pruned model: onnx, tflite or onnx,tflite (fp32; int8 too with --quantize).")
 @click.option("--skip", metavar="PATHS", default=None, help="Module paths left whole, comma-separated (fc,layer4).")
 @click.option("--eval", "eval_spec", metavar="DATA", help="Labelled data: accuracy before / after in the report.")
 @click.option("--train", "train_spec", metavar="DATA", help="Labelled data to fine-tune the pruned model on.")
@@ -212,8 +279,8 @@ def render(report: dict):
 @debug_option
 @handle_errors
 def prune_command(model: str, out: Path, sparsity, nm, channels, plan_path, scope_global, criterion, round_to,
-                  max_sparsity, skip, eval_spec, train_spec, epochs, lr, batch_size, input_shape, arch, trust_pickle,
-                  force) -> None:
+                  max_sparsity, do_quantize, calib, formats, skip, eval_spec, train_spec, epochs, lr, batch_size,
+                  input_shape, arch, trust_pickle, force) -> None:
     """Prune MODEL: unstructured (--sparsity), N:M (--nm) or structured channel removal (--channels).
 
     MODEL is a state dict (.pt/.pth/.safetensors, with --arch), a torch.export program (.pt2), or a pickled
@@ -231,9 +298,13 @@ def prune_command(model: str, out: Path, sparsity, nm, channels, plan_path, scop
         config = _config(sparsity, nm, channels, scope_global, criterion, round_to, max_sparsity, skip)
     if train_spec is None and (epochs is not None or lr is not None):
         raise ConfigError("--epochs and --lr set fine-tuning; add --train DATA (an .npz with x and y)")
+    if do_quantize != (calib is not None):
+        raise ConfigError("--quantize needs --calib DATA (representative inputs, an .npz with x)" if do_quantize
+                          else "--calib is read by --quantize only; add --quantize or drop --calib")
+    formats = parse_formats(formats)
     if input_shape is None and eval_spec is None and train_spec is None:
         raise ConfigError("prune needs the model's input: pass --input-shape 1,3,224,224 or --eval / --train DATA")
-    inputs = [Path(model), *_spec_files(eval_spec), *_spec_files(train_spec), *_spec_files(arch),
+    inputs = [Path(model), *_spec_files(eval_spec), *_spec_files(train_spec), *_spec_files(arch), *_spec_files(calib),
               *([plan_path] if plan_path else [])]
     check_output_dir(out, inputs=inputs, force=force)
 
@@ -241,17 +312,20 @@ def prune_command(model: str, out: Path, sparsity, nm, channels, plan_path, scop
 
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     datasets = {}
-    for role, spec in (("eval", eval_spec), ("train", train_spec)):
+    for role, spec in (("eval", eval_spec), ("train", train_spec), ("calib", calib)):
         if spec is not None:
             datasets[role] = match_model_dtype(net, load_data(spec))
-            check_labels(datasets[role], check_fits(net, datasets[role]), f"--{role}")
+            outputs = check_fits(net, datasets[role])
+            if role == "calib":
+                continue
+            check_labels(datasets[role], outputs, f"--{role}")
             if datasets[role].y is None:
                 raise ConfigError(f"--{role} needs labels: pass an .npz with both x and y")
     example, batches = _example(net, datasets, input_shape)
 
     with staged_output(out, kind="prune") as staging:
         report = run_prune(net, example, batches, config, plan, datasets, staging, epochs=epochs or 2,
-                           lr=lr or 1e-3, batch_size=batch_size)
+                           lr=lr or 1e-3, batch_size=batch_size, formats=formats, calib=datasets.get("calib"))
         report = finish_report(report, staging, out)
 
     console = stdout_console()

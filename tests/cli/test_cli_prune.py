@@ -110,3 +110,52 @@ def test_criterion_choices_match_the_library():
     from compress.passes.prune import Criterion
 
     assert CRITERION_CHOICES == tuple(c.value for c in Criterion)
+
+
+@pytest.mark.tflite
+def test_quantize_writes_verified_int8_files_of_the_pruned_model(cli, tmp_path, calib_npz, state_dict_file,
+                                                                  tiny_arch, digits_like):
+    from compress.exporters.tflite.verify import load_interpreter, run_tflite
+    from compress.io import load_model
+
+    result = cli("prune", state_dict_file, "--arch", tiny_arch, "--channels", "0.5", "--eval", calib_npz,
+                 "--quantize", "--calib", calib_npz, "--format", "onnx,tflite", "-o", "out")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert {"model_fp32.onnx", "model_fp32.tflite", "model_int8.onnx", "model_int8.tflite"} <= \
+        {p.name for p in out.iterdir()}
+    assert "onnxruntime int8" in result.stdout and "LiteRT int8" in result.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["quantized"]["formats"]) == {"onnx", "tflite"}
+
+    # Independent of the report: both int8 files, run in their runtimes, track the pruned fp32 model
+    # (loaded from the .pt2) and the fp32 TFLite file matches it to float precision.
+    x, _ = digits_like
+    with torch.no_grad():
+        want = load_model(out / "model.pt2")(torch.from_numpy(x)).numpy()
+    lite = load_interpreter(out / "model_int8.tflite", 1)
+    got = {"onnx": _ort(out / "model_int8.onnx", x),
+           "tflite": np.concatenate([run_tflite(lite, (x[i:i + 1],))[0] for i in range(len(x))])}
+    span = float(want.max() - want.min())
+    for fmt, y in got.items():
+        assert np.abs(y - want).max() < 0.1 * span, fmt  # int8 error is a few LSB of a 256-step grid
+        assert np.mean(y.argmax(1) == want.argmax(1)) >= 0.8, fmt
+    fp32_lite = load_interpreter(out / "model_fp32.tflite", 1)
+    np.testing.assert_allclose(run_tflite(fp32_lite, (x[:1],))[0], want[:1], rtol=1e-4, atol=1e-5)
+
+    # The int8 ONNX file holds the pruned widths (conv1: 2 of 4 output channels), not the original ones.
+    import onnx
+    from onnx import numpy_helper
+
+    shapes = [numpy_helper.to_array(i).shape for i in onnx.load(str(out / "model_int8.onnx")).graph.initializer]
+    assert any(s[:2] == (2, 1) for s in shapes if len(s) == 4) and not any(s[:2] == (4, 1) for s in shapes
+                                                                         if len(s) == 4)
+    # The saved program is accepted without --arch by export, inspect and prune itself.
+    for args in (("export", out / "model.pt2", "-o", "e.tflite", "--input-shape", "1,1,8,8"),
+                 ("inspect", out / "model.pt2", "--input-shape", "1,1,8,8"),
+                 ("prune", out / "model.pt2", "--sparsity", "0.5", "--input-shape", "1,1,8,8", "-o", "twice")):
+        again = cli(*args)
+        assert again.exit_code == 0, (args[0], again.output)
+    bad = cli("prune", state_dict_file, "--arch", tiny_arch, "--channels", "0.5", "--eval", calib_npz,
+              "--quantize", "-o", "again")
+    assert bad.exit_code == 2 and "--calib" in bad.stderr and not (tmp_path / "again").exists()
