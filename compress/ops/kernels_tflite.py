@@ -15,7 +15,7 @@ INT8, FLOAT, NONE = Kernel.INT8, Kernel.FLOAT, Kernel.NONE
 KERNELS: dict[str, Kernel] = {
     "conv1d": INT8,
     "conv2d": INT8,
-    "conv_transpose": FLOAT,  # TRANSPOSE_CONV in float; QuantConvTranspose: int8 weights + DEQUANTIZE
+    "conv_transpose": INT8,  # TRANSPOSE_CONV (int8 for QuantConvTranspose; output padding past the full output: float)
     "linear": INT8,
     "embedding": INT8,
     "multihead_attention": INT8,

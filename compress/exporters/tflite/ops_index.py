@@ -1,5 +1,5 @@
-"""TFLite emitters: padding, resizing, splitting, broadcasting and tiling, gathering, reductions, cumulative sums
-and transposed convolutions.
+"""TFLite emitters: padding, resizing, splitting, broadcasting and tiling, gathering, reductions and cumulative
+sums (transposed convolutions: :mod:`.ops_conv_transpose`).
 
 Axis arguments are torch axes; each emitter maps them through the value's layout (``L.axis_in``), so a tensor
 that is NHWC inside the file is padded, split, gathered or reduced where torch means, without a TRANSPOSE.
@@ -18,7 +18,6 @@ from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import Const, Emitter, TValue, grid_codes
 from compress.exporters.tflite.ops_base import _arg, _finish, _meta_shape, emits
 from compress.exporters.tflite.schema import Options, TensorType, numpy_dtype
-from compress.layers.base import QuantLayerMixin
 
 _INT64 = 4  # tflite.TensorType.INT64 (ArgMax's output_type)
 _MAX_SLICES = 16  # index_select with at most this many constant indices is written as slices
@@ -404,84 +403,4 @@ def cumsum(em: Emitter, node: fx.Node) -> None:
     out = em.tensor(node.name, x.shape, x.perm, x.dtype)
     axis = em.const(f"{node.name}_axis", np.array(L.axis_in(x.perm, dim), np.int32), TensorType.INT32)
     em.op("CUMSUM", [x.tensor, axis], [out.tensor], Options("CumsumOptions", {"Exclusive": False, "Reverse": False}))
-    _finish(em, node, out, em.plan_output(node, fuse_act=False))
-
-
-# -- transposed convolution -----------------------------------------------------------------------------
-def _transpose_filter(em: Emitter, mod: nn.Module, w: np.ndarray, one_d: bool, name: str) -> int:
-    """The OHWI filter: float, or for QuantConvTranspose the simulation's int8 codes per output channel and a
-    constant DEQUANTIZE (LiteRT's int8 TRANSPOSE_CONV would requantize per call; this keeps the weights a
-    quarter of the size and the arithmetic exactly the simulation's)."""
-    if not isinstance(mod, QuantLayerMixin):
-        return em.const(f"{name}_weight", np.ascontiguousarray(w.transpose(1, 2, 3, 0)), TensorType.FLOAT32)
-    from compress.exporters.tflite.schema import QuantParams
-    from compress.quant.numerics import weight_codes
-
-    codes, scale, _axis = weight_codes(mod.weight, mod.weight_quant, f"layer {name}")  # [Cin, Cout, k...]
-    codes = codes[:, :, None, :] if one_d else codes
-    ohwi = np.ascontiguousarray(codes.transpose(1, 2, 3, 0)).astype(np.int8)
-    scale = np.broadcast_to(np.asarray(scale, np.float64).reshape(-1), (ohwi.shape[0],)).copy()
-    wq = em.const(f"{name}_weight_int8", ohwi, TensorType.INT8, QuantParams.per_channel(scale, 0, 0))
-    out = em.w.add_tensor(f"{name}_weight", ohwi.shape, TensorType.FLOAT32)
-    em.op("DEQUANTIZE", [wq], [out], version=5)
-    return out
-
-
-@emits("conv_transpose", in_float=True)
-def conv_transpose(em: Emitter, node: fx.Node) -> None:
-    """``nn.ConvTranspose2d`` / ``1d`` as TRANSPOSE_CONV (VALID: the full ``(in − 1)·s + k`` output) cropped by
-    STRIDED_SLICE to torch's ``(in − 1)·s − 2p + k + output_padding``; output padding past the full output is
-    rows of bias only (PAD, then the bias ADD). Float: the weights of ConvTranspose stay float."""
-    mod = em.module(node)
-    if mod.groups != 1 or any(d != 1 for d in mod.dilation):
-        raise ExportError(f"{node.name!r}: ConvTranspose with groups or dilation has no TFLite kernel "
-                          "(TRANSPOSE_CONV); use groups=1, dilation=1")
-    one_d = isinstance(mod, nn.ConvTranspose1d)
-    x = em.value(node.args[0])
-    w = mod.weight.detach().cpu().numpy().astype(np.float32)  # [Cin, Cout, (kh,) kw]
-    if one_d:
-        x = em.to_perm(x, (0, 2, 1))
-        n, c, length = x.shape
-        x2 = em.tensor(f"{node.name}_as2d", (n, c, 1, length), L.NCHW_TO_NHWC, x.dtype)
-        em.reshape(x.tensor, x2, (n, 1, length, c), False)
-        x, w = x2, w[:, :, None, :]
-        s, p, op = (1, mod.stride[0]), (0, mod.padding[0]), (0, mod.output_padding[0])
-    else:
-        x = em.to_perm(x, L.NCHW_TO_NHWC)
-        s, p, op = L.pair(mod.stride), L.pair(mod.padding), L.pair(mod.output_padding)
-    n, _, h, wd = x.shape
-    cout, kh, kw = w.shape[1], w.shape[2], w.shape[3]
-    full = ((h - 1) * s[0] + kh, (wd - 1) * s[1] + kw)
-    want = tuple(full[i] - 2 * p[i] + op[i] for i in range(2))
-    overhang = [max(p[i] + want[i] - full[i], 0) for i in range(2)]
-    bias_t = mod.quantized_bias() if isinstance(mod, QuantLayerMixin) else mod.bias  # the simulation's int32 grid
-    bias = (bias_t.detach().cpu().numpy() if bias_t is not None else np.zeros(cout)).astype(np.float32)
-    in_conv = not any(overhang)
-    filt = _transpose_filter(em, mod, w, one_d, node.name)
-    out = em.tensor(f"{node.name}_full", (n, cout, *full), L.NCHW_TO_NHWC, TensorType.FLOAT32)
-    ins = [em.int32_const(f"{node.name}_out_shape", [n, full[0], full[1], cout]), filt, x.tensor]
-    ins.append(em.const(f"{node.name}_bias", bias if in_conv else np.zeros(cout, np.float32), TensorType.FLOAT32))
-    em.op("TRANSPOSE_CONV", ins, [out.tensor],
-          Options("TransposeConvOptions", {"Padding": 1, "StrideW": s[1], "StrideH": s[0],
-                                           "FusedActivationFunction": 0}), 3)
-    if not in_conv:
-        padded = em.tensor(f"{node.name}_overhang", (n, cout, full[0] + overhang[0], full[1] + overhang[1]),
-                           L.NCHW_TO_NHWC, TensorType.FLOAT32)
-        em.op("PAD", [out.tensor, em.int32_const(f"{node.name}_overhang_pads",
-                                                 [[0, 0], [0, overhang[0]], [0, overhang[1]], [0, 0]])],
-              [padded.tensor], Options("PadOptions"))
-        out = padded
-    if want != full:
-        out = _slice(em, _slice(em, out, 1, p[0], p[0] + want[0], f"{node.name}_crop_h"), 2, p[1], p[1] + want[1],
-                     f"{node.name}_crop")
-    if not in_conv:
-        with_bias = em.like(out, f"{node.name}_bias_added", quant=None)
-        em.op("ADD", [out.tensor, em.const(f"{node.name}_bias_late", bias, TensorType.FLOAT32)], [with_bias.tensor],
-              Options("AddOptions", {"FusedActivationFunction": 0}))
-        out = with_bias
-    if one_d:
-        shape = _meta_shape(node)
-        flat = em.tensor(node.name, shape, (0, 2, 1), TensorType.FLOAT32)
-        em.reshape(out.tensor, flat, (shape[0], shape[2], shape[1]), False)
-        out = flat
     _finish(em, node, out, em.plan_output(node, fuse_act=False))
