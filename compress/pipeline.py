@@ -20,6 +20,7 @@ from compress.io.atomic import write_json_atomic
 from compress.io.fit import match_model_dtype
 from compress.ops.coverage import check_coverage
 from compress.passes import QATConfig, calibrate, convert, prepare, train_qat
+from compress.passes.ptq import PTQConfig, apply_after_calibration, apply_before_calibration
 from compress.quant.config import QuantConfig, QuantMode, parse_mode
 from compress.quant.spec import WEIGHT_INT8, WEIGHT_INT8_PER_TENSOR, ObserverKind
 
@@ -50,6 +51,7 @@ class QuantizeOptions:
     formats: tuple = ("onnx",)
     tflite_int8_io: bool = False
     accept_degraded: bool = False  # return a collapsed int8 model (warnings in the report) instead of QualityError
+    ptq: tuple = ()  # advanced PTQ techniques (compress.passes.ptq.Technique names), e.g. ("cle", "adaround")
     # Quantization mode of every weight layer, and per-layer overrides by module path (QuantConfig's): see
     # compress.quant.config.QuantMode. A model-level mode that picks per layer ("auto") resolves to these.
     mode: QuantMode = QuantMode.STATIC
@@ -73,6 +75,7 @@ class QuantizeOptions:
         if not formats:
             raise ConfigError("formats must name at least one of: onnx, tflite")
         object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "ptq", tuple(t.value for t in PTQConfig.parse(self.ptq).techniques))
         object.__setattr__(self, "mode", parse_mode(self.mode))
         object.__setattr__(self, "layer_modes", {k: parse_mode(v, f"mode of layer {k!r}")
                                                  for k, v in dict(self.layer_modes).items()})
@@ -150,9 +153,12 @@ def quantize_model(
         )
     # Before the long work: an op a requested format cannot write fails now, naming the user's source line.
     check_coverage(prepared, tuple(f.value for f in options.formats))
+    ptq = PTQConfig.parse(options.ptq)
+    ptq_report = apply_before_calibration(prepared, calib, ptq)
     calibrate(prepared, calib, batch_size=options.batch_size, max_batches=options.max_calib_batches,
               progress=progress)
     timings["calibrate_s"] = time.perf_counter() - t0
+    ptq_report |= apply_after_calibration(prepared, calib, ptq, progress=progress)
     history = None
     if options.qat:
         t0 = time.perf_counter()
@@ -175,6 +181,7 @@ def quantize_model(
         "formats": {},
         "artifacts": [],
         "timings": timings,
+        "ptq": ptq_report,
     }
     int8_outputs = {}
     for fmt in options.formats:

@@ -21,7 +21,16 @@ from compress.errors import ConfigError
 
 # Literal copies of compress.quant.spec.ObserverKind / compress.pipeline.Target / Format values, so
 # `compress --help` does not import torch; tests/cli checks they stay equal to the enums.
-OBSERVER_CHOICES = ("minmax", "moving_average", "percentile", "mse")
+OBSERVER_CHOICES = ("minmax", "moving_average", "percentile", "mse", "auto")
+# compress.passes.ptq.Technique values with one line each for --help (tests/passes/ptq checks they match).
+PTQ_TECHNIQUES = {
+    "cle": "cross-layer equalization of consecutive conv/linear weight ranges (depthwise nets)",
+    "smoothquant": "move transformer activation outliers into the linears' weights (LayerNorm -> linear)",
+    "adaround": "learned up/down rounding of conv/linear weights on the calibration data",
+    "bias-correction": "remove the mean output shift quantization causes, layer by layer",
+}
+PTQ_EPILOG = "\b\n--ptq techniques (comma-separated, e.g. --ptq cle,bias-correction):\n" + "\n".join(
+    f"  {name:<16} {line}" for name, line in PTQ_TECHNIQUES.items())
 TARGET_CHOICES = ("x86", "arm")
 FORMAT_CHOICES = ("onnx", "tflite")
 # compress.quant.config.QuantMode values a whole model can take ("float" is per layer: --float-layer). A mode
@@ -75,7 +84,7 @@ def _spec_files(spec: str | None) -> list[Path]:
     return [Path(spec), Path(spec.rpartition(":")[0])] if ":" in spec else [Path(spec)]
 
 
-@click.command("quantize")
+@click.command("quantize", epilog=PTQ_EPILOG)
 @click.argument("model", metavar="MODEL")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
               help="Output directory (model.onnx, model_fp32.onnx, report.json; model.tflite and "
@@ -98,7 +107,10 @@ def _spec_files(spec: str | None) -> list[Path]:
                    "float; repeatable.")
 @click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
 @click.option("--observer", type=click.Choice(OBSERVER_CHOICES), default="minmax", show_default=True,
-              help="How activation ranges are calibrated.")
+              help="How activation ranges are calibrated; auto: minmax, percentile or MSE per tensor, whichever "
+                   "gives the least model-output error.")
+@click.option("--ptq", "ptq", metavar="TECHNIQUES", default="",
+              help="Advanced post-training quantization, comma-separated (listed below).")
 @click.option("--target", type=click.Choice(TARGET_CHOICES), default="x86", show_default=True,
               help="x86: uint8 activations (fastest in onnxruntime on x86); arm: int8 activations.")
 @click.option("--format", "formats", metavar="FORMATS", default="onnx", show_default=True,
@@ -121,7 +133,7 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
                      epochs: int | None, lr: float | None, mode: str, float_layers: tuple[str, ...],
                      layer_mode_pairs: tuple[str, ...], per_tensor: bool, observer: str, target: str,
                      formats: str, int8_io: bool, arch: str | None, trust_pickle: bool, force: bool,
-                     batch_size: int | None, accept_degraded: bool) -> None:
+                     batch_size: int | None, accept_degraded: bool, ptq: str) -> None:
     """Quantize MODEL to int8 ONNX (and TFLite), verify each file against the torch simulation, write a report.
 
     MODEL is a state dict (.pt/.pth/.safetensors, with --arch), a torch.export program (.pt2), or a pickled
@@ -149,7 +161,7 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     options = QuantizeOptions(
         per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat,
         formats=format_names, tflite_int8_io=int8_io, accept_degraded=accept_degraded, mode=mode,
-        layer_modes=layer_modes, **extra
+        layer_modes=layer_modes, ptq=tuple(ptq.split(",")), **extra
     )
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     datasets = {}

@@ -181,15 +181,7 @@ class PercentileObserver(HistogramObserver):
         self.percentile = percentile
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        counts = self.histogram.cpu().numpy()
-        cdf = np.cumsum(counts) / max(counts.sum(), 1.0)
-        edges = self._edges()
-        tail = (100.0 - self.percentile) / 100.0
-        lo_idx = int(np.searchsorted(cdf, tail, side="left"))
-        hi_idx = int(np.searchsorted(cdf, 1.0 - tail, side="left"))
-        lo = edges[min(lo_idx, self.bins - 1)]
-        hi = edges[min(hi_idx + 1, self.bins)]
-        return torch.tensor(lo, dtype=torch.float32), torch.tensor(hi, dtype=torch.float32)
+        return _as_tensors(_percentile_range(self.histogram.cpu().numpy(), self._edges(), self.percentile))
 
 
 class MSEObserver(HistogramObserver):
@@ -200,20 +192,96 @@ class MSEObserver(HistogramObserver):
         self.candidates = candidates
 
     def range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        counts = self.histogram.cpu().numpy()
-        edges = self._edges()
+        return _as_tensors(_mse_range(self.histogram.cpu().numpy(), self._edges(), self.min_val, self.max_val,
+                                      self.spec, self.candidates))
+
+
+class AutoObserver(HistogramObserver):
+    """Chooses per tensor between the minmax, percentile and MSE ranges of one histogram.
+
+    On its own it picks the candidate with the lowest expected squared quantization error of the tensor
+    (minmax whenever it is within 1 % of the best: on a bounded, uniform-ish tensor clipping buys nothing);
+    :func:`compress.passes.ptq.select_ranges` then re-chooses by the error each candidate causes at the
+    model's output. ``choose(kind)`` fixes the choice.
+
+    Example:
+        >>> from compress.quant.spec import ACT_INT8
+        >>> obs = AutoObserver(ACT_INT8)
+        >>> _ = obs(torch.rand(10000))
+        >>> obs.best()
+        'minmax'
+    """
+
+    KINDS = ("minmax", "percentile", "mse")
+    _TIE = 0.01
+
+    def __init__(self, spec: QuantSpec, percentile: float = 99.99, bins: int = 2048, candidates: int = 64):
+        super().__init__(spec, bins)
+        self.percentile = percentile
+        self.candidates = candidates
+        self.choice: str | None = None
+
+    def candidate_ranges(self) -> dict[str, tuple[float, float]]:
+        counts, edges = self.histogram.cpu().numpy(), self._edges()
+        return {"minmax": (float(self.min_val), float(self.max_val)),
+                "percentile": _percentile_range(counts, edges, self.percentile),
+                "mse": _mse_range(counts, edges, self.min_val, self.max_val, self.spec, self.candidates)}
+
+    def errors(self) -> dict[str, float]:
+        """Expected squared quantization error of the observed tensor under each candidate range."""
+        counts, edges = self.histogram.cpu().numpy(), self._edges()
         centres = (edges[:-1] + edges[1:]) / 2
-        lo0, hi0 = min(float(self.min_val), 0.0), max(float(self.max_val), 0.0)
-        best, best_err = (lo0, hi0), np.inf
-        for alpha in np.linspace(0.2, 1.0, self.candidates):
-            lo, hi = lo0 * alpha, hi0 * alpha
-            scale, zp = qparams_from_range(torch.tensor(lo), torch.tensor(hi), self.spec)
-            s, z = float(scale), int(zp)
-            q = np.clip(np.round(centres / s) + z, self.spec.qmin, self.spec.qmax)
-            err = float(np.sum(counts * ((q - z) * s - centres) ** 2))
-            if err < best_err:
-                best, best_err = (lo, hi), err
-        return torch.tensor(best[0], dtype=torch.float32), torch.tensor(best[1], dtype=torch.float32)
+        return {k: _histogram_error(counts, centres, lo, hi, self.spec) for k, (lo, hi) in self.candidate_ranges().items()}
+
+    def best(self) -> str:
+        errors = self.errors()
+        low = min(errors.values())
+        return next(k for k in self.KINDS if errors[k] <= low * (1 + self._TIE) + 1e-30)
+
+    def choose(self, kind: str) -> None:
+        if kind not in self.KINDS:
+            raise ConfigError(f"unknown range {kind!r}; choose one of: {', '.join(self.KINDS)}")
+        self.choice = kind
+
+    def range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _as_tensors(self.candidate_ranges()[self.choice or self.best()])
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", choice={self.choice or 'local'}"
+
+
+def _as_tensors(r: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.tensor(r[0], dtype=torch.float32), torch.tensor(r[1], dtype=torch.float32)
+
+
+def _percentile_range(counts: np.ndarray, edges: np.ndarray, percentile: float) -> tuple[float, float]:
+    bins = len(counts)
+    cdf = np.cumsum(counts) / max(counts.sum(), 1.0)
+    tail = (100.0 - percentile) / 100.0
+    lo_idx = int(np.searchsorted(cdf, tail, side="left"))
+    hi_idx = int(np.searchsorted(cdf, 1.0 - tail, side="left"))
+    return float(edges[min(lo_idx, bins - 1)]), float(edges[min(hi_idx + 1, bins)])
+
+
+def _histogram_error(counts: np.ndarray, centres: np.ndarray, lo: float, hi: float, spec: QuantSpec) -> float:
+    """Sum over the histogram of the squared error of quantizing each bin centre on the grid of [lo, hi]."""
+    scale, zp = qparams_from_range(torch.tensor(lo), torch.tensor(hi), spec)
+    s, z = float(scale), int(zp)
+    q = np.clip(np.round(centres / s) + z, spec.qmin, spec.qmax)
+    return float(np.sum(counts * ((q - z) * s - centres) ** 2))
+
+
+def _mse_range(counts: np.ndarray, edges: np.ndarray, min_val, max_val, spec: QuantSpec,
+               candidates: int) -> tuple[float, float]:
+    """The shrunk range ``alpha * [min, max]`` (alpha in 0.2..1) with the least histogram error."""
+    centres = (edges[:-1] + edges[1:]) / 2
+    lo0, hi0 = min(float(min_val), 0.0), max(float(max_val), 0.0)
+    best, best_err = (lo0, hi0), np.inf
+    for alpha in np.linspace(0.2, 1.0, candidates):
+        err = _histogram_error(counts, centres, lo0 * alpha, hi0 * alpha, spec)
+        if err < best_err:
+            best, best_err = (lo0 * alpha, hi0 * alpha), err
+    return best
 
 
 class FixedQParamsObserver(Observer):
@@ -267,4 +335,6 @@ def make_observer(kind: ObserverKind | str, spec: QuantSpec) -> Observer:
         return MovingAverageMinMaxObserver(spec)
     if kind is ObserverKind.PERCENTILE:
         return PercentileObserver(spec)
+    if kind is ObserverKind.AUTO:
+        return AutoObserver(spec)
     return MSEObserver(spec)

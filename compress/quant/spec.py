@@ -36,6 +36,7 @@ class ObserverKind(str, Enum):
     MOVING_AVERAGE = "moving_average"
     PERCENTILE = "percentile"
     MSE = "mse"
+    AUTO = "auto"  # minmax / percentile / MSE chosen per tensor (compress.passes.ptq.select_ranges)
 
 
 @dataclass(frozen=True)
