@@ -102,7 +102,8 @@ class OpSpec:
     reason: str = ""
     coupling: Coupling = Coupling.NONE
     reference: Callable | None = None
-    emitters: dict[tuple[str, bool], Emitter] = field(default_factory=dict, repr=False)
+    # (format, quantized) for float and static forms; (format, mode) for a layer in another QuantMode.
+    emitters: dict[tuple[str, bool | str], Emitter] = field(default_factory=dict, repr=False)
 
     def quant_classes(self) -> dict[type[nn.Module], type[nn.Module]]:
         """``float module type -> compress layer`` for WEIGHTED ops ({} otherwise)."""
@@ -115,9 +116,10 @@ class OpSpec:
     def kernel(self, fmt: str) -> Kernel:
         return self.kernels.get(fmt, Kernel.NONE)
 
-    def emitter(self, fmt: str, quantized: bool = False) -> Callable | None:
-        """The function ``fmt``'s exporter registered for this op (quantized layer form or float form)."""
-        found = self.emitters.get((fmt, quantized))
+    def emitter(self, fmt: str, quantized: bool = False, mode: str | None = None) -> Callable | None:
+        """The function ``fmt``'s exporter registered for this op (quantized layer form or float form); a
+        ``mode`` other than ``"static"`` (a quant layer's ``QuantMode`` value) asks for that mode's form."""
+        found = self.emitters.get(_emitter_key(fmt, quantized, mode))
         return found.fn if found else None
 
     def float_reason(self, fmt: str) -> str:
@@ -162,7 +164,13 @@ def all_specs() -> list[OpSpec]:
     return list(_SPECS.values())
 
 
-def register_emitter(fmt: str, name: str, *, quantized: bool = False) -> Callable[[Callable], Callable]:
+def _emitter_key(fmt: str, quantized: bool, mode: str | None) -> tuple[str, bool | str]:
+    mode = getattr(mode, "value", mode)
+    return (fmt, quantized) if mode in (None, "static") else (fmt, mode)
+
+
+def register_emitter(fmt: str, name: str, *, quantized: bool = False,
+                     mode: str | None = None) -> Callable[[Callable], Callable]:
     """Decorator: ``fn`` writes op ``name`` in format ``fmt`` (called by the exporter packages at import).
 
     Example:
@@ -178,7 +186,7 @@ def register_emitter(fmt: str, name: str, *, quantized: bool = False) -> Callabl
     spec = get(name)
 
     def register(fn: Callable) -> Callable:
-        key = (fmt, quantized)
+        key = _emitter_key(fmt, quantized, mode)
         if key in spec.emitters and spec.emitters[key].fn is not fn:
             raise CompressError(f"op {name!r} has two {fmt} emitters ({spec.emitters[key].fn.__name__}, "
                                 f"{fn.__name__})")

@@ -8,6 +8,7 @@ registered there.
 from compress.exporters.onnx import (
     fallback,
     ops_conv_transpose,
+    ops_dynamic,
     ops_float,
     ops_math,
     ops_quant,
@@ -15,4 +16,4 @@ from compress.exporters.onnx import (
     ops_tensor,
 )
 
-FAMILIES = (ops_float, ops_quant, ops_conv_transpose, ops_seq, ops_math, ops_tensor, fallback)
+FAMILIES = (ops_float, ops_quant, ops_dynamic, ops_conv_transpose, ops_seq, ops_math, ops_tensor, fallback)

@@ -72,7 +72,8 @@ def find_emitter(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module
     mod = modules.get(node.target) if node.op == "call_module" else None
     spec = ops.lookup(node, modules) if node.op in ("call_module", "call_function", "call_method") else None
     quantized = mod is not None and is_quant_module(mod)
-    fn = spec.emitter("onnx", quantized) if spec is not None else None
+    mode = getattr(mod, "mode", None) if quantized else None  # a layer's QuantMode picks its form
+    fn = spec.emitter("onnx", quantized, mode) if spec is not None else None
     if fn is None and quantized and isinstance(mod, QuantOutputMixin) and spec is not None \
             and spec.emitter("onnx") is not None:
         fn = quant_output_op

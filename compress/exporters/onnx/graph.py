@@ -340,9 +340,10 @@ def summarize(value):
 
 
 # -- emitters: registered against the op registry (compress.ops), never in a table of our own ---------------
-def emitter(*names: str, quantized: bool = False):
+def emitter(*names: str, quantized: bool = False, mode: str | None = None):
     """Register ``fn(ctx, node, module_or_None) -> value`` as the ONNX emitter of each registry op in ``names``.
 
+    ``mode``: the form of a quant layer in that ``QuantMode`` (``"dynamic"``, ``"weight-only"``).
     ``quantized``: the emitter writes the compress quant layer form (a QuantLinear node, a Quantizer); float
     emitters never see quant layers, so a quant layer without a quantized emitter is refused rather than
     written in float. Whether the op keeps its input's int8 grid is the registry's ``Policy.PRESERVING``.
@@ -355,7 +356,7 @@ def emitter(*names: str, quantized: bool = False):
 
     def register(fn):
         for name in names:
-            ops.register_emitter("onnx", name, quantized=quantized)(fn)
+            ops.register_emitter("onnx", name, quantized=quantized, mode=mode)(fn)
         return fn
 
     return register

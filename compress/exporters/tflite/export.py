@@ -45,7 +45,12 @@ from torch import fx, nn
 
 from compress.errors import ConfigError, ExportError
 from compress.exporters.tflite import layout as L
-from compress.exporters.tflite import ops_conv_transpose, ops_index, ops_seq  # noqa: F401  (they register their emitters)
+from compress.exporters.tflite import (  # noqa: F401  (they register their emitters)
+    ops_conv_transpose,
+    ops_dynamic,
+    ops_index,
+    ops_seq,
+)
 from compress.exporters.tflite.graph import Const, Emitter, TValue, qparams_of
 from compress.exporters.tflite.ops import emitter_for
 from compress.exporters.tflite.ops_math import constant_only, evaluate, fold, python_only

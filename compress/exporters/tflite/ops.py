@@ -428,7 +428,10 @@ def emitter_for(em: Emitter, node: fx.Node) -> Callable[[Emitter, fx.Node], None
     spec = ops.lookup(node, em.modules)
     fn = None
     if spec is not None:
-        fn = spec.emitter("tflite", quantized=isinstance(em.module(node), QuantLayerMixin)) or spec.emitter("tflite")
+        quantized = isinstance(em.module(node), QuantLayerMixin)
+        # a layer's QuantMode (qconfig.mode) picks its form; not ``.mode``: nn.LSTM / nn.GRU have mode = "LSTM"
+        mode = getattr(getattr(em.module(node), "qconfig", None), "mode", None) if quantized else None
+        fn = spec.emitter("tflite", quantized, mode) or (spec.emitter("tflite") if mode in (None, "static") else None)
     if fn is None:
         from compress.passes.graph import node_label
 
