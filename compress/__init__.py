@@ -28,7 +28,6 @@ from compress.distill import (
     HiddenStateLoss,
     KDLoss,
     derive_student,
-    distill,
     train_baseline,
 )
 from compress.errors import (
@@ -187,7 +186,6 @@ __all__ = [
     "calibrate",
     "convert",
     "derive_student",
-    "distill",
     "export_onnx",
     "fold_bn",
     "freeze_bn_stats",

@@ -52,3 +52,13 @@ def test_unknown_attribute_is_an_attribute_error():
         assert "not_a_thing" in str(exc)
     else:
         raise AssertionError("expected AttributeError")
+
+
+def test_subpackage_names_are_not_shadowed():
+    # `from compress.distill import distill` at the top level would make `compress.distill` a function and
+    # break `import compress.distill.train`: the function is reached as compress.distill.distill.
+    import types
+
+    assert isinstance(compress.distill, types.ModuleType)
+    assert compress.distill.distill.__name__ == "distill"
+    assert compress.Distiller is compress.distill.Distiller
