@@ -43,6 +43,7 @@ from compress.exporters.onnx.graph import (
 )
 from compress.exporters.onnx.ops_quant import is_quant_module, quant_output_op
 from compress.layers.activation import QuantOutputMixin
+from compress.layers.dynamic import layer_mode
 
 # A fallback must reproduce torch on the recorded values to this max|diff| / max|torch| (it is float; the
 # check catches traces that silently went wrong, e.g. constants baked in by the legacy tracer).
@@ -72,7 +73,7 @@ def find_emitter(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module
     mod = modules.get(node.target) if node.op == "call_module" else None
     spec = ops.lookup(node, modules) if node.op in ("call_module", "call_function", "call_method") else None
     quantized = mod is not None and is_quant_module(mod)
-    mode = getattr(mod, "mode", None) if quantized else None  # a layer's QuantMode picks its form
+    mode = layer_mode(mod) if quantized else None  # a layer's QuantMode picks its form (nn.LSTM.mode is not one)
     fn = spec.emitter("onnx", quantized, mode) if spec is not None else None
     if fn is None and quantized and isinstance(mod, QuantOutputMixin) and spec is not None \
             and spec.emitter("onnx") is not None:

@@ -14,6 +14,7 @@ from torch import fx
 from compress import ops
 from compress.errors import ExportError
 from compress.exporters.tflite.graph import Emitter
+from compress.exporters.tflite.ops_shape import embedding
 from compress.layers.dynamic import layer_mode
 
 
@@ -26,3 +27,6 @@ def _not_yet(em: Emitter, node: fx.Node) -> None:
 for _mode in ("dynamic", "weight-only"):
     for _name in ("linear", "conv1d", "conv2d", "lstm", "gru"):
         ops.register_emitter("tflite", _name, quantized=True, mode=_mode)(_not_yet)
+
+# A lookup's int8 table behind a dequantize is already its weight-only form (QuantEmbedding._MODES).
+ops.register_emitter("tflite", "embedding", quantized=True, mode="weight-only")(embedding)
