@@ -216,8 +216,8 @@ def test_multihead_attention_with_a_mask_is_refused(tmp_path):
 
 
 def test_lstm_classifier_float_and_dynamic_range_int8(tmp_path):
-    """compress.models.LSTMClassifier unrolled in float; the int8 model keeps int8 weight tensors (dynamic
-    range: + constant DEQUANTIZE) and its per-step hidden-state quantizers, matching the simulation."""
+    """compress.models.LSTMClassifier unrolled in float; the int8 model keeps int8 weight tensors (read by
+    dynamic-range FULLY_CONNECTEDs) and its per-step hidden-state quantizers, matching the simulation."""
     from compress.models import LSTMClassifier
 
     torch.manual_seed(0)
