@@ -83,8 +83,8 @@ class LayerModeMixin:
 
 
 def layer_mode(module) -> QuantMode:
-    """The mode a (quant) module runs in: ``static`` for layers that know no other mode."""
-    mode = getattr(module, "mode", QuantMode.STATIC)
+    """The mode a quant layer runs in (its ``qconfig.mode``; not ``.mode``, which nn.LSTM uses for "LSTM")."""
+    mode = getattr(getattr(module, "qconfig", None), "mode", QuantMode.STATIC)
     return mode if isinstance(mode, QuantMode) else QuantMode.STATIC
 
 

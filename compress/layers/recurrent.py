@@ -11,6 +11,11 @@ would see can be quantized where it is produced:
   (``hidden_quants``, one per layer and direction; the initial state goes through it too);
 * gate non-linearities and the LSTM cell state stay float (int8 runtimes keep the cell in int16 or float).
 
+In ``dynamic`` mode (LSTM: onnxruntime's DynamicQuantizeLSTM) no quantizer is calibrated: each layer's input
+sequence is quantized as one tensor per call, and the hidden state before every step's recurrent matmul,
+both as DynamicQuantizeLinear does (:mod:`compress.layers.dynamic`); biases stay float. In ``weight-only``
+mode only the weights are quantized.
+
 With the quantizers removed the layers compute exactly what ``nn.LSTM`` / ``nn.GRU`` compute.
 """
 
@@ -29,7 +34,8 @@ from compress.layers.base import (
     copy_float_params,
     fake_quantize_bias,
 )
-from compress.quant.config import QuantConfig
+from compress.layers.dynamic import fake_quantize_dynamic
+from compress.quant.config import QuantConfig, QuantMode
 from compress.quant.fake import Quantizer, QuantState
 
 
@@ -56,14 +62,24 @@ class _QuantRNNMixin(QuantLayerMixin):
         self.weight_quants = nn.ModuleDict(
             {name: config.weight_quantizer(0) for name in self._flat_weights_names if name.startswith("weight")}
         )
-        self.input_quant = config.activation_quantizer() if quantize_io else None
-        self.output_quant = config.activation_quantizer() if quantize_io else None
+        # Dynamic and weight-only layers calibrate nothing: their activation quantizer lists stay empty.
+        static = self.quant_mode is QuantMode.STATIC
+        self.input_quant = config.activation_quantizer() if quantize_io and static else None
+        self.output_quant = config.activation_quantizer() if quantize_io and static else None
         self.layer_input_quants = nn.ModuleList(
-            [config.activation_quantizer() for _ in range(self.num_layers - 1)]
+            [config.activation_quantizer() for _ in range(self.num_layers - 1)] if static else []
         )
         self.hidden_quants = nn.ModuleList(
-            [config.activation_quantizer() for _ in range(self.num_layers * num_dirs)]
+            [config.activation_quantizer() for _ in range(self.num_layers * num_dirs)] if static else []
         )
+
+    @property
+    def quant_mode(self) -> QuantMode:
+        # Not ``mode``: nn.LSTM / nn.GRU already use that name ("LSTM", "GRU").
+        return getattr(self.qconfig, "mode", QuantMode.STATIC)
+
+    def _dynamic_input(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quantize_dynamic(x) if self.quant_mode is QuantMode.DYNAMIC else x
 
     # -- conversions -----------------------------------------------------------------------------------
     def _rnn_kwargs(self) -> dict:
@@ -141,13 +157,14 @@ class _QuantRNNMixin(QuantLayerMixin):
             if layer > 0:
                 if self.dropout and self.training:
                     x = F.dropout(x, self.dropout, training=True)
-                x = self.layer_input_quants[layer - 1](x)
-                x_scale = _known_scale(self.layer_input_quants[layer - 1])
+                if len(self.layer_input_quants):
+                    x = self.layer_input_quants[layer - 1](x)
+                    x_scale = _known_scale(self.layer_input_quants[layer - 1])
             outs = []
             for d in range(num_dirs):
                 idx = layer * num_dirs + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
-                hq = self.hidden_quants[idx]
+                hq = self.hidden_quants[idx] if len(self.hidden_quants) else None
                 wq_ih, wq_hh = self.weight_quants["weight_ih" + sfx], self.weight_quants["weight_hh" + sfx]
                 w_ih, w_hh = wq_ih(getattr(self, "weight_ih" + sfx)), wq_hh(getattr(self, "weight_hh" + sfx))
                 b_ih = self._bias("bias_ih" + sfx, x_scale, wq_ih)
@@ -208,6 +225,7 @@ class QuantLSTM(_QuantRNNMixin, nn.LSTM):
 
     _FLOAT_MODULE = nn.LSTM
     _STATE_IS_TUPLE = True
+    _MODES = (QuantMode.STATIC, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
@@ -219,11 +237,11 @@ class QuantLSTM(_QuantRNNMixin, nn.LSTM):
 
     def _run_direction(self, x, state0, w_ih, w_hh, b_ih, b_hh, hq, *, reverse: bool):
         # The input projection of all time steps is one matmul; only the hidden path is sequential.
-        gates_x = F.linear(x, w_ih, b_ih)
+        gates_x = F.linear(self._dynamic_input(x), w_ih, b_ih)
         h, c = state0
         outs: list[torch.Tensor] = [x.new_empty(0)] * x.shape[0]
         for t in _time_order(x.shape[0], reverse):
-            i, f, g, o = (gates_x[t] + F.linear(h, w_hh, b_hh)).chunk(4, dim=-1)
+            i, f, g, o = (gates_x[t] + F.linear(self._dynamic_input(h), w_hh, b_hh)).chunk(4, dim=-1)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = _maybe(hq, torch.sigmoid(o) * torch.tanh(c))
             outs[t] = h
@@ -241,6 +259,8 @@ class QuantGRU(_QuantRNNMixin, nn.GRU):
     """
 
     _FLOAT_MODULE = nn.GRU
+    # onnxruntime has no dynamically quantized GRU: a dynamic GRU is written weight-only (prepare).
+    _MODES = (QuantMode.STATIC, QuantMode.WEIGHT_ONLY)
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,

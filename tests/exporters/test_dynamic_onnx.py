@@ -166,3 +166,41 @@ def test_int8_files_are_about_a_quarter_of_fp32(mode, tmp_path):
         export_onnx(net, (x[:1],), tmp_path / f"{kind}.onnx")
         sizes[kind] = (tmp_path / f"{kind}.onnx").stat().st_size
     assert sizes["int8"] < 0.3 * sizes["fp32"]  # int8 codes, per-channel scales, float biases
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, kind: type[nn.Module]):
+        super().__init__()
+        self.rnn = kind(16, 24, num_layers=2, batch_first=True, bidirectional=kind is nn.GRU)
+        self.fc = nn.Linear(48 if kind is nn.GRU else 24, 4)
+
+    def forward(self, x):
+        out, _ = self.rnn(x)
+        return self.fc(out[:, -1])
+
+
+@pytest.mark.parametrize(("kind", "mode", "written"), [(nn.LSTM, "dynamic", "DynamicQuantizeLSTM"),
+                                                        (nn.LSTM, "weight-only", "LSTM"),
+                                                        (nn.GRU, "dynamic", "GRU")])
+def test_recurrent_modes_match_onnxruntime_step_by_step(kind, mode, written, tmp_path):
+    from compress.exporters.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = _Recurrent(kind).eval()
+    x = torch.randn(6, 12, 16)
+    prepared = prepare(model, x[:1], QuantConfig(mode=mode))
+    # onnxruntime has no dynamically quantized GRU: a dynamic GRU is weight-only, not float.
+    expected_mode = "weight-only" if kind is nn.GRU else mode
+    assert prepared.compress_info.layer_modes["rnn"] == expected_mode
+    calibrate(prepared, [x], progress=False)
+    int8 = convert(prepared)
+    info = export_onnx(int8, (x[:1],), tmp_path / "rnn.onnx")
+    assert info.op_histogram.get(written) == 2  # one op per layer
+    assert info.output_tolerances == [None]  # bit-faithful: verified like any float output
+    sess = _session(str(tmp_path / "rnn.onnx"))
+    for i in range(len(x)):  # one call each: the runtime quantizes every call's input and hidden states anew
+        got = sess.run(None, {"x": x[i:i + 1].numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, int8(x[i:i + 1]).numpy(), atol=1e-6, rtol=1e-5)
+            # and the modes are not a no-op: int8 weights move the result off the float model's
+            assert np.abs(got - model(x[i:i + 1]).numpy()).max() > 1e-6

@@ -13,6 +13,9 @@ last axis (MatMul) or is shaped ``[1, C, 1...]`` (Conv).
 Weight-only: int8 weights behind ``DequantizeLinear`` feeding the float op, with float input and bias: the
 static conv emitter writes exactly that when a layer has no activation quantizer and no input scale, so it is
 registered for this mode too; linear layers always use Gemm (see :func:`_weight_only_linear`).
+
+LSTM: dynamic is ``com.microsoft.DynamicQuantizeLSTM`` (input sequence and every hidden state quantized at
+run time), weight-only ``DequantizeLinear → LSTM``; GRU has no dynamic form in onnxruntime (weight-only).
 """
 
 from __future__ import annotations
@@ -30,10 +33,15 @@ from compress.exporters.onnx.ops_quant import (
     conv_attrs,
     weight_codes,
 )
+from compress.exporters.onnx.ops_seq import _recurrent
 
 _ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT (onnx itself is imported only where a file is written)
 
 emitter("conv1d", "conv2d", quantized=True, mode="weight-only")(_quant_conv)
+# The recurrent emitter reads the layer's mode: DynamicQuantizeLSTM (dynamic), DequantizeLinear → LSTM / GRU
+# with float biases and no hidden-state grids (weight-only).
+emitter("lstm", quantized=True, mode="dynamic")(_recurrent)
+emitter("lstm", "gru", quantized=True, mode="weight-only")(_recurrent)
 
 
 @emitter("linear", quantized=True, mode="weight-only")

@@ -45,6 +45,8 @@ from compress.errors import ExportError
 from compress.exporters import numerics
 from compress.exporters.onnx.graph import ExportContext, PyValue, TensorValue, arg, emitter, static
 from compress.exporters.onnx.ops_quant import apply_quantizer
+from compress.layers.dynamic import layer_mode
+from compress.quant.config import QuantMode
 from compress.quant.fake import Quantizer, QuantState
 
 #: Relative tolerance (max |diff| / max |reference|) for outputs downstream of a quantized recurrent layer.
@@ -261,7 +263,10 @@ class _Rnn:
         self.kind = "LSTM" if isinstance(mod, nn.LSTM) else "GRU"
         self.quant = isinstance(mod, qlayers.QuantLSTM | qlayers.QuantGRU)
         self.dirs = 2 if mod.bidirectional else 1
-        self.dynamic = self.quant and self.kind == "LSTM" and ctx.unsigned
+        mode = layer_mode(mod)  # dynamic: DynamicQuantizeLSTM on any target; weight-only: DQ → LSTM
+        self.dynamic = self.quant and self.kind == "LSTM" and (
+            mode is QuantMode.DYNAMIC or (mode is QuantMode.STATIC and ctx.unsigned))
+        self.snapped = self.quant and len(mod.hidden_quants) > 0  # static: outputs on the hidden grids
         if getattr(mod, "proj_size", 0):
             raise ExportError(f"LSTM {node.name!r} uses proj_size, which ONNX LSTM lacks; use proj_size=0")
         if ctx.rank(node.args[0]) != 3:
@@ -282,7 +287,7 @@ class _Rnn:
         x_scale = mod.known_input_scale() if self.quant else None
         hs, cs = [], []
         for layer in range(mod.num_layers):
-            if layer > 0 and self.quant:
+            if layer > 0 and self.snapped:
                 q = mod.layer_input_quants[layer - 1]
                 x = _qdq(ctx, x, q, f"{node.name}.layer_input_quants.{layer - 1}")
                 x_scale = _scale_of(q)
@@ -295,7 +300,7 @@ class _Rnn:
             out = _qdq(ctx, out, mod.output_quant, f"{node.name}.output_quant")
         if mod.batch_first:
             out = _requantize_like(ctx, b.node("Transpose", [out.name], node.name, perm=[1, 0, 2]), out, node.name)
-        if self.quant:
+        if self.snapped:  # dynamic and weight-only layers compute exactly what their simulation does
             self.ctx.approximate[node] = ("DynamicQuantizeLSTM quantizes activations at run time" if self.dynamic
                                           else "the hidden state stays float inside ONNX " + self.kind)
         if not _state_users(node):
@@ -336,8 +341,9 @@ class _Rnn:
             b_ih = getattr(mod, "bias_ih" + sfx) if mod.bias else None
             b_hh = getattr(mod, "bias_hh" + sfx) if mod.bias else None
             if self.quant:
-                hq = mod.hidden_quants[layer * self.dirs + d]
-                _check_frozen(hq, f"{self.node.name}.hidden_quants")
+                hq = mod.hidden_quants[layer * self.dirs + d] if self.snapped else None
+                if hq is not None:
+                    _check_frozen(hq, f"{self.node.name}.hidden_quants")
                 for wname in ("weight_ih" + sfx, "weight_hh" + sfx):
                     _check_frozen(mod.weight_quants[wname], f"{self.node.name}.weight_quants.{wname}")
                 wq_ih, wq_hh = mod.weight_quants["weight_ih" + sfx], mod.weight_quants["weight_hh" + sfx]
@@ -350,10 +356,10 @@ class _Rnn:
                 with torch.no_grad():  # the simulation's biases: int32 grids of input/hidden scale × weight scale
                     if b_ih is not None and x_scale is not None:
                         b_ih = numerics.fake_quantize_bias(b_ih, x_scale, wq_ih.scale.detach())
-                    if b_hh is not None:
+                    if b_hh is not None and hq is not None:
                         b_hh = numerics.fake_quantize_bias(b_hh, hq.scale.detach(), wq_hh.scale.detach())
                 h = self.state_slice(h0, layer, d)
-                if h is not None:  # the simulation quantizes the initial hidden state with the step quantizer
+                if h is not None and hq is not None:  # the simulation quantizes h0 with the step quantizer
                     h = apply_quantizer(self.ctx, TensorValue(h), hq, f"{name}.h0").name
                 init_h.append(h)
             else:
@@ -406,7 +412,7 @@ class _Rnn:
     def merge_directions(self, y: str, y_h: str, layer: int, name: str) -> tuple[TensorValue, str]:
         """ONNX Y [T, dirs, N, H] → [T, N, dirs·H]; in int8 models each direction snapped to its hidden grid."""
         b = self.b
-        if not self.quant:
+        if not self.snapped:
             if self.dirs == 1:
                 return TensorValue(b.node("Squeeze", [y, b.int64s([1])], name)), y_h
             t = b.node("Transpose", [y], name, perm=[0, 2, 1, 3])
