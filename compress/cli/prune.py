@@ -7,6 +7,7 @@ report.json. The output is staged and renamed into place only when complete, lik
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from compress.cli.quantize import _spec_files, parse_formats
 from compress.errors import ConfigError
 
 # Literal copies of compress.passes.prune.Criterion values, so `compress --help` does not import torch.
-CRITERION_CHOICES = ("l1", "l2", "bn")
+CRITERION_CHOICES = ("l1", "l2", "bn", "taylor")
+RUNTIME_CHOICES = ("ort", "torch")
 VERIFY_SAMPLES = 8
 REPORT_VERSION = 1
 _RUNTIMES = {"onnx": "onnxruntime", "tflite": "LiteRT"}
@@ -63,26 +65,39 @@ def _export_fp32(fmt: str, model, example, path: Path, batches=None):
     return info, (_verify(fmt, path, model, batches, info) if batches is not None else None)
 
 
-def _latency_ms(fmt: str, path: Path, example) -> float:
-    """Median latency of one file in its runtime: batch 1, 1 thread (how quantize's report measures)."""
-    from compress.pipeline import QuantizeOptions, _median_latency_ms, _onnx_runner, _tflite_runner
+def _file_latencies(paths: dict[str, Path], example, threads: int = 1) -> dict[str, float]:
+    """Median batch-1 latency (ms) of each file in its runtime, timed interleaved (fastest of 5 rounds)."""
+    from compress.passes.prune.latency import time_interleaved
+    from compress.pipeline import _onnx_runner, _tflite_runner
 
-    run = (_onnx_runner if fmt == "onnx" else _tflite_runner)(path, 1)
-    return _median_latency_ms(run, tuple(t[:1].numpy() for t in example), QuantizeOptions(latency_runs=100))
+    x = tuple(t[:1].numpy() for t in example)
+    runners = []
+    for path in paths.values():
+        run = (_onnx_runner if path.suffix == ".onnx" else _tflite_runner)(path, threads)
+        runners.append(lambda run=run: run(x))
+    return dict(zip(paths, time_interleaved(runners), strict=True))
 
 
-def _config(sparsity, nm, channels, scope_global, criterion, round_to, max_sparsity, skip):
-    from compress.passes.prune import NM, PruneConfig
+def _config(sparsity, nm, channels, latency_target, latency_ms, scope_global, criterion, round_to, max_sparsity,
+            skip):
+    from compress.passes.prune import NM, LatencyTarget, PruneConfig
 
-    given = [flag for flag, v in (("--sparsity", sparsity), ("--nm", nm), ("--channels", channels)) if v is not None]
+    given = [flag for flag, v in (("--sparsity", sparsity), ("--nm", nm), ("--channels", channels),
+                                  ("--latency-target", latency_target), ("--latency-ms", latency_ms))
+             if v is not None]
     if len(given) != 1:
-        raise ConfigError("choose one pruning mode: --sparsity 0.8 (unstructured), --nm 2:4 or --channels 0.5 "
-                          f"(structured), or replay --plan plan.json{'; got ' + ', '.join(given) if len(given) > 1 else ''}")
+        raise ConfigError("choose one pruning mode: --sparsity 0.8 (unstructured), --nm 2:4, --channels 0.5 "
+                          "(structured) or --latency-target 0.5 / --latency-ms 4, or replay --plan plan.json"
+                          f"{'; got ' + ', '.join(given) if len(given) > 1 else ''}")
     if scope_global and sparsity is None:
         raise ConfigError("--global ranks weights across layers for --sparsity only; drop it or use --sparsity")
-    if channels is None and (criterion is not None or round_to is not None):
-        raise ConfigError("--criterion and --round-to apply to structured pruning; add --channels 0.5")
-    return PruneConfig(sparsity=sparsity, nm=NM.parse(nm) if nm else None, channels=channels,
+    structured = channels is not None or latency_target is not None or latency_ms is not None
+    if not structured and (criterion is not None or round_to is not None):
+        raise ConfigError("--criterion and --round-to apply to structured pruning; add --channels 0.5 or "
+                          "--latency-target 0.5")
+    latency = None if latency_target is None and latency_ms is None else \
+        LatencyTarget(fraction=latency_target, ms=latency_ms)
+    return PruneConfig(sparsity=sparsity, nm=NM.parse(nm) if nm else None, channels=channels, latency=latency,
                        scope="global" if scope_global else "layer", criterion=criterion or "l1",
                        round_to=round_to or 1, max_sparsity=1.0 if max_sparsity is None else max_sparsity,
                        skip=_skip_list(skip))
@@ -93,11 +108,12 @@ def _groups_summary(plan: dict) -> list[dict]:
 
 
 def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path, *, epochs: int, lr: float,
-              batch_size: int, formats: tuple[str, ...] = ("onnx",), calib=None) -> dict:
+              batch_size: int, formats: tuple[str, ...] = ("onnx",), calib=None, measure=None) -> dict:
     """Prune (or replay ``plan``), fine-tune, finalize, save and verify into ``staging``; returns the report.
 
     Every format in ``formats`` gets a verified fp32 file; with ``calib`` (a Dataset) the quantize pipeline
-    also writes and verifies int8 files of the pruned model in each format.
+    also writes and verifies int8 files of the pruned model in each format. ``measure`` times the latency
+    table of ``--latency-target`` (:class:`OrtLatency` or :class:`compress.passes.prune.TorchLatency`).
     """
     import copy
 
@@ -109,13 +125,13 @@ def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path
     before = {"params": figures.count_params(net), "nonzero_params": figures.count_nonzero(net),
               "macs": figures.count_macs(net, example), "state_dict": figures.state_dict_sizes(net)}
     accuracy = {"before": figures.accuracy(net, evaluation)} if evaluation is not None else {}
-    with tempfile.TemporaryDirectory() as tmp:  # the unpruned file, for the size comparison only
-        _export_fp32("onnx", net, example, Path(tmp) / "before.onnx")
-        before["onnx_fp32"] = figures.disk_sizes(Path(tmp) / "before.onnx")
-        before["latency_ms"] = {"onnx": _latency_ms("onnx", Path(tmp) / "before.onnx", example)}
+    unpruned = staging / ".unpruned_fp32.onnx"  # for the size and latency comparison; removed below
+    _export_fp32("onnx", net, example, unpruned)
+    before["onnx_fp32"] = figures.disk_sizes(unpruned)
 
+    data = datasets.get("train") or evaluation  # labelled batches for the taylor criterion
     result = apply_plan(copy.deepcopy(net), example, plan) if plan is not None else \
-        prune(copy.deepcopy(net), example, config)
+        prune(copy.deepcopy(net), example, config, data=data, measure=measure)
     model, plan = result.model, result.plan
     if evaluation is not None:
         accuracy["after_prune"] = figures.accuracy(model, evaluation)
@@ -135,14 +151,18 @@ def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path
     for fmt in ("onnx", *(f for f in formats if f != "onnx")):
         path = staging / f"model_fp32.{fmt}"
         info, parity = _export_fp32(fmt, model, example, path, batches)
-        exported[fmt] = {"file": path.name, "max_rel_diff": parity.max_rel_diff, **figures.disk_sizes(path),
-                         "latency_ms": _latency_ms(fmt, path, example)}
+        exported[fmt] = {"file": path.name, "max_rel_diff": parity.max_rel_diff, **figures.disk_sizes(path)}
         if fmt == "onnx":
             exported[fmt]["opset"] = info.opset
+    times = _file_latencies({"before": unpruned, **{fmt: staging / sec["file"] for fmt, sec in exported.items()}},
+                            example)
+    unpruned.unlink()
+    before["latency_ms"] = {"onnx": times.pop("before")}
+    for fmt, ms in times.items():
+        exported[fmt]["latency_ms"] = ms
     after = {"params": figures.count_params(model), "nonzero_params": figures.count_nonzero(model),
              "macs": figures.count_macs(model, example), "state_dict": figures.state_dict_sizes(model),
-             "onnx_fp32": figures.disk_sizes(staging / "model_fp32.onnx"),
-             "latency_ms": {fmt: sec["latency_ms"] for fmt, sec in exported.items()}}
+             "onnx_fp32": figures.disk_sizes(staging / "model_fp32.onnx"), "latency_ms": times}
     report = {
         "version": REPORT_VERSION, "command": "prune", "mode": plan["mode"], "config": plan["config"],
         "model": {"class": type(net).__name__}, "before": before, "after": after,
@@ -152,6 +172,12 @@ def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path
                  "verified_on_samples": len(batches[0][0])},
         "formats": exported,
     }
+    if "latency" in plan:
+        search = {k: v for k, v in plan["latency"].items() if k != "table"}
+        final = times["onnx"] / before["latency_ms"]["onnx"]
+        report["latency"] = {**search, "final_file": {"file": "model_fp32.onnx", "runtime": "onnxruntime",
+                                                      "ratio_to_unpruned": final, "ms": times["onnx"]}}
+        report["latency_table"] = plan["latency"]["table"]
     if calib is not None:
         report["quantized"] = _quantize(staging, calib, evaluation, formats, batch_size)
     names = ["model.pt2", "state_dict.pt", "plan.json", *(sec["file"] for sec in exported.values()),
@@ -163,6 +189,30 @@ def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path
 
     write_json_atomic(staging / "report.json", report)
     return report
+
+
+class OrtLatency:
+    """The latency table's ``measure`` in onnxruntime: the graph exported to fp32 ONNX as ``compress export``
+    writes it, one session on ``threads`` threads, batch 1 (see :mod:`compress.passes.prune.latency`)."""
+
+    def __init__(self, threads: int = 1):
+        import onnxruntime
+
+        self.threads = threads
+        self.name = f"onnxruntime-{onnxruntime.__version__}-{threads}t"
+
+    def runner(self, model, example_inputs):
+        from compress.pipeline import _onnx_runner
+
+        with tempfile.TemporaryDirectory() as tmp:  # the session holds the model: the file can go
+            path = Path(tmp) / "m.onnx"
+            _export_fp32("onnx", model, example_inputs, path)
+            run = _onnx_runner(path, self.threads)
+        x = tuple(t[:1].numpy() for t in example_inputs)
+        return lambda: run(x)
+
+    def pinned(self):
+        return contextlib.nullcontext()
 
 
 def _quantize(staging: Path, calib, evaluation, formats: tuple[str, ...], batch_size: int) -> dict:
@@ -236,6 +286,12 @@ def render(report: dict):
     note = (f"groups: {pruned} pruned, {len(skipped)} kept whole" +
             (f" (e.g. {skipped[0]['key']}: {skipped[0]['skipped']})" if skipped else "") + " · " if groups else "")
     note += f"onnxruntime vs torch: max rel err {report['onnx']['max_rel_diff']:.1e}"
+    lat = report.get("latency")
+    if lat:
+        note += (f"\nlatency target {lat['target_ms']:.3f} ms ({lat['runtime']}, unpruned {lat['base_ms']:.3f} ms): "
+                 f"table predicted {lat['predicted_ms']:.3f} ms, measured {lat['measured_ms']:.3f} ms"
+                 f"{'' if lat['met'] else ' — NOT met: the table has no deeper cuts'}; final model_fp32.onnx "
+                 f"{lat['final_file']['ratio_to_unpruned']:.2f}× the unpruned file's latency")
     return Group(table, Text(note, style="dim"))
 
 
@@ -249,13 +305,23 @@ def render(report: dict):
 @click.option("--nm", metavar="N:M", default=None, help="Semi-structured: N zeros in every M input weights (2:4, 4:8).")
 @click.option("--channels", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Structured: fraction of channels physically removed from every prunable group.")
+@click.option("--latency-target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Structured, per-group cuts chosen to reach this fraction of the unpruned latency (measured "
+                   "in --runtime, batch 1).")
+@click.option("--latency-ms", type=click.FloatRange(0, min_open=True), default=None,
+              help="Like --latency-target, with the target in milliseconds.")
+@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default=None,
+              help="Where --latency-target measures: onnxruntime (the fp32 ONNX file) or torch (eager) "
+                   "[default: ort].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Threads of the --latency-target measurements [default: 1].")
 @click.option("--plan", "plan_path", metavar="PLAN", type=click.Path(path_type=Path), default=None,
               help="Replay a plan.json written by compress prune onto MODEL (same architecture).")
 @click.option("--global", "scope_global", is_flag=True, help="--sparsity: rank weights across all layers.")
 @click.option("--criterion", type=click.Choice(CRITERION_CHOICES), default=None,
-              help="--channels: channel importance [default: l1].")
+              help="Structured: channel importance; taylor needs labelled --train or --eval data [default: l1].")
 @click.option("--round-to", type=click.IntRange(min=1), default=None,
-              help="--channels: kept widths are multiples of this (e.g. 8) [default: 1].")
+              help="Structured: kept widths are multiples of this (e.g. 8) [default: 1].")
 @click.option("--max-sparsity", type=click.FloatRange(0, 1), default=None,
               help="No layer (or group) loses more than this fraction [default: 1].")
 @click.option("--quantize", "do_quantize", is_flag=True,
@@ -278,7 +344,8 @@ def render(report: dict):
 @click.option("--force", is_flag=True, help="Replace OUTDIR if it exists (only after the new output is complete).")
 @debug_option
 @handle_errors
-def prune_command(model: str, out: Path, sparsity, nm, channels, plan_path, scope_global, criterion, round_to,
+def prune_command(model: str, out: Path, sparsity, nm, channels, latency_target, latency_ms, runtime, threads,
+                  plan_path, scope_global, criterion, round_to,
                   max_sparsity, do_quantize, calib, formats, skip, eval_spec, train_spec, epochs, lr, batch_size,
                   input_shape, arch, trust_pickle, force) -> None:
     """Prune MODEL: unstructured (--sparsity), N:M (--nm) or structured channel removal (--channels).
@@ -288,20 +355,25 @@ def prune_command(model: str, out: Path, sparsity, nm, channels, plan_path, scop
     """
     plan = None
     if plan_path is not None:
-        if any(v is not None for v in (sparsity, nm, channels)):
-            raise ConfigError("--plan replays a saved plan; drop --sparsity / --nm / --channels")
+        if any(v is not None for v in (sparsity, nm, channels, latency_target, latency_ms)):
+            raise ConfigError("--plan replays a saved plan; drop --sparsity / --nm / --channels / --latency-*")
         from compress.passes.prune import load_plan
 
         plan = load_plan(plan_path)
         config = None
     else:
-        config = _config(sparsity, nm, channels, scope_global, criterion, round_to, max_sparsity, skip)
+        config = _config(sparsity, nm, channels, latency_target, latency_ms, scope_global, criterion, round_to,
+                         max_sparsity, skip)
+        if criterion == "taylor" and train_spec is None and eval_spec is None:
+            raise ConfigError("--criterion taylor scores channels by gradients: pass labelled --train (or --eval) DATA")
     if train_spec is None and (epochs is not None or lr is not None):
         raise ConfigError("--epochs and --lr set fine-tuning; add --train DATA (an .npz with x and y)")
     if do_quantize != (calib is not None):
         raise ConfigError("--quantize needs --calib DATA (representative inputs, an .npz with x)" if do_quantize
                           else "--calib is read by --quantize only; add --quantize or drop --calib")
     formats = parse_formats(formats)
+    if (runtime is not None or threads is not None) and latency_target is None and latency_ms is None:
+        raise ConfigError("--runtime and --threads say where --latency-target / --latency-ms measure; add one")
     if input_shape is None and eval_spec is None and train_spec is None:
         raise ConfigError("prune needs the model's input: pass --input-shape 1,3,224,224 or --eval / --train DATA")
     inputs = [Path(model), *_spec_files(eval_spec), *_spec_files(train_spec), *_spec_files(arch), *_spec_files(calib),
@@ -322,10 +394,16 @@ def prune_command(model: str, out: Path, sparsity, nm, channels, plan_path, scop
             if datasets[role].y is None:
                 raise ConfigError(f"--{role} needs labels: pass an .npz with both x and y")
     example, batches = _example(net, datasets, input_shape)
+    measure = None
+    if config is not None and config.latency is not None:
+        from compress.passes.prune import TorchLatency
+
+        measure = OrtLatency(threads or 1) if runtime in (None, "ort") else TorchLatency(threads or 1)
 
     with staged_output(out, kind="prune") as staging:
         report = run_prune(net, example, batches, config, plan, datasets, staging, epochs=epochs or 2,
-                           lr=lr or 1e-3, batch_size=batch_size, formats=formats, calib=datasets.get("calib"))
+                           lr=lr or 1e-3, batch_size=batch_size, formats=formats, calib=datasets.get("calib"),
+                           measure=measure)
         report = finish_report(report, staging, out)
 
     console = stdout_console()

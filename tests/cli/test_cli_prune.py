@@ -112,6 +112,7 @@ def test_criterion_choices_match_the_library():
     assert CRITERION_CHOICES == tuple(c.value for c in Criterion)
 
 
+@pytest.mark.slow
 @pytest.mark.tflite
 def test_quantize_writes_verified_int8_files_of_the_pruned_model(cli, tmp_path, calib_npz, state_dict_file,
                                                                   tiny_arch, digits_like):
@@ -159,3 +160,24 @@ def test_quantize_writes_verified_int8_files_of_the_pruned_model(cli, tmp_path, 
     bad = cli("prune", state_dict_file, "--arch", tiny_arch, "--channels", "0.5", "--eval", calib_npz,
               "--quantize", "-o", "again")
     assert bad.exit_code == 2 and "--calib" in bad.stderr and not (tmp_path / "again").exists()
+
+
+@pytest.mark.slow
+def test_latency_target_reports_table_target_and_the_final_file(cli, tmp_path, calib_npz, state_dict_file, tiny_arch,
+                                                                monkeypatch):
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    result = cli("prune", state_dict_file, "--arch", tiny_arch, "--latency-target", "0.8", "--runtime", "torch",
+                 "--eval", calib_npz, "-o", "out")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    lat = report["latency"]
+    assert lat["runtime"].startswith("torch-") and lat["target_ms"] == pytest.approx(0.8 * lat["base_ms"])
+    assert lat["final_file"]["ratio_to_unpruned"] == pytest.approx(
+        report["after"]["latency_ms"]["onnx"] / report["before"]["latency_ms"]["onnx"])
+    prunable = [g["key"] for g in report["groups"] if not g["skipped"]]
+    assert sorted(report["latency_table"]) == sorted(prunable) and "latency target" in result.stdout
+    assert json.loads((tmp_path / "out" / "plan.json").read_text())["mode"] == "latency"
+    assert list((tmp_path / "cache" / "prune-latency").glob("*.json"))
+    wrong = cli("prune", state_dict_file, "--arch", tiny_arch, "--channels", "0.5", "--runtime", "torch",
+                "--input-shape", "1,1,8,8", "-o", "x")
+    assert wrong.exit_code == 2 and "--latency-target" in wrong.stderr

@@ -13,9 +13,19 @@ from compress.passes.prune.api import (
     save_plan,
     save_pruned,
 )
-from compress.passes.prune.config import NM, Criterion, Mode, PruneConfig, Schedule, ScheduleKind, Scope
+from compress.passes.prune.config import (
+    NM,
+    Criterion,
+    LatencyTarget,
+    Mode,
+    PruneConfig,
+    Schedule,
+    ScheduleKind,
+    Scope,
+)
 from compress.passes.prune.finetune import FinetuneConfig, finetune
 from compress.passes.prune.groups import ChannelGraph, Group, analyze
+from compress.passes.prune.latency import TorchLatency
 from compress.passes.prune.magnitude import magnitude_masks, nm_mask, nm_masks
 from compress.passes.prune.report import accuracy, count_macs, count_nonzero, count_params, disk_sizes
 
@@ -25,12 +35,14 @@ __all__ = [
     "Criterion",
     "FinetuneConfig",
     "Group",
+    "LatencyTarget",
     "Mode",
     "PruneConfig",
     "PruneResult",
     "Schedule",
     "ScheduleKind",
     "Scope",
+    "TorchLatency",
     "accuracy",
     "analyze",
     "apply_plan",

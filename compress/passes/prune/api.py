@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from compress.errors import ConfigError
-from compress.passes.prune.config import Mode, PruneConfig
+from compress.passes.prune.config import STRUCTURED, Criterion, Mode, PruneConfig
 from compress.passes.prune.groups import ChannelGraph, analyze
 from compress.passes.prune.magnitude import magnitude_masks, nm_masks
-from compress.passes.prune.structured import choose_channels, remove_channels, skip_reason
+from compress.passes.prune.structured import choose_channels, group_scores, remove_channels, skip_reason
 
 PLAN_VERSION = 1
 
@@ -44,7 +44,7 @@ def _as_tuple(example_inputs) -> tuple:
     return tuple(example_inputs) if isinstance(example_inputs, tuple | list) else (example_inputs,)
 
 
-def prune(model: nn.Module, example_inputs, config: PruneConfig) -> PruneResult:
+def prune(model: nn.Module, example_inputs, config: PruneConfig, *, data=None, measure=None) -> PruneResult:
     """Prune ``model`` as ``config`` says.
 
     Args:
@@ -52,7 +52,11 @@ def prune(model: nn.Module, example_inputs, config: PruneConfig) -> PruneResult:
             structured mode).
         example_inputs: a tensor or tuple the model runs on (use a batch of 2 or more: capture keeps the
             batch dimension dynamic).
-        config: the mode (``sparsity``, ``nm`` or ``channels``) and its options.
+        config: the mode (``sparsity``, ``nm``, ``channels`` or ``latency``) and its options.
+        data: labelled batches ``[(x, y), ...]`` or a labelled :class:`compress.io.Dataset`, for
+            ``criterion="taylor"`` (the first ``config.taylor_batches`` batches are used).
+        measure: latency mode — ``measure(model, example_inputs) -> ms`` with a ``name`` (the table's cache
+            key); default :class:`compress.passes.prune.latency.TorchLatency` (torch, 1 thread).
 
     Returns:
         :class:`PruneResult` with the pruned model and the replayable plan.
@@ -69,14 +73,26 @@ def prune(model: nn.Module, example_inputs, config: PruneConfig) -> PruneResult:
         (8, [8, 4])
     """
     example_inputs = _as_tuple(example_inputs)
-    if config.mode is Mode.CHANNELS:
+    if config.mode in STRUCTURED:
         from compress.capture import capture
 
         gm = capture(copy.deepcopy(model).eval(), example_inputs)
         graph = analyze(gm, example_inputs)
-        kept = choose_channels(gm, graph, config)
+        scores = group_scores(gm, graph, config.criterion, data, config.taylor_batches)
+        latency = None
+        if config.mode is Mode.LATENCY:
+            from compress.passes.prune.latency import search
+
+            kept, latency = search(gm, graph, example_inputs, config, scores, measure)
+        else:
+            kept = choose_channels(gm, graph, config, scores)
         remove_channels(gm, graph, kept)
-        return PruneResult(gm, _channel_plan(graph, kept, config))
+        plan = _channel_plan(graph, kept, config)
+        if latency is not None:
+            plan["latency"] = latency
+        return PruneResult(gm, plan)
+    if config.criterion is Criterion.TAYLOR:
+        raise ConfigError("criterion taylor scores channels: use it with channels=… or latency=…")
     rows = magnitude_masks(model, config, config.schedule.sparsity_at(0, config.sparsity)) \
         if config.mode is Mode.UNSTRUCTURED else nm_masks(model, config)
     return PruneResult(model, {"version": PLAN_VERSION, "mode": config.mode.value, "config": config.to_dict(),
@@ -93,7 +109,7 @@ def _channel_plan(graph: ChannelGraph, kept: dict, config: PruneConfig) -> dict:
             "width_after": g.size if idx is None else len(idx), "kept": idx,
             "skipped": reason if idx is None and reason else None,
         })
-    return {"version": PLAN_VERSION, "mode": Mode.CHANNELS.value, "config": config.to_dict(), "groups": groups}
+    return {"version": PLAN_VERSION, "mode": config.mode.value, "config": config.to_dict(), "groups": groups}
 
 
 def apply_plan(model: nn.Module, example_inputs, plan: dict) -> PruneResult:
@@ -111,7 +127,7 @@ def apply_plan(model: nn.Module, example_inputs, plan: dict) -> PruneResult:
                           f"this compress reads version {PLAN_VERSION} (plan.json written by compress prune)")
     config = PruneConfig.from_dict(plan["config"])
     example_inputs = _as_tuple(example_inputs)
-    if plan.get("mode") != Mode.CHANNELS.value:
+    if plan.get("mode") not in {m.value for m in STRUCTURED}:
         return prune(model, example_inputs, config)
     from compress.capture import capture
 

@@ -1,8 +1,9 @@
 """Options of the pruning pass: one frozen :class:`PruneConfig`, its small typed parts, and the schedules.
 
 Exactly one mode is chosen per config — ``sparsity`` (unstructured magnitude masks), ``nm`` (N:M
-semi-structured masks) or ``channels`` (structured channel removal) — as the CLI's mutually exclusive
-``--sparsity`` / ``--nm`` / ``--channels`` flags are.
+semi-structured masks), ``channels`` (structured channel removal, the same fraction everywhere) or ``latency``
+(structured removal, a fraction per group chosen against measured latency) — as the CLI's mutually exclusive
+``--sparsity`` / ``--nm`` / ``--channels`` / ``--latency-target`` flags are.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ class Mode(str, Enum):
     UNSTRUCTURED = "unstructured"
     NM = "nm"
     CHANNELS = "channels"
+    LATENCY = "latency"  # structured: per-group fractions chosen to meet a measured latency
+
+
+STRUCTURED = (Mode.CHANNELS, Mode.LATENCY)
 
 
 class Scope(str, Enum):
@@ -36,6 +41,9 @@ class Criterion(str, Enum):
     L1 = "l1"  # sum |w| of the channel's producer rows
     L2 = "l2"  # sqrt(sum w²) of the same rows
     BN = "bn"  # |gamma| of the BatchNorms on the channel (network slimming); L1 for groups without BN
+    # first-order Taylor (Molchanov et al. 2019): |sum of w·dL/dw over the channel's tensors|, accumulated
+    # over labelled batches; it estimates the loss change of removing the channel, so it needs data
+    TAYLOR = "taylor"
 
 
 class ScheduleKind(str, Enum):
@@ -117,6 +125,51 @@ class NM:
         return f"{self.n}:{self.m}"
 
 
+@dataclass(frozen=True)
+class LatencyTarget:
+    """Latency-driven structured pruning: what to reach and how the per-group latency table is measured.
+
+    Args:
+        fraction: the target as a fraction of the unpruned model's measured latency (0.5 = twice as fast).
+        ms: the target in milliseconds (batch 1) instead.
+        steps: the fractions of each group's channels the table measures removing; the search picks one per
+            group (or none).
+        tolerance: the final model's measured latency may exceed the target by this fraction before the
+            search re-plans with a corrected table (at most ``max_rounds`` times).
+        max_rounds: measure-and-correct rounds.
+
+    Example:
+        >>> LatencyTarget(fraction=0.5).steps
+        (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+    """
+
+    fraction: float | None = None
+    ms: float | None = None
+    steps: tuple[float, ...] = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
+    tolerance: float = 0.05
+    max_rounds: int = 4
+
+    def __post_init__(self):
+        if (self.fraction is None) == (self.ms is None):
+            raise ConfigError("a latency target is either fraction=0.5 (of the unpruned latency) or ms=4.0, "
+                              "not both or neither")
+        if self.fraction is not None and not (isinstance(self.fraction, int | float) and 0.0 < self.fraction < 1.0):
+            raise ConfigError(f"latency target fraction must be in (0, 1), got {self.fraction!r} (0.5 = half the "
+                              "unpruned latency)")
+        if self.ms is not None and not (isinstance(self.ms, int | float) and self.ms > 0 and math.isfinite(self.ms)):
+            raise ConfigError(f"latency target must be a positive number of milliseconds, got {self.ms!r}")
+        steps = tuple(sorted({float(r) for r in self.steps}))
+        if not steps or not all(0.0 < r < 1.0 for r in steps):
+            raise ConfigError(f"latency steps must be fractions in (0, 1), got {self.steps!r}")
+        object.__setattr__(self, "steps", steps)
+        if not 0.0 <= self.tolerance < 1.0 or self.max_rounds < 1:
+            raise ConfigError(f"latency tolerance must be in [0, 1) and max_rounds ≥ 1, got {self.tolerance}, "
+                              f"{self.max_rounds}")
+
+    def target_ms(self, base_ms: float) -> float:
+        return self.ms if self.ms is not None else self.fraction * base_ms
+
+
 def _enum(cls, value, what: str):
     try:
         return cls(value)
@@ -140,15 +193,19 @@ class PruneConfig:
         sparsity: unstructured mode — the fraction of weights set to zero (masks; finalize bakes them in).
         nm: N:M mode — e.g. ``NM(2, 4)``, along each weight's input-channel axis.
         channels: structured mode — the fraction of channels removed from every prunable group.
+        latency: latency mode — a :class:`LatencyTarget`; per-group fractions are chosen against a measured
+            latency table (``prune(..., measure=...)`` says in which runtime; torch on 1 thread by default).
         scope: unstructured mode — compare magnitudes per tensor (``layer``) or across all tensors (``global``).
         schedule: unstructured / N:M — how sparsity grows during fine-tuning (one-shot by default).
-        criterion: structured mode — channel importance (``l1``, ``l2``, ``bn``).
+        criterion: structured modes — channel importance (``l1``, ``l2``, ``bn``, ``taylor``; taylor needs
+            ``prune(..., data=labelled batches)``).
         round_to: structured mode — kept channel counts are rounded up to a multiple of this (runtimes are
             faster on aligned widths), never above the original width.
         max_sparsity: no tensor (unstructured) or group (structured) loses more than this fraction.
         skip: module paths (``layer1.0.conv1``) or prefixes (``layer4``) never pruned; in structured mode a
             group with a skipped producer is kept whole.
         min_numel: unstructured / N:M — tensors with fewer elements are left dense (biases-sized tables).
+        taylor_batches: ``taylor`` — labelled batches whose gradients are accumulated.
 
     Example:
         >>> PruneConfig(channels=0.5, round_to=8).mode.value
@@ -158,6 +215,7 @@ class PruneConfig:
     sparsity: float | None = None
     nm: NM | None = None
     channels: float | None = None
+    latency: LatencyTarget | None = None
     scope: Scope = Scope.LAYER
     schedule: Schedule = field(default_factory=Schedule)
     criterion: Criterion = Criterion.L1
@@ -165,12 +223,14 @@ class PruneConfig:
     max_sparsity: float = 1.0
     skip: tuple[str, ...] = ()
     min_numel: int = 0
+    taylor_batches: int = 8
 
     def __post_init__(self):
-        given = [name for name in ("sparsity", "nm", "channels") if getattr(self, name) is not None]
+        given = [name for name in ("sparsity", "nm", "channels", "latency") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ConfigError("choose one pruning mode: sparsity=0.8 (unstructured), nm=NM(2, 4) or channels=0.5 "
-                              f"(structured){'; got ' + ', '.join(given) if given else ''}")
+            raise ConfigError("choose one pruning mode: sparsity=0.8 (unstructured), nm=NM(2, 4), channels=0.5 "
+                              "(structured) or latency=LatencyTarget(fraction=0.5)"
+                              f"{'; got ' + ', '.join(given) if given else ''}")
         if self.sparsity is not None:
             _fraction("sparsity", self.sparsity)
         if self.channels is not None:
@@ -180,6 +240,8 @@ class PruneConfig:
         _fraction("max_sparsity", self.max_sparsity, closed_top=True)
         object.__setattr__(self, "scope", _enum(Scope, self.scope, "scope"))
         object.__setattr__(self, "criterion", _enum(Criterion, self.criterion, "criterion"))
+        if not isinstance(self.taylor_batches, int) or self.taylor_batches < 1:
+            raise ConfigError(f"taylor_batches must be an integer ≥ 1, got {self.taylor_batches!r}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise ConfigError(f"round_to must be an integer ≥ 1, got {self.round_to!r}")
         if isinstance(self.skip, str):
@@ -191,6 +253,8 @@ class PruneConfig:
     def mode(self) -> Mode:
         if self.sparsity is not None:
             return Mode.UNSTRUCTURED
+        if self.latency is not None:
+            return Mode.LATENCY
         return Mode.NM if self.nm is not None else Mode.CHANNELS
 
     def skipped(self, path: str) -> bool:
@@ -204,6 +268,8 @@ class PruneConfig:
         d["scope"], d["criterion"] = self.scope.value, self.criterion.value
         d["schedule"]["kind"] = self.schedule.kind.value
         d["skip"] = list(self.skip)
+        if self.latency is not None:
+            d["latency"]["steps"] = list(self.latency.steps)
         return {"version": CONFIG_VERSION, **d}
 
     @classmethod
@@ -213,4 +279,6 @@ class PruneConfig:
             d["schedule"] = Schedule(**d["schedule"])
         if d.get("nm") is not None:
             d["nm"] = NM.parse(d["nm"])
+        if d.get("latency") is not None:
+            d["latency"] = LatencyTarget(**d["latency"])
         return cls(**d)

@@ -40,8 +40,75 @@ def _member_scores(module: nn.Module, role: str, criterion: Criterion) -> torch.
     return _row_norms(module.weight, 1 if isinstance(module, _CONV_T) else 0, p)
 
 
-def group_scores(gm: fx.GraphModule, graph: ChannelGraph, criterion: Criterion) -> dict[int, torch.Tensor]:
-    """Importance of every channel of every group (summed over the group's producers, or its BNs)."""
+def _split_by_group(graph: ChannelGraph, layout: Layout, values: torch.Tensor, into: dict[int, torch.Tensor]) -> None:
+    """Add per-column ``values`` of a member (its layout's channels × ``inner``) to the groups' channels."""
+    per_channel = values.reshape(-1, layout.inner).sum(1)
+    offset = 0
+    for sid in layout.spaces:
+        size = graph.spaces[sid].size
+        gid = graph.space_group.get(sid)
+        if gid is not None:
+            into[gid] += per_channel[offset:offset + size]
+        offset += size
+
+
+def taylor_scores(gm: fx.GraphModule, graph: ChannelGraph, data, max_batches: int) -> dict[int, torch.Tensor]:
+    """First-order Taylor importance: per batch, |Σ w·∂L/∂w| over the weight columns that read a channel.
+
+    Zeroing every consumer's input columns of channel c removes c's influence exactly, so by first-order
+    Taylor the loss changes by -Σ w·g over those columns; the magnitude of that sum, accumulated over
+    ``max_batches`` labelled batches (cross-entropy), is the channel's score.
+    """
+    from compress.passes.qat import _labelled_batches
+
+    modules = dict(gm.named_modules())
+    readers = [m for m in graph.members if m.role == "in"]
+    scores = {g.id: torch.zeros(g.size, dtype=torch.float64) for g in graph.groups}
+    params = [p for p in gm.parameters()]
+    flags = [p.requires_grad for p in params]
+    seen = 0
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        for inputs, y in _labelled_batches(data, 32, 0):
+            if seen >= max_batches:
+                break
+            gm.zero_grad(set_to_none=True)
+            out = gm(*inputs)
+            out = out[0] if isinstance(out, tuple | list) else out
+            if out.dim() == 3 and y.dim() == 2 and out.shape[:2] == y.shape:
+                out = out.movedim(-1, 1)  # [N, T, classes] → cross_entropy's [N, classes, T]
+            torch.nn.functional.cross_entropy(out, y).backward()
+            batch = {g.id: torch.zeros(g.size, dtype=torch.float64) for g in graph.groups}
+            for member in readers:
+                w = modules[member.module].weight
+                if w.grad is None:
+                    continue
+                axis = 0 if isinstance(modules[member.module], _CONV_T) else 1
+                wg = (w.detach() * w.grad).double().movedim(axis, 0).flatten(1).sum(1)
+                _split_by_group(graph, member.layout, wg, batch)
+            for gid, t in batch.items():
+                scores[gid] += t.abs()
+            seen += 1
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.grad = None
+            p.requires_grad_(flag)
+    if seen == 0:
+        raise ConfigError("criterion taylor needs labelled batches: pass data=[(x, y), ...] to prune() "
+                          "(the CLI: --train or --eval DATA with labels)")
+    return {gid: t.float() for gid, t in scores.items()}
+
+
+def group_scores(gm: fx.GraphModule, graph: ChannelGraph, criterion: Criterion, data=None,
+                 max_batches: int = 8) -> dict[int, torch.Tensor]:
+    """Importance of every channel of every group (summed over the group's producers, its BNs, or with
+    ``taylor`` over the weights that read it, from ``data``)."""
+    if criterion is Criterion.TAYLOR:
+        if data is None:
+            raise ConfigError("criterion taylor needs labelled batches: pass data=[(x, y), ...] to prune() "
+                              "(the CLI: --train or --eval DATA with labels)")
+        return taylor_scores(gm, graph, data, max_batches)
     modules = dict(gm.named_modules())
     scores = {g.id: torch.zeros(g.size) for g in graph.groups}
     found = {g.id: False for g in graph.groups}
@@ -77,22 +144,29 @@ def kept_count(size: int, ratio: float, config: PruneConfig) -> int:
     return min(size, keep)
 
 
-def choose_channels(gm: fx.GraphModule, graph: ChannelGraph, config: PruneConfig) -> dict[int, list[int] | None]:
-    """Kept channel indices (sorted) per group; None for groups left whole (blocked, skipped or too small)."""
-    scores = group_scores(gm, graph, config.criterion)
+def choose_channels(gm: fx.GraphModule, graph: ChannelGraph, config: PruneConfig, scores=None,
+                    ratios: dict[int, float] | None = None) -> dict[int, list[int] | None]:
+    """Kept channel indices (sorted) per group; None for groups left whole (blocked, skipped or too small).
+
+    ``ratios`` (group id → fraction removed) overrides ``config.channels`` per group (latency mode);
+    ``scores`` are :func:`group_scores` when the caller has them already.
+    """
+    scores = group_scores(gm, graph, config.criterion) if scores is None else scores
     kept: dict[int, list[int] | None] = {}
     for g in graph.groups:
         if g.blocked or skip_reason(g, config):
             kept[g.id] = None
             continue
-        n = kept_count(g.size, config.channels or 0.0, config)
-        if n >= g.size:
-            kept[g.id] = None
-            continue
-        # Ties (all-zero channels, identical inits) resolve to the lower index: a plan is reproducible.
-        order = sorted(range(g.size), key=lambda i: (-float(scores[g.id][i]), i))
-        kept[g.id] = sorted(order[:n])
+        n = kept_count(g.size, (ratios or {}).get(g.id, config.channels or 0.0), config)
+        kept[g.id] = None if n >= g.size else ranked(scores[g.id], n)
     return kept
+
+
+def ranked(scores: torch.Tensor, n: int) -> list[int]:
+    """The ``n`` highest-scoring channel indices, sorted; ties (all-zero channels, identical inits) resolve to
+    the lower index, so a plan is reproducible."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), i))
+    return sorted(order[:n])
 
 
 def skip_reason(group: Group, config: PruneConfig) -> str | None:

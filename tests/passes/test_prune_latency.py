@@ -1,0 +1,159 @@
+"""Latency-driven structured pruning: the search against brute force, a deterministic latency model, the
+table cache, and one real onnxruntime run."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from compress.errors import ConfigError
+from compress.passes.prune import LatencyTarget, PruneConfig, apply_plan, prune
+from compress.passes.prune import latency as lat
+
+
+def test_choose_is_the_least_loss_combination_that_meets_the_saving():
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        options = {}
+        for g in range(4):
+            saves = torch.rand(3, generator=gen).sort().values.tolist()
+            losses = torch.rand(3, generator=gen).sort().values.tolist()
+            options[g] = [(s, c, 8 - i) for i, (s, c) in enumerate(zip(saves, losses, strict=True))]
+        need = float(torch.rand(1, generator=gen)) * 2.0
+        choice = lat._choose(options, need, floor=0.0)
+        got_save = sum(options[g][i][0] for g, i in choice.items() if i >= 0)
+        got_loss = sum(options[g][i][1] for g, i in choice.items() if i >= 0)
+        # brute force over every combination (-1 = uncut)
+        combos = []
+        for combo in itertools.product(range(-1, 3), repeat=4):
+            save = sum(options[g][i][0] for g, i in enumerate(combo) if i >= 0)
+            loss = sum(options[g][i][1] for g, i in enumerate(combo) if i >= 0)
+            combos.append((save, loss))
+        if not any(save >= need for save, _ in combos):
+            assert choice == {g: 2 for g in range(4)}, trial  # unreachable: the largest cut everywhere
+            continue
+        assert got_save >= need - 1e-9, trial
+        # savings are counted in 1/200 of the goal, rounded down (< 1 unit per group): every combination
+        # saving 4 units more than needed is seen, so none of those loses less
+        slack = need * (1 + 4 / lat.BINS)
+        assert all(got_loss <= loss + 1e-9 for save, loss in combos if save >= slack), trial
+
+
+class Plain(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 32, 3, padding=1)
+        self.c = nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c(torch.relu(self.b(torch.relu(self.a(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def macs_by_hand(model: nn.Module, hw: int = 8 * 8) -> int:
+    """The test's own latency model: conv MACs from the module shapes, plus a fixed overhead."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return sum(m.in_channels * m.out_channels * 9 * hw for m in convs)
+
+
+class FakeMeasure:
+    """Deterministic 'latency': 1 ms per 100k MACs + 0.05 ms; counts how many models it was given."""
+
+    name = "fake-macs"
+
+    def __init__(self):
+        self.calls = 0
+
+    def runner(self, model, example_inputs):
+        self.calls += 1
+        ms = 0.05 + macs_by_hand(model) / 1e5
+        return lambda: ms
+
+    def pinned(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+@pytest.fixture
+def fake_timing(monkeypatch, tmp_path):
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(lat, "time_interleaved", lambda runners, **_: [run() for run in runners])
+
+
+@pytest.mark.slow  # three captures (torch.export) of a small net
+def test_search_meets_a_deterministic_target_and_caches_the_table(fake_timing, tmp_path):
+    fraction = 0.6
+    torch.manual_seed(0)
+    net = Plain().eval()
+    x = torch.randn(2, 3, 8, 8)
+    measure = FakeMeasure()
+    base = 0.05 + macs_by_hand(net) / 1e5
+    config = PruneConfig(latency=LatencyTarget(fraction=fraction, steps=(0.25, 0.5, 0.75)))
+    result = prune(net, x, config, measure=measure)
+    got = 0.05 + macs_by_hand(result.model) / 1e5
+    report = result.plan["latency"]
+    assert abs(got / base - fraction) <= 0.1 * fraction, (got / base, report["rounds"])  # the issue: ±10 %
+    assert report["measured_ms"] == pytest.approx(got) and report["met"]
+    # savings do not add up (b is cut on both sides): the first prediction is off, a later round corrects it
+    assert report["predicted_ms"] != pytest.approx(got)
+    assert not report["table_cached"] and set(report["table"]) == {"a", "b", "c"}  # fc: the model output
+    with torch.no_grad():
+        assert result.model(x).shape == (2, 4)
+
+    first = measure.calls
+    again = prune(net, x, config, measure=measure)
+    assert again.plan["latency"]["table_cached"]
+    assert measure.calls - first == 2 * len(again.plan["latency"]["rounds"])  # only the checks, no table
+    assert again.plan["groups"] == result.plan["groups"]
+    replayed = apply_plan(Plain().eval(), x, result.plan)
+    assert macs_by_hand(replayed.model) == macs_by_hand(result.model)
+
+
+def test_an_unreachable_target_says_so(fake_timing):
+    net = Plain().eval()
+    result = prune(net, torch.randn(2, 3, 8, 8), PruneConfig(latency=LatencyTarget(ms=0.01)), measure=FakeMeasure())
+    report = result.plan["latency"]
+    assert not report["met"] and report["measured_ms"] > report["target_ms"]
+
+
+def test_latency_target_validation():
+    with pytest.raises(ConfigError, match="not both"):
+        LatencyTarget(fraction=0.5, ms=3.0)
+    with pytest.raises(ConfigError, match="fraction"):
+        LatencyTarget(fraction=1.5)
+    with pytest.raises(ConfigError, match="one pruning mode"):
+        PruneConfig(channels=0.5, latency=LatencyTarget(fraction=0.5))
+    cfg = PruneConfig(latency=LatencyTarget(ms=2.0, steps=(0.5, 0.25)))
+    assert PruneConfig.from_dict(cfg.to_dict()) == cfg and cfg.latency.steps == (0.25, 0.5)
+
+
+@pytest.mark.onnx
+@pytest.mark.slow
+def test_onnxruntime_latency_lands_near_the_target(tmp_path, monkeypatch):
+    """Real timing in onnxruntime on a compute-bound net: the final file, timed beside the unpruned one."""
+    from compress.cli.prune import OrtLatency, _file_latencies
+    from compress.exporters import export_onnx
+
+    monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+
+    def block(i, o):
+        return [nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
+
+    net = nn.Sequential(*block(3, 32), *block(32, 64), *block(64, 64), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(64, 10)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    result = prune(net, x, PruneConfig(latency=LatencyTarget(fraction=0.5, steps=(0.25, 0.5, 0.75))),
+                   measure=OrtLatency(1))
+    export_onnx(net, (x[:1],), tmp_path / "before.onnx")
+    export_onnx(result.model, (x[:1],), tmp_path / "after.onnx")
+    times = _file_latencies({"before": tmp_path / "before.onnx", "after": tmp_path / "after.onnx"}, (x,))
+    ratio = times["after"] / times["before"]
+    # measured here (2 shared cores): 0.45-0.55; a loaded machine widens it, hence the margin
+    assert 0.3 < ratio < 0.7, (ratio, {k: v for k, v in result.plan["latency"].items() if k != "table"})
