@@ -27,6 +27,7 @@ from compress.distill import (
     FeatureLoss,
     HiddenStateLoss,
     KDLoss,
+    ValueRelationLoss,
     derive_student,
     train_baseline,
 )
@@ -182,6 +183,7 @@ __all__ = [
     "Target",
     "ResourceError",
     "UnsafePickleError",
+    "ValueRelationLoss",
     "VerificationError",
     "calibrate",
     "convert",

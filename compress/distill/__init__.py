@@ -20,6 +20,7 @@ from compress.distill.losses import (
     HiddenStateLoss,
     KDLoss,
     PairLoss,
+    ValueRelationLoss,
     attention_map,
 )
 from compress.distill.train import (
@@ -42,6 +43,7 @@ __all__ = [
     "HiddenStateLoss",
     "KDLoss",
     "PairLoss",
+    "ValueRelationLoss",
     "attention_map",
     "derive_student",
     "distill",

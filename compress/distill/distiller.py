@@ -42,7 +42,9 @@ def wrap_ddp(model: nn.Module, device: torch.device | None = None) -> nn.Module:
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()):
         return model
-    ids = [device.index] if device is not None and device.type == "cuda" else None
+    ids = None
+    if device is not None and device.type == "cuda":
+        ids = [device.index if device.index is not None else torch.cuda.current_device()]
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 

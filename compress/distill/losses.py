@@ -9,6 +9,8 @@ collects the tensors; the losses never see a model).
   squared activations, flattened, L2-normalised) compared with a squared distance; channel counts may differ.
 * :class:`HiddenStateLoss` / :class:`AttentionMatrixLoss` — TinyBERT (Jiao et al. 2020): MSE of (adapted)
   hidden states and of attention matrices.
+* :class:`ValueRelationLoss` — MiniLM (Wang et al. 2020): KL divergence of the value-relation matrices
+  ``softmax(V·Vᵀ/√d)``; widths may differ, only the head count must match.
 
 Feature losses name the modules whose outputs they compare by module path on the *unwrapped* models
 (``layer3``, ``encoder.layers.2``; a ``module.`` prefix copied from a DDP state dict is stripped).
@@ -16,13 +18,16 @@ Feature losses name the modules whose outputs they compare by module path on the
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from compress.errors import ConfigError
 
-__all__ = ["AttentionMatrixLoss", "AttentionTransfer", "FeatureLoss", "HiddenStateLoss", "KDLoss", "PairLoss"]
+__all__ = ["AttentionMatrixLoss", "AttentionTransfer", "FeatureLoss", "HiddenStateLoss", "KDLoss", "PairLoss",
+           "ValueRelationLoss"]
 
 
 def first_tensor(out) -> torch.Tensor:
@@ -226,3 +231,40 @@ class AttentionMatrixLoss(PairLoss):
         if isinstance(out, tuple | list) and len(out) == 2 and isinstance(out[1], torch.Tensor):
             return out[1]
         return first_tensor(out)
+
+
+class ValueRelationLoss(PairLoss):
+    """MiniLM value relation: ``KL(softmax(V_t·V_tᵀ/√d_t) ‖ softmax(V_s·V_sᵀ/√d_s))`` per head, averaged.
+
+    Hook the value projections (outputs ``[N, L, D]``, split into ``heads`` heads of ``D / heads``). The
+    relation matrices are ``[N, heads, L, L]`` whatever ``D`` is, so teacher and student widths may differ.
+
+    Example:
+        >>> v = torch.randn(2, 5, 8)
+        >>> float(ValueRelationLoss("t", "s", heads=2)(v, v)) < 1e-6
+        True
+    """
+
+    kind = "value_relation"
+
+    def __init__(self, teacher_path: str, student_path: str, heads: int = 1, weight: float = 1.0):
+        super().__init__(teacher_path, student_path, weight)
+        if heads < 1:
+            raise ConfigError(f"heads must be ≥ 1, got {heads}")
+        self.heads = int(heads)
+
+    def _log_relation(self, v: torch.Tensor) -> torch.Tensor:
+        if v.dim() != 3 or v.shape[-1] % self.heads:
+            raise ConfigError(f"{self.label}: value relation needs [N, L, D] with D divisible by heads={self.heads}, "
+                              f"got {tuple(v.shape)}")
+        n, length, width = v.shape
+        v = v.float().reshape(n, length, self.heads, width // self.heads).transpose(1, 2)
+        scores = v @ v.transpose(-1, -2) / math.sqrt(width // self.heads)
+        return F.log_softmax(scores, dim=-1)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if student.shape[:2] != teacher.shape[:2]:
+            raise ConfigError(f"{self.label}: batch and sequence length differ (student {tuple(student.shape)}, "
+                              f"teacher {tuple(teacher.shape)})")
+        log_s, log_t = self._log_relation(student), self._log_relation(teacher)
+        return self.weight * (log_t.exp() * (log_t - log_s)).sum(-1).mean()

@@ -30,6 +30,7 @@ from compress.distill.losses import (
     FeatureLoss,
     HiddenStateLoss,
     KDLoss,
+    ValueRelationLoss,
     first_tensor,
 )
 from compress.errors import ConfigError, DataError
@@ -50,7 +51,7 @@ __all__ = ["DistillConfig", "DistillResult", "distill", "evaluate", "make_losses
 
 #: ``DistillConfig.losses`` names → the loss built for each ``features`` pair (``kd`` needs no pair).
 PAIR_LOSSES = {"feature": FeatureLoss, "attention": AttentionTransfer, "hidden": HiddenStateLoss,
-               "attention_matrix": AttentionMatrixLoss}
+               "attention_matrix": AttentionMatrixLoss, "value_relation": ValueRelationLoss}
 LOSS_NAMES = ("kd", *PAIR_LOSSES)
 PRECISIONS = ("auto", "off", "bf16", "fp16")
 CHECKPOINT_VERSION = 1
@@ -66,8 +67,8 @@ class DistillConfig:
         batch_size: samples per batch (per rank under DDP).
         temperature: KD softening temperature T.
         alpha: weight of the KD term against the hard-label cross-entropy on labelled batches.
-        losses: any of ``kd``, ``feature``, ``attention``, ``hidden``, ``attention_matrix``; all but ``kd``
-            are built for every ``features`` pair.
+        losses: any of ``kd``, ``feature``, ``attention``, ``hidden``, ``attention_matrix``,
+            ``value_relation``; all but ``kd`` are built for every ``features`` pair.
         features: ``(teacher_path, student_path)`` pairs of module paths, e.g. ``(("layer3", "layer2"),)``.
         seed: initialisation and batch-order seed (two runs with one seed train the same weights).
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:N]"``.
@@ -116,7 +117,7 @@ class DistillConfig:
                               "features=(('layer3', 'layer2'),) (--feature teacher.layer3:student.layer2)")
         if pairs and not wants_pairs:
             raise ConfigError("feature pairs are given but no loss uses them; add 'feature' (or 'attention', "
-                              "'hidden', 'attention_matrix') to losses")
+                              "'hidden', 'attention_matrix', 'value_relation') to losses")
         if not self.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
@@ -227,21 +228,39 @@ def _input_batches(data, batch_size: int, seed: int):
         yield tuple(torch.as_tensor(v) for v in inputs), None
 
 
-def _epoch_batches(train, transfer, batch_size: int, seed: int, dist_info) -> list:
-    """This epoch's (inputs, labels-or-None) batches: labelled and transfer batches in one seeded shuffle."""
-    unlabelled_train = train is not None and hasattr(train, "batches") and getattr(train, "y", 0) is None
-    labelled = [] if train is None or unlabelled_train else list(_labelled_batches(train, batch_size, seed))
-    loose = list(_input_batches(train, batch_size, seed)) if unlabelled_train else []
-    if transfer is not None:
-        loose += list(_input_batches(transfer, batch_size, seed + 7919))
-    batches = labelled + loose
-    if loose and labelled:
-        order = np.random.default_rng(seed).permutation(len(batches))
-        batches = [batches[i] for i in order]
-    if dist_info is not None:
-        rank, world = dist_info
-        batches = batches[rank:len(batches) - len(batches) % world:world]
-    return batches
+def _epoch_batches(train, transfer, batch_size: int, seed: int, dist_info):
+    """This epoch's (inputs, labels-or-None) batches: labelled and transfer batches in one seeded shuffle, streamed.
+
+    Under DDP every rank walks the same order and keeps every N-th batch, the remainder dropped, so all ranks
+    take the same number of steps (DDP all-reduces each one).
+    """
+    streams, counts = [], []
+    for data, labelled in ((train, True), (transfer, False)):
+        if data is None:
+            continue
+        if labelled and hasattr(data, "batches") and getattr(data, "y", 0) is None:
+            labelled = False  # an unlabelled --train set: teacher outputs only, like transfer data
+        salt = 0 if labelled else 7919  # transfer data shuffled independently of the labelled set
+        source = _labelled_batches(data, batch_size, seed) if labelled else _input_batches(data, batch_size, seed + salt)
+        count = _count_batches(data, batch_size)
+        if count == 0:  # an iterable of unknown length: read it to count
+            source = list(source)
+            count = len(source)
+        streams.append(iter(source))
+        counts.append(count)
+    if len(streams) == 1 and dist_info is None:
+        yield from streams[0]
+        return
+    flags = np.repeat(np.arange(len(streams)), counts)
+    if len(streams) > 1:
+        flags = np.random.default_rng(seed).permutation(flags)
+    rank, world = dist_info if dist_info is not None else (0, 1)
+    for i, which in enumerate(flags[:len(flags) - len(flags) % world]):
+        batch = next(streams[which], None)
+        if batch is None:
+            return
+        if i % world == rank:
+            yield batch
 
 
 class _BaselineStep(nn.Module):

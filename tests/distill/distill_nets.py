@@ -33,3 +33,20 @@ def make_data(n: int = 64, seed: int = 0, labelled: bool = True) -> Dataset:
     x = rng.random((n, 1, 6, 6), dtype=np.float32)
     y = np.stack([x[:, 0, :2].mean((1, 2)), x[:, 0, 2:4].mean((1, 2)), x[:, 0, 4:].mean((1, 2))], 1).argmax(1)
     return Dataset(x, y if labelled else None, source="tiny")
+
+
+class TinyEncoder(nn.Module):
+    """Token embedding → self-attention (weights returned) → value-style projection → mean-pool classifier."""
+
+    def __init__(self, width: int = 16, heads: int = 2, vocab: int = 12, classes: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.value = nn.Linear(width, width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, ids):
+        h = self.embed(ids)
+        a, _ = self.attn(h, h, h, need_weights=True, average_attn_weights=False)
+        v = self.value(h + a)
+        return self.head(v.mean(1))

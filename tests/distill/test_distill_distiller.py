@@ -157,3 +157,33 @@ def test_narrow_derived_student_from_pruning_distils():
     cfg = DistillConfig(losses=("kd", "feature"), features=(("conv2", "conv2"),), epochs=1, batch_size=8, **CPU)
     result = distill(teacher, student, make_data(16), cfg, progress=False)
     assert result.history[0]["feature"] > 0
+
+
+def test_transformer_losses_on_hidden_states_attention_and_values():
+    from compress.distill import AttentionMatrixLoss, HiddenStateLoss, ValueRelationLoss
+    from tests.distill.distill_nets import TinyEncoder
+
+    torch.manual_seed(0)
+    teacher, student = TinyEncoder(16, heads=2).eval(), TinyEncoder(8, heads=2)
+    ids = torch.randint(0, 12, (4, 5))
+    losses = [HiddenStateLoss("value", "value"), AttentionMatrixLoss("attn", "attn"),
+              ValueRelationLoss("value", "value", heads=2)]
+    d = Distiller(teacher, student, losses).build(ids)
+    assert isinstance(d.adapters["value"], nn.Linear) and d.adapters["value"].weight.shape == (16, 8)
+    d.eval()
+    step = d(ids)
+    with torch.no_grad():
+        def parts(m):
+            h = m.embed(ids)
+            a, w = m.attn(h, h, h, need_weights=True, average_attn_weights=False)
+            return w, m.value(h + a)
+
+        (tw, tv), (sw, sv) = parts(teacher), parts(student)
+        want_hidden = F.mse_loss(sv @ d.adapters["value"].weight.T, tv)
+    assert tw.shape == (4, 2, 5, 5)
+    assert float(step.parts["hidden"].detach()) == pytest.approx(float(want_hidden), rel=1e-5)
+    assert float(step.parts["attention_matrix"].detach()) == pytest.approx(float(F.mse_loss(sw, tw)), rel=1e-5)
+    want_rel = ValueRelationLoss("t", "s", heads=2)(sv, tv)  # its numpy oracle is in test_distill_losses
+    assert float(step.parts["value_relation"].detach()) == pytest.approx(float(want_rel), rel=1e-5)
+    step.loss.backward()
+    d.check_gradients()  # every term reached the student

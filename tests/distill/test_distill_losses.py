@@ -10,6 +10,7 @@ from compress.distill import (
     FeatureLoss,
     HiddenStateLoss,
     KDLoss,
+    ValueRelationLoss,
 )
 from compress.errors import ConfigError
 
@@ -121,3 +122,20 @@ def test_pair_losses_need_paths_and_positive_weights():
         FeatureLoss("", "b")
     with pytest.raises(ConfigError, match="weight"):
         AttentionTransfer("a", "b", weight=0.0)
+
+
+def test_value_relation_is_minilm_kl_per_head():
+    heads = 2
+    s, t = RNG.normal(size=(2, 5, 6)), RNG.normal(size=(2, 5, 10))  # widths differ: relations are [N, h, L, L]
+
+    def relation(v):
+        n, length, width = v.shape
+        d = width // heads
+        v = v.reshape(n, length, heads, d).transpose(0, 2, 1, 3)
+        return _softmax(v @ v.transpose(0, 1, 3, 2) / np.sqrt(d))
+
+    rs, rt = relation(s), relation(t)
+    want = np.mean(np.sum(rt * (np.log(rt) - np.log(rs)), axis=-1))
+    assert float(ValueRelationLoss("a", "b", heads=heads)(_t(s), _t(t))) == pytest.approx(want, rel=1e-5)
+    with pytest.raises(ConfigError, match="divisible by heads=4"):
+        ValueRelationLoss("a", "b", heads=4)(_t(s), _t(t))

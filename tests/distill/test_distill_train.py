@@ -47,7 +47,7 @@ def test_transfer_batches_are_mixed_in_and_use_the_teacher_alone():
     real = train_mod._epoch_batches
 
     def spy(*args):
-        batches = real(*args)
+        batches = list(real(*args))
         seen.append([y is None for _, y in batches])
         return batches
 
