@@ -204,3 +204,22 @@ def test_recurrent_modes_match_onnxruntime_step_by_step(kind, mode, written, tmp
             np.testing.assert_allclose(got, int8(x[i:i + 1]).numpy(), atol=1e-6, rtol=1e-5)
             # and the modes are not a no-op: int8 weights move the result off the float model's
             assert np.abs(got - model(x[i:i + 1]).numpy()).max() > 1e-6
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight-only"])
+def test_embedding_is_weight_only_in_both_modes(mode, tmp_path):
+    from compress.exporters.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 16), nn.Linear(16, 4)).eval()
+    ids = torch.randint(0, 50, (4, 7))
+    prepared = prepare(model, ids[:1], QuantConfig(mode=mode))
+    assert prepared.compress_info.layer_modes == {"0": "weight-only", "1": mode}
+    calibrate(prepared, [ids], progress=False)
+    int8 = convert(prepared)
+    export_onnx(int8, (ids[:1],), tmp_path / "emb.onnx")
+    sess = _session(str(tmp_path / "emb.onnx"))
+    for i in range(len(ids)):
+        got = sess.run(None, {sess.get_inputs()[0].name: ids[i:i + 1].numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, int8(ids[i:i + 1]).numpy(), atol=1e-6, rtol=1e-5)

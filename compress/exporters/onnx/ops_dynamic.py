@@ -28,6 +28,7 @@ from compress.exporters.onnx.graph import ExportContext, TensorValue, emitter
 from compress.exporters.onnx.ops_quant import (
     _finish_layer,
     _quant_conv,
+    _quant_embedding,
     _quant_linear,
     _weight_and_bias,
     conv_attrs,
@@ -38,6 +39,7 @@ from compress.exporters.onnx.ops_seq import _recurrent
 _ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT (onnx itself is imported only where a file is written)
 
 emitter("conv1d", "conv2d", quantized=True, mode="weight-only")(_quant_conv)
+emitter("embedding", quantized=True, mode="weight-only")(_quant_embedding)  # DQ → Gather is that form already
 # The recurrent emitter reads the layer's mode: DynamicQuantizeLSTM (dynamic), DequantizeLinear → LSTM / GRU
 # with float biases and no hidden-state grids (weight-only).
 emitter("lstm", quantized=True, mode="dynamic")(_recurrent)
