@@ -127,7 +127,9 @@ class Distiller(nn.Module):
         teacher: the trained model (a DDP / DataParallel wrapper is removed).
         student: the model to train: plain, QAT-prepared (``prepare(..., qat=True)``) or pruned.
         losses: loss modules (:class:`KDLoss`, :class:`FeatureLoss`, ...), a sequence or ``{name: loss}``.
-        adapters: ``{student_path: module}`` to use instead of the automatic adapters for those paths.
+        adapters: ``{student_path: module}`` to use instead of the automatic adapters for those paths. The
+            automatic ones are named after the student path (``d.adapters["layer2"]``; dots become ``__``), or
+            ``"<student>__to__<teacher>"`` when several teacher layers hint one student layer.
 
     Example:
         >>> teacher, student = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), nn.Linear(4, 3)
@@ -157,9 +159,15 @@ class Distiller(nn.Module):
         # Resolve every path now: a typo is a one-line error before any training starts.
         self._t_modules = {p.teacher_path: _resolve(self.teacher, p.teacher_path, "teacher") for p in self._pairs}
         self._s_modules = {p.student_path: _resolve(self.student, p.student_path, "student") for p in self._pairs}
+        # One adapter per student path; a path hinted by several teacher layers gets one adapter per pair.
+        shared = [p.student_path for p in self._pairs if p.adapt]
+        self._adapter_keys = {id(p): _key(p.student_path) if shared.count(p.student_path) == 1
+                              else f"{_key(p.student_path)}__to__{_key(p.teacher_path)}" for p in self._pairs}
         for path, module in (adapters or {}).items():
             _resolve(self.student, path, "student")
-            self.trainable.adapters[_key(path)] = module
+            for p in self._pairs:
+                if p.adapt and _key(p.student_path) == _key(path):
+                    self.trainable.adapters[self._adapter_keys[id(p)]] = module
         self._t_feats: dict[str, object] = {}
         self._s_feats: dict[str, object] = {}
         self._handles: list = []
@@ -228,11 +236,12 @@ class Distiller(nn.Module):
                 if path not in feats:
                     raise ConfigError(f"{role} module {path!r} did not run in forward (no output to distil); "
                                       "pick a module the forward pass calls")
-            if loss.adapt and _key(loss.student_path) not in self.adapters and build:
+            key = self._adapter_keys[id(loss)]
+            if loss.adapt and key not in self.adapters and build:
                 s = first_tensor(self._s_feats[loss.student_path])
                 adapter = _make_adapter(s, first_tensor(self._t_feats[loss.teacher_path]))
                 if adapter is not None:
-                    self.adapters[_key(loss.student_path)] = adapter.to(device=s.device)
+                    self.adapters[key] = adapter.to(device=s.device)
         return s_out, t_out
 
     def forward(self, *inputs, target: torch.Tensor | None = None) -> DistillStep:
@@ -247,8 +256,8 @@ class Distiller(nn.Module):
             else:
                 pick = AttentionMatrixLoss.pick if isinstance(loss, AttentionMatrixLoss) else first_tensor
                 s = _GradProbe.apply(pick(self._s_feats[loss.student_path]), self.grad_seen, loss.label)
-                if loss.adapt and _key(loss.student_path) in self.adapters:
-                    s = self.adapters[_key(loss.student_path)](s)
+                if loss.adapt and self._adapter_keys[id(loss)] in self.adapters:
+                    s = self.adapters[self._adapter_keys[id(loss)]](s)
                 terms = {loss.kind: loss(s, pick(self._t_feats[loss.teacher_path]).detach())}
             for name, value in terms.items():
                 parts[name] = parts[name] + value if name in parts else value

@@ -187,3 +187,15 @@ def test_transformer_losses_on_hidden_states_attention_and_values():
     assert float(step.parts["value_relation"].detach()) == pytest.approx(float(want_rel), rel=1e-5)
     step.loss.backward()
     d.check_gradients()  # every term reached the student
+
+
+def test_one_student_layer_hinted_by_two_teacher_layers_gets_two_adapters(pair):
+    teacher, _ = pair
+    student = TinyNet(4)
+    custom = nn.Conv2d(4, 8, 1, bias=False)
+    d = Distiller(teacher, student, [FeatureLoss("conv1", "conv1"), FeatureLoss("conv2", "conv1")])
+    d.build(torch.zeros(2, 1, 6, 6))
+    assert sorted(d.adapters) == ["conv1__to__conv1", "conv1__to__conv2"]
+    own = Distiller(teacher, TinyNet(4), [FeatureLoss("conv2", "conv1")], adapters={"conv1": custom})
+    own.build(torch.zeros(2, 1, 6, 6))
+    assert own.adapters["conv1"] is custom
