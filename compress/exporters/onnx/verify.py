@@ -1,7 +1,10 @@
 """Prove an exported ONNX file computes what the torch simulation computes, in onnxruntime.
 
 :func:`verify_onnx` checks the file with ``onnx.checker``, runs it in onnxruntime (CPU, one intra-op thread
-by default) and hands the outputs to the shared comparison (:mod:`compress.exporters.verify`).
+by default) and hands the outputs to the shared comparison (:mod:`compress.exporters.verify`). Given the
+converted graph (``graph=``), it also verifies op by op (:mod:`compress.exporters.verify_ops`): a copy of
+the model lists every ``<fx node>/QuantizeLinear`` value the exporter wrote as a graph output, so each
+op's int8 output in onnxruntime is compared with the simulation of that op fed onnxruntime's own inputs.
 """
 
 from __future__ import annotations
@@ -9,23 +12,26 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from torch import nn
+from torch import fx, nn
 
 from compress.errors import DataError, VerificationError, require
 from compress.exporters.onnx.export import OnnxExportInfo
 from compress.exporters.verify import (
     ParityReport,
     VerifyConfig,
+    as_batch,
     collect_diffs,
     output_parity,
     parity_report,
 )
+from compress.exporters.verify_ops import LayerwiseParity, Probe, approximated_ops, layerwise_parity
 
 __all__ = ["verify_onnx"]
 
 
 def verify_onnx(path, reference: Callable | nn.Module, inputs: Iterable, *, info: OnnxExportInfo,
-                config: VerifyConfig | None = None, strict: bool = False) -> ParityReport:
+                config: VerifyConfig | None = None, strict: bool = False,
+                graph: fx.GraphModule | None = None) -> ParityReport:
     """Run ``path`` in onnxruntime and ``reference`` in torch on the same inputs; compare the outputs.
 
     Args:
@@ -35,6 +41,8 @@ def verify_onnx(path, reference: Callable | nn.Module, inputs: Iterable, *, info
         info: the export's :class:`OnnxExportInfo` (output scales tell which outputs are int8).
         config: thresholds and thread count (default: :class:`VerifyConfig`'s).
         strict: raise :class:`VerificationError` (with the figures) when the contract is not met.
+        graph: the converted GraphModule ``path`` was exported from: verify op by op too; the file then
+            passes on the op-by-op rule and the end-to-end figures are information.
 
     Returns:
         A :class:`ParityReport`.
@@ -79,10 +87,96 @@ def verify_onnx(path, reference: Callable | nn.Module, inputs: Iterable, *, info
                             f"{len(in_names)} inputs ({', '.join(in_names)})")
         return session.run(None, dict(zip(in_names, batch, strict=True)))
 
+    inputs = list(inputs)
     diffs, refs_max, problems, batches = collect_diffs(run, reference, inputs, out_names, "ONNX model")
+    layerwise = None
+    if graph is not None and info.quantized:
+        layerwise = onnx_layerwise(path, graph, inputs, info=info, config=config, session=session)
     outputs = [
         output_parity(name, diffs[i], refs_max[i], scales[i][0] if scales[i] is not None else None, config,
                       tolerances[i] if i < len(tolerances) else None)
         for i, name in enumerate(out_names)
     ]
-    return parity_report(path, outputs, batches, problems, config, strict=strict, runtime="onnxruntime")
+    return parity_report(path, outputs, batches, problems, config, strict=strict, runtime="onnxruntime",
+                         layerwise=layerwise)
+
+
+def onnx_probes(model, graph: fx.GraphModule) -> tuple[list[Probe], dict[str, str]]:
+    """The int8 values of ``model`` (an ``onnx.ModelProto``) that hold an fx node's output, and the fx nodes
+    on an int8 grid that have none (a quantizer on its input's grid writes no QuantizeLinear of its own).
+
+    The exporter names a node's QuantizeLinear output ``<fx node>/QuantizeLinear``.
+    """
+    numpy_helper = require("onnx", "onnx").numpy_helper
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    names = {n.name for n in graph.graph.nodes}
+    probes, seen = [], set()
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or not node.output[0].endswith("/QuantizeLinear"):
+            continue
+        fx_name = node.output[0][:-len("/QuantizeLinear")]
+        scale = consts.get(node.input[1])
+        zero = consts.get(node.input[2]) if len(node.input) > 2 else np.zeros((), np.uint8)
+        if fx_name not in names or fx_name in seen or scale is None or zero is None or scale.size != 1:
+            continue
+        seen.add(fx_name)
+        probes.append(Probe(fx_name, node.output[0], float(scale.reshape(())), int(zero.reshape(()))))
+    modules = dict(graph.named_modules())
+    unprobed = {n.name: "no QuantizeLinear of its own in the file (on its input's grid)" for n in graph.graph.nodes
+                if n.op == "call_module" and type(modules.get(n.target)).__name__ == "Quantizer" and n.name not in seen}
+    return probes, unprobed
+
+
+def onnx_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info: OnnxExportInfo,
+                   config: VerifyConfig | None = None, session=None) -> LayerwiseParity:
+    """Op-by-op parity of the ONNX file ``path`` against ``graph`` (see :mod:`compress.exporters.verify_ops`).
+
+    Example:
+        >>> import tempfile, os, torch
+        >>> from compress.exporters.onnx import export_onnx
+        >>> from compress.io import Dataset
+        >>> from compress.passes import calibrate, convert, prepare
+        >>> from compress.quant.config import QuantConfig
+        >>> x = torch.randn(8, 4); p = prepare(nn.Sequential(nn.Linear(4, 3), nn.ReLU()), (x[:1],), QuantConfig())
+        >>> _ = calibrate(p, Dataset(x.numpy(), None, "doc"), progress=False); q = convert(p)
+        >>> path = os.path.join(tempfile.mkdtemp(), "m.onnx"); info = export_onnx(q, (x[:1],), path)
+        >>> onnx_layerwise(path, q, [(x.numpy(),)], info=info).passed
+        True
+    """
+    config = config if config is not None else VerifyConfig()
+    onnx = require("onnx", "onnx")
+    ort = require("onnxruntime", "onnx")
+    model = onnx.load(str(path))
+    probes, unprobed = onnx_probes(model, graph)
+    finals = [o.name for o in model.graph.output]
+    # A QuantizeLinear output has its zero point's type (uint8 or int8 storage).
+    zero_types = {t.name: t.data_type for t in model.graph.initializer}
+    out_types = {n.output[0]: zero_types.get(n.input[2], onnx.TensorProto.UINT8) if len(n.input) > 2
+                 else onnx.TensorProto.UINT8 for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    for p in probes:
+        if p.key not in finals:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(p.key, out_types[p.key], None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    probed = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    in_names = [i.name for i in probed.get_inputs()]
+    keys = [p.key for p in probes]
+    changed = False
+
+    def run(batch):
+        nonlocal changed
+        feeds = dict(zip(in_names, batch, strict=True))
+        got = probed.run(finals + keys, feeds)
+        if session is not None:
+            plain = session.run(finals, feeds)
+            changed |= any(not np.array_equal(a, b) for a, b in zip(plain, got[:len(finals)], strict=True))
+        return dict(zip(keys, got[len(finals):], strict=True)), got[:len(finals)]
+
+    report = layerwise_parity(graph, run, [as_batch(b) for b in inputs], probes, runtime="onnxruntime",
+                              max_op_lsb=config.max_op_lsb, float_rtol=config.float_rtol,
+                              approximated=approximated_ops(info), unchecked=unprobed)
+    report.instrumentation_changed_outputs = changed
+    return report
+

@@ -5,6 +5,11 @@ what it supports, as on a device), feeds the same inputs to it and to the torch 
 the numerics contract (DESIGN.md): outputs computed in int8 within 1 LSB of their grid on ≥ 99% of elements;
 float outputs within a relative error (max |diff| / max |reference|) of 1e-4. The report is the same
 :class:`~compress.exporters.verify.ParityReport` the ONNX verification returns.
+
+Given the converted graph (``graph=``) it also verifies op by op (:mod:`compress.exporters.verify_ops`):
+LiteRT keeps every intermediate tensor (``experimental_preserve_all_tensors``), and each int8 tensor named
+after an fx node is matched to the quantizer that node's output flows into (the exporter fuses activations and
+requantization into the op that writes the tensor, and names the tensor after that op).
 """
 
 from __future__ import annotations
@@ -13,32 +18,39 @@ import contextlib
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
-from torch import nn
+from torch import fx, nn
 
 from compress.errors import DataError, VerificationError, require
 from compress.exporters.tflite.export import TFLiteExportInfo
 from compress.exporters.verify import (
     ParityReport,
     VerifyConfig,
+    as_batch,
     collect_diffs,
     output_parity,
     parity_report,
 )
+from compress.exporters.verify_ops import LayerwiseParity, Probe, approximated_ops, layerwise_parity
 
 
-def load_interpreter(path, num_threads: int = 1):
-    """A LiteRT ``Interpreter`` for ``path`` with tensors allocated.
+def load_interpreter(path, num_threads: int = 1, preserve_all_tensors: bool = False):
+    """A LiteRT ``Interpreter`` for ``path`` with tensors allocated (``preserve_all_tensors``: intermediate
+    tensors stay readable after ``invoke``, for op-by-op verification).
 
     Raises:
         VerificationError: LiteRT rejects the file (the message carries LiteRT's reason).
     """
     litert = require("ai_edge_litert.interpreter", "tflite")
-    with _native_stderr_captured() as captured:
+    with _native_stderr_captured() as captured, warnings.catch_warnings():
+        # LiteRT warns that preserving all tensors is for debugging: that is what it is used for here.
+        warnings.simplefilter("ignore", UserWarning)
         try:
-            it = litert.Interpreter(model_path=str(path), num_threads=num_threads)
+            it = litert.Interpreter(model_path=str(path), num_threads=num_threads,
+                                    experimental_preserve_all_tensors=preserve_all_tensors)
             it.allocate_tensors()
         except (RuntimeError, ValueError) as exc:
             native = " ".join(line for line in captured().splitlines() if "ERROR" in line)[:300]
@@ -138,7 +150,8 @@ def run_tflite(it, batch: tuple[np.ndarray, ...], nhwc_input: bool = False) -> l
 
 
 def verify_tflite(path, reference: Callable | nn.Module, inputs: Iterable, *, info: TFLiteExportInfo | None = None,
-                  config: VerifyConfig | None = None, strict: bool = False) -> ParityReport:
+                  config: VerifyConfig | None = None, strict: bool = False,
+                  graph: fx.GraphModule | None = None) -> ParityReport:
     """Run ``path`` in LiteRT and ``reference`` in torch on the same inputs; compare the outputs.
 
     Args:
@@ -149,6 +162,9 @@ def verify_tflite(path, reference: Callable | nn.Module, inputs: Iterable, *, in
             the input layout). Without it, int8 output tensors are detected from the file.
         config: thresholds; ``intra_op_threads`` is LiteRT's thread count.
         strict: raise :class:`VerificationError` (with the figures) when the contract is not met.
+        graph: the converted GraphModule ``path`` was exported from: verify op by op too (on up to
+            ``LAYERWISE_SAMPLES`` samples: LiteRT files run one sample at a time); the file then passes on the
+            op-by-op rule and the end-to-end figures are information.
 
     Returns:
         A :class:`~compress.exporters.verify.ParityReport`.
@@ -174,7 +190,122 @@ def verify_tflite(path, reference: Callable | nn.Module, inputs: Iterable, *, in
         scales = [float(d["quantization"][0]) if d["dtype"] == np.int8 else None for d in outs]
     nhwc = bool(info.nhwc_input) if info is not None else False
 
+    inputs = list(inputs)
     diffs, refs_max, problems, batches = collect_diffs(lambda batch: run_tflite(it, batch, nhwc), reference,
                                                        inputs, names, "TFLite model")
     outputs = [output_parity(names[i], diffs[i], refs_max[i], scales[i], config) for i in range(len(outs))]
-    return parity_report(path, outputs, batches, problems, config, strict=strict, runtime="LiteRT")
+    layerwise = None
+    if graph is not None and any(s is not None for s in scales):
+        layerwise = tflite_layerwise(path, graph, inputs, info=info, config=config)
+    return parity_report(path, outputs, batches, problems, config, strict=strict, runtime="LiteRT",
+                         layerwise=layerwise)
+
+
+#: Samples the op-by-op check runs (LiteRT runs one sample per invoke; the torch graph then does too).
+LAYERWISE_SAMPLES = 64
+
+
+def tflite_probes(it, graph: fx.GraphModule) -> tuple[list[Probe], dict[str, str]]:
+    """The int8 tensors of a loaded interpreter that hold an fx node's value, and the quantizers with none.
+
+    A tensor named after fx node ``n`` (or ``n_quant``: the QUANTIZE after a float op) holds the output of the
+    quantizer ``n`` feeds, directly or through fused activations (ReLU, clamps), when that quantizer has the
+    tensor's grid. A quantizer still unmatched (a decomposed op, e.g. LayerNorm, names its tensors after the
+    module) takes the first unclaimed tensor written on exactly its grid with its shape (up to layout).
+    Quantization-preserving ops (reshape, flatten) are not probed: after an NHWC flatten their tensors hold the
+    features in another order, which the file does not record.
+    """
+    from compress import ops
+    from compress.quant.fake import Quantizer
+
+    modules = dict(graph.named_modules())
+    nodes = {n.name: n for n in graph.graph.nodes}
+    quantizers = [n for n in graph.graph.nodes if n.op == "call_module" and isinstance(modules.get(n.target), Quantizer)]
+    details = {int(t["index"]): t for t in it.get_tensor_details()}
+    written = [int(i) for o in it._get_ops_details() if o["op_name"] != "DELEGATE" for i in o["outputs"]]
+    int8 = [details[i] for i in dict.fromkeys(written) if details[i]["dtype"] == np.int8
+            and details[i]["quantization"][0]]
+
+    def fits(q: fx.Node, t) -> bool:
+        scale, zero = t["quantization"]
+        meta = getattr(q.meta.get("tensor_meta"), "shape", None)
+        # Up to layout and batch: the sorted non-1 sizes after the batch axis (NHWC, Conv1d as 4-D).
+        same_shape = meta is None or _sizes(t["shape"][1:]) == _sizes(meta[1:])
+        mod = modules[q.target]
+        return same_shape and np.isclose(float(mod.scale), scale, rtol=1e-6, atol=0) and \
+            int(mod.zero_point) == int(zero)
+
+    probes: dict[str, Probe] = {}
+    claimed: set[int] = set()
+
+    def claim(q: fx.Node, t) -> None:
+        scale, zero = t["quantization"]
+        probes[q.name] = Probe(q.name, int(t["index"]), float(scale), int(zero))
+        claimed.add(int(t["index"]))
+
+    for t in int8:
+        name = t["name"]
+        walk = nodes.get(name) or (nodes.get(name[:-len("_quant")]) if name.endswith("_quant") else None)
+        while walk is not None and walk not in quantizers:
+            users = list(walk.users)
+            fused = len(users) == 1 and (users[0] in quantizers or getattr(
+                ops.lookup(users[0], modules), "policy", None) is ops.Policy.CLAMP)
+            walk = users[0] if fused else None
+        if walk is not None and walk.name not in probes and fits(walk, t):
+            claim(walk, t)
+    for q in quantizers:
+        if q.name not in probes:
+            t = next((t for t in int8 if int(t["index"]) not in claimed and fits(q, t)), None)
+            if t is not None:
+                claim(q, t)
+    unprobed = {q.name: "no int8 tensor on its grid in the file" for q in quantizers if q.name not in probes}
+    return list(probes.values()), unprobed
+
+
+def _sizes(shape) -> list[int]:
+    return sorted(int(d) for d in shape if int(d) != 1)
+
+
+def tflite_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info: TFLiteExportInfo | None = None,
+                     config: VerifyConfig | None = None) -> LayerwiseParity:
+    """Op-by-op parity of the ``.tflite`` file ``path`` against ``graph``, one sample per invoke (the files
+    have a static batch of 1), on the first :data:`LAYERWISE_SAMPLES` samples of ``inputs``."""
+    config = config or VerifyConfig()
+    it = load_interpreter(path, config.intra_op_threads, preserve_all_tensors=True)
+    probes, unprobed = tflite_probes(it, graph)
+    nhwc = bool(info.nhwc_input) if info is not None else False
+
+    def run(sample):
+        outputs = run_tflite(it, sample, nhwc)
+        return {p.key: it.get_tensor(p.key).copy() for p in probes}, outputs
+
+    def samples():
+        n = 0
+        for item in inputs:
+            batch = as_batch(item)
+            for i in range(batch[0].shape[0] if batch[0].ndim else 1):
+                if n >= LAYERWISE_SAMPLES:
+                    return
+                n += 1
+                yield tuple(x[i:i + 1] for x in batch)
+
+    return layerwise_parity(graph, run, samples(), probes, runtime="LiteRT", max_op_lsb=config.max_op_lsb,
+                            float_rtol=config.float_rtol, approximated=_approximated(graph, info),
+                            unchecked=unprobed)
+
+
+def _approximated(graph: fx.GraphModule, info) -> dict[str, float]:
+    """The ops this file computes differently from the simulation by design: a quantized LSTM / GRU is
+    unrolled over LiteRT's dynamic-range FULLY_CONNECTEDs (inputs quantized per call, the hidden state in
+    float, where the simulation keeps it on a static int8 grid). They get the ONNX exporter's tolerance for
+    the same approximation."""
+    from compress import ops
+    from compress.exporters.onnx.ops_seq import RECURRENT_RTOL
+
+    found = approximated_ops(info) if getattr(info, "approximations", None) else {}
+    modules = dict(graph.named_modules())
+    for node in graph.graph.nodes:
+        spec = ops.lookup(node, modules)
+        if spec is not None and spec.name in ("lstm", "gru") and hasattr(modules.get(node.target), "weight_quants"):
+            found.setdefault(node.name, RECURRENT_RTOL)
+    return found
