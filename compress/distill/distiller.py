@@ -23,7 +23,13 @@ __all__ = ["DistillStep", "Distiller", "unwrap", "wrap_ddp"]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel / DataParallel wrappers (any depth)."""
+    """The model inside DistributedDataParallel / DataParallel wrappers (any depth).
+
+    Example:
+        >>> net = nn.Linear(2, 2)
+        >>> unwrap(nn.DataParallel(net)) is net
+        True
+    """
     while isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
         model = model.module
     return model
