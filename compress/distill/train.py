@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -404,7 +404,7 @@ def _fit(task: nn.Module, train, transfer, config: DistillConfig, device: torch.
         if not config.resume:
             raise ConfigError(f"{ckpt} already exists; pass resume=True (--resume) to continue from it or choose "
                               "an empty checkpoint_dir")
-        start, step, history = _load_checkpoint(ckpt, task, opt, sched, scaler, device)
+        start, step, history = _load_checkpoint(ckpt, task, opt, sched, scaler, device, config, total)
     rank0 = dist_info is None or dist_info[0] == 0
     bar, bar_task = _progress(total, f"{what} epoch 1/{epochs}", progress and rank0)
     with bar:
@@ -450,7 +450,7 @@ def _fit(task: nn.Module, train, transfer, config: DistillConfig, device: torch.
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
             if ckpt is not None and rank0:
-                _save_checkpoint(ckpt, task, opt, sched, scaler, epoch + 1, step, history, config)
+                _save_checkpoint(ckpt, task, opt, sched, scaler, epoch + 1, step, history, config, total)
     return step, history
 
 
@@ -463,7 +463,18 @@ def _mean_over_ranks(sums: dict, counts: dict, device, distributed: bool) -> dic
     return {k: float(packed[i, 0] / packed[i, 1]) for i, k in enumerate(names)}
 
 
-def _save_checkpoint(path: Path, task, opt, sched, scaler, epoch: int, step: int, history: list, config) -> None:
+#: The options a resumed run must share with the run that wrote the checkpoint (the rest may change:
+#: device, precision, where checkpoints go).
+RESUME_KEYS = ("lr", "batch_size", "temperature", "alpha", "losses", "features", "seed", "weight_decay",
+               "freeze_bn_epochs")
+
+
+def _fingerprint(config: DistillConfig, total: int) -> dict[str, str]:
+    return {"steps": str(total), **{k: str(getattr(config, k)) for k in RESUME_KEYS}}
+
+
+def _save_checkpoint(path: Path, task, opt, sched, scaler, epoch: int, step: int, history: list, config,
+                     total: int) -> None:
     state = {
         "version": CHECKPOINT_VERSION,
         "epoch": epoch,
@@ -474,7 +485,8 @@ def _save_checkpoint(path: Path, task, opt, sched, scaler, epoch: int, step: int
         "scheduler": sched.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": torch.get_rng_state(),
-        "config": {k: str(v) for k, v in asdict(config).items()},
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "config": _fingerprint(config, total),
     }
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -482,16 +494,27 @@ def _save_checkpoint(path: Path, task, opt, sched, scaler, epoch: int, step: int
     write_bytes_atomic(path, buf.getvalue(), option="checkpoint_dir")
 
 
-def _load_checkpoint(path: Path, task, opt, sched, scaler, device) -> tuple[int, int, list]:
+def _load_checkpoint(path: Path, task, opt, sched, scaler, device, config, total: int) -> tuple[int, int, list]:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+        saved = state["config"]
+    except (RuntimeError, KeyError, ValueError, EOFError, OSError) as exc:
+        raise ConfigError(f"{path} is not a readable distillation checkpoint ({str(exc).splitlines()[0][:120]}); "
+                          "delete it or choose another checkpoint_dir") from exc
+    changed = [f"{k} {saved.get(k)} → {v}" for k, v in _fingerprint(config, total).items() if saved.get(k) != v]
+    if changed:
+        raise ConfigError(f"{path} was written with other options ({'; '.join(changed)}); resume with the same "
+                          "options, or choose another checkpoint_dir to start afresh")
+    try:
         task.trainable.load_state_dict(state["trainable"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-    except (RuntimeError, KeyError, ValueError, EOFError) as exc:
-        raise ConfigError(f"{path} does not match this student or run ({str(exc).splitlines()[0][:160]}); delete "
-                          "it or choose another checkpoint_dir") from exc
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise ConfigError(f"{path} does not match this student ({str(exc).splitlines()[0][:160]}); delete it or "
+                          "choose another checkpoint_dir") from exc
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"].cpu())
+    if state.get("cuda_rng") and torch.cuda.is_available() and len(state["cuda_rng"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda_rng"]])
     return int(state["epoch"]), int(state["step"]), list(state["history"])

@@ -130,7 +130,10 @@ def test_checkpoint_of_another_student_is_a_config_error(tmp_path):
             progress=False)
     with pytest.raises(ConfigError, match="does not match this student"):
         distill(teacher, TinyNet(6), data,
-                DistillConfig(epochs=2, batch_size=8, checkpoint_dir=tmp_path, resume=True, **CPU), progress=False)
+                DistillConfig(epochs=1, batch_size=8, checkpoint_dir=tmp_path, resume=True, **CPU), progress=False)
+    with pytest.raises(ConfigError, match=r"other options \(steps 2 → 4; lr 0.001 → 0.01\)"):
+        distill(teacher, TinyNet(4), data, DistillConfig(epochs=2, lr=1e-2, batch_size=8, checkpoint_dir=tmp_path,
+                                                         resume=True, **CPU), progress=False)
 
 
 def test_baseline_takes_the_given_step_budget_and_learns():
