@@ -11,6 +11,7 @@ import click
 from compress.cli._common import CompressGroup, _version
 from compress.cli.bench import bench_command
 from compress.cli.demo import demo_command
+from compress.cli.distill import distill_command
 from compress.cli.export import export_command
 from compress.cli.inspect import inspect_command
 from compress.cli.prune import prune_command
@@ -35,3 +36,4 @@ main.add_command(inspect_command)
 main.add_command(demo_command)
 main.add_command(bench_command)
 main.add_command(prune_command)
+main.add_command(distill_command)
