@@ -369,13 +369,14 @@ def prune_command(model: str, out: Path, sparsity, nm, channels, latency_target,
     if train_spec is None and (epochs is not None or lr is not None):
         raise ConfigError("--epochs and --lr set fine-tuning; add --train DATA (an .npz with x and y)")
     if do_quantize != (calib is not None):
-        raise ConfigError("--quantize needs --calib DATA (representative inputs, an .npz with x)" if do_quantize
+        raise ConfigError("--quantize needs calibration data: pass --calib DATA (an .npz with x)" if do_quantize
                           else "--calib is read by --quantize only; add --quantize or drop --calib")
     formats = parse_formats(formats)
     if (runtime is not None or threads is not None) and latency_target is None and latency_ms is None:
         raise ConfigError("--runtime and --threads say where --latency-target / --latency-ms measure; add one")
-    if input_shape is None and eval_spec is None and train_spec is None:
-        raise ConfigError("prune needs the model's input: pass --input-shape 1,3,224,224 or --eval / --train DATA")
+    if input_shape is None and eval_spec is None and train_spec is None and calib is None:
+        raise ConfigError("prune needs the model's input: pass --input-shape 1,3,224,224 or --eval / --train / "
+                          "--calib DATA")
     inputs = [Path(model), *_spec_files(eval_spec), *_spec_files(train_spec), *_spec_files(arch), *_spec_files(calib),
               *([plan_path] if plan_path else [])]
     check_output_dir(out, inputs=inputs, force=force)

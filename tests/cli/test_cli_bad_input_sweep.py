@@ -163,6 +163,37 @@ def _cases() -> list[tuple[str, tuple[str, ...], str]]:
         ("bench-data-nan", ("bench", "good.onnx", "--data", "nan.npz"), "nan.npz"),
         ("bench-threads", ("bench", "good.onnx", "--threads", "0"), "--threads"),
     ]
+    cases += _prune_cases(bad_models)
+    return cases
+
+
+def _prune_cases(bad_models: list[str]) -> list[tuple[str, tuple[str, ...], str]]:
+    base = ("prune", "good.pt", "--arch", TINY, "--input-shape", "1,1,8,8")
+    cut = (*base, "--channels", "0.5")
+    cases = [(f"prune-model-{m}", ("prune", *_model_args(m), "--channels", "0.5", "--input-shape", "1,1,8,8",
+                                   "-o", "out"), m) for m in bad_models if m.endswith((".pt", ".pt2"))]
+    cases += [
+        ("prune-no-mode", (*base, "-o", "out"), "pruning mode"),
+        ("prune-two-modes", (*cut, "--sparsity", "0.5", "-o", "out"), "--sparsity"),
+        ("prune-nm-reversed", (*base, "--nm", "4:2", "-o", "out"), "4:2"),
+        ("prune-latency-target-range", (*base, "--latency-target", "1.5", "-o", "out"), "--latency-target"),
+        ("prune-runtime-without-latency", (*cut, "--runtime", "torch", "-o", "out"), "--runtime"),
+        ("prune-taylor-without-data", (*cut, "--criterion", "taylor", "-o", "out"), "taylor"),
+        ("prune-quantize-without-calib", (*cut, "--quantize", "-o", "out"), "--calib"),
+        ("prune-calib-nan", ("prune", "good.pt", "--arch", TINY, "--channels", "0.5", "--quantize", "--calib",
+                             "nan.npz", "-o", "out"), "nan.npz"),
+        ("prune-eval-wrong-shape", ("prune", "good.pt", "--arch", TINY, "--channels", "0.5", "--eval",
+                                    "wrong_shape.npz", "-o", "out"), "wrong_shape.npz"),
+        ("prune-train-labels", ("prune", "good.pt", "--arch", TINY, "--channels", "0.5", "--train",
+                                "labels_out_of_range.npz", "-o", "out"), "--train labels"),
+        ("prune-plan-missing", (*base, "--plan", "missing.json", "-o", "out"), "missing.json"),
+        ("prune-format-unknown", (*cut, "--format", "coreml", "-o", "out"), "coreml"),
+        ("prune-shape-abc", ("prune", "good.pt", "--arch", TINY, "--channels", "0.5", "--input-shape", "abc",
+                             "-o", "out"), "abc"),
+        ("prune-out-is-model", (*cut, "-o", "good.pt"), "good.pt"),
+        ("prune-out-existing-dir", (*cut, "-o", "existing-dir"), "existing-dir"),
+        ("prune-out-read-only", (*cut, "-o", "ro/out"), "read-only"),
+    ]
     return cases
 
 
@@ -230,5 +261,5 @@ def test_bad_input(workspace, monkeypatch, read_only, argv, cause):
 
 def test_the_sweep_covers_every_command_and_enough_cases():
     commands = {argv[0] for _, argv, _ in CASES}
-    assert commands == {"quantize", "export", "inspect", "bench"}
+    assert commands >= {"quantize", "export", "inspect", "bench", "prune"}
     assert len(CASES) >= 120
