@@ -183,3 +183,29 @@ def test_progress_bar_shows_the_loss_parts(capsys):
     finally:
         train_mod._progress = train_mod_progress
     assert shown and "kd" in shown[-1] and "ce" in shown[-1] and "loss" in shown[-1]
+
+
+class _TwoInputs(torch.nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.embed = torch.nn.Embedding(10, width)
+        self.fc = torch.nn.Linear(width + 3, 3)
+
+    def forward(self, ids, extra):
+        return self.fc(torch.cat([self.embed(ids).mean(1), extra], 1))
+
+
+def test_several_named_inputs_labelled_and_transfer():
+    from compress.io import Dataset
+
+    rng = np.random.default_rng(0)
+
+    def data(n, labelled=True):
+        ids, extra = rng.integers(0, 10, (n, 4)), rng.normal(size=(n, 3)).astype(np.float32)
+        return Dataset({"ids": ids, "extra": extra}, (ids[:, 0] % 3) if labelled else None)
+
+    torch.manual_seed(0)
+    teacher, student = _TwoInputs(8).eval(), _TwoInputs(4)
+    cfg = DistillConfig(epochs=1, batch_size=8, losses=("kd", "hidden"), features=(("embed", "embed"),), **CPU)
+    result = distill(teacher, student, data(16), cfg, transfer=data(24, labelled=False), progress=False)
+    assert result.steps == 5 and result.history[0]["hidden"] > 0
