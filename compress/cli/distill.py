@@ -224,13 +224,12 @@ def distill_command(teacher_path, teacher_arch, student_arch, student_path, deri
                        ("calib", calib_spec)):
         if spec is not None:
             datasets[role] = match_model_dtype(teacher, load_data(spec))
+            outputs = check_fits(teacher, datasets[role])
             if role in ("train", "eval"):
                 if datasets[role].y is None:
-                    raise DataError(f"--{role} needs labels: pass an .npz with both x and y (unlabelled inputs "
-                                      "go to --transfer)")
-                check_labels(datasets[role], check_fits(teacher, datasets[role]), f"--{role}")
-            else:
-                check_fits(teacher, datasets[role])
+                    raise DataError(f"--{role} {spec} has no labels y: pass an .npz with both x and y (unlabelled "
+                                    "inputs go to --transfer)")
+                check_labels(datasets[role], outputs, f"--{role}")
     train = datasets["train"]
     net = _student(student_path, student_arch, derive, teacher, train.example(min(2, len(train))), trust_pickle,
                    seed)

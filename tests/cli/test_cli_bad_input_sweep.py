@@ -164,6 +164,7 @@ def _cases() -> list[tuple[str, tuple[str, ...], str]]:
         ("bench-threads", ("bench", "good.onnx", "--threads", "0"), "--threads"),
     ]
     cases += _prune_cases(bad_models)
+    cases += _distill_cases(bad_models)
     return cases
 
 
@@ -193,6 +194,39 @@ def _prune_cases(bad_models: list[str]) -> list[tuple[str, tuple[str, ...], str]
         ("prune-out-is-model", (*cut, "-o", "good.pt"), "good.pt"),
         ("prune-out-existing-dir", (*cut, "-o", "existing-dir"), "existing-dir"),
         ("prune-out-read-only", (*cut, "-o", "ro/out"), "read-only"),
+    ]
+    return cases
+
+
+def _distill_cases(bad_models: list[str]) -> list[tuple[str, tuple[str, ...], str]]:
+    student = ("--student-arch", TINY)
+    base = ("distill", "--teacher", "good.pt", "--teacher-arch", TINY, *student, "--train", "calib.npz")
+    cases = [(f"distill-teacher-{m}", ("distill", "--teacher", m, *(() if m.endswith(".pt2") else
+                                                                    ("--teacher-arch", TINY)),
+                                       *student, "--train", "calib.npz", "-o", "out"), m)
+             for m in bad_models if m.endswith((".pt", ".pt2"))]
+    cases += [(f"distill-student-{m}", (*base[:5], "--student", m, *(() if m.endswith(".pt2") else student),
+                                        "--train", "calib.npz", "-o", "out"), m)
+              for m in ("missing.pt2", "random.pt2", "truncated.pt")]
+    for data, cause in (("missing.npz", "missing.npz"), ("nan.npz", "nan.npz"), ("wrong_shape.npz", "wrong_shape.npz"),
+                        ("short_labels.npz", "short_labels.npz"), ("labels_out_of_range.npz", "--train labels"),
+                        ("inf.npz", "inf.npz")):
+        cases.append((f"distill-train-{data}", (*base[:-1], data, "-o", "out"), cause))
+    cases += [
+        ("distill-transfer-nan", (*base, "--transfer", "nan.npz", "-o", "out"), "nan.npz"),
+        ("distill-eval-wrong-shape", (*base, "--eval", "wrong_shape.npz", "-o", "out"), "wrong_shape.npz"),
+        ("distill-eval-labels", (*base, "--eval", "labels_out_of_range.npz", "-o", "out"), "--eval labels"),
+        ("distill-calib-without-qat", (*base, "--calib", "calib.npz", "-o", "out"), "--qat"),
+        ("distill-prune-spec", (*base, "--prune", "half", "-o", "out"), "--prune"),
+        ("distill-loss-unknown", (*base, "--loss", "magic", "-o", "out"), "magic"),
+        ("distill-format-unknown", (*base, "--format", "coreml", "-o", "out"), "coreml"),
+        ("distill-no-student", ("distill", "--teacher", "good.pt", "--teacher-arch", TINY, "--train", "calib.npz",
+                                "-o", "out"), "--student-arch"),
+        ("distill-out-is-teacher", (*base, "-o", "good.pt"), "good.pt"),
+        ("distill-out-is-data", (*base, "-o", "calib.npz"), "calib.npz"),
+        ("distill-out-existing-dir", (*base, "-o", "existing-dir"), "existing-dir"),
+        ("distill-out-read-only", (*base, "-o", "ro/out"), "read-only"),
+        ("distill-out-cwd", (*base, "-o", "."), "output directory ."),
     ]
     return cases
 
@@ -261,5 +295,5 @@ def test_bad_input(workspace, monkeypatch, read_only, argv, cause):
 
 def test_the_sweep_covers_every_command_and_enough_cases():
     commands = {argv[0] for _, argv, _ in CASES}
-    assert commands >= {"quantize", "export", "inspect", "bench", "prune"}
+    assert commands >= {"quantize", "export", "inspect", "bench", "prune", "distill"}
     assert len(CASES) >= 120
