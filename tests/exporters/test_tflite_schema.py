@@ -145,3 +145,41 @@ def test_int8_io_has_int8_edges(tmp_path):
     assert "QUANTIZE" not in info.op_counts and "DEQUANTIZE" not in info.op_counts
     info = export_tflite(q, x, tmp_path / "b.tflite")
     assert info.inputs[0]["dtype"] == "float32" and info.op_counts["QUANTIZE"] == 1
+
+
+def _vector_position(table, field: int) -> int:
+    """Where a flatbuffer table's vector field starts in the file (two tables referencing one vector agree)."""
+    return table._tab.Vector(table._tab.Offset(field))
+
+
+def test_equal_vectors_and_tables_are_written_once_and_still_run():
+    """Two int8 FCs with 6 output channels each: one zero-point vector (int64 × 6) and one shape vector serve
+    both weights and both biases; the scale vectors differ and stay separate. The file runs in LiteRT and
+    equals the integer products computed here."""
+    rng = np.random.default_rng(0)
+    w = ModelWriter()
+    x = w.add_tensor("x", (1, 6), TensorType.INT8, quant=QuantParams.per_tensor(0.1, 0))
+    h = w.add_tensor("h", (1, 6), TensorType.INT8, quant=QuantParams.per_tensor(0.2, 0))
+    y = w.add_tensor("y", (1, 6), TensorType.INT8, quant=QuantParams.per_tensor(0.4, 0))
+    codes = [rng.integers(-5, 6, (6, 6)).astype(np.int8) for _ in range(2)]
+    s_w = [np.full(6, 0.05), np.full(6, 0.03)]
+    ins = [(x, 0.1), (h, 0.2)]
+    fc = Options("FullyConnectedOptions", {"FusedActivationFunction": 0, "KeepNumDims": False})
+    for (src, s_in), dst, c, s in zip(ins, (h, y), codes, s_w, strict=True):
+        wt = w.add_tensor("w", c.shape, TensorType.INT8, data=c, quant=QuantParams.per_channel(s, 0, 0))
+        bt = w.add_tensor("b", (6,), TensorType.INT32, data=np.zeros(6, np.int32),
+                          quant=QuantParams.per_channel(s * s_in, 0, 0))
+        w.add_operator("FULLY_CONNECTED", [src, wt, bt], [dst], fc, 4)
+    buf = w.serialize([x], [y])
+    graph = tflite.Model.GetRootAsModel(buf, 0).Subgraphs(0)
+    consts = [graph.Tensors(i) for i in range(graph.TensorsLength())
+              if graph.Tensors(i).Quantization().ScaleLength() == 6]
+    assert len(consts) == 4
+    assert len({_vector_position(t.Quantization(), 10) for t in consts}) == 1  # zero_point, field 3
+    assert len({_vector_position(t.Quantization(), 8) for t in consts}) == 4  # scale, field 2: all different
+    assert len({_vector_position(graph.Tensors(i), 4) for i in range(3)}) == 1  # the (1, 6) shapes
+    xq = rng.integers(-20, 21, (1, 6)).astype(np.int8)
+    (out,) = _run(buf, xq)
+    hq = np.clip(np.round(xq.astype(np.int64) @ codes[0].T.astype(np.int64) * 0.1 * 0.05 / 0.2), -128, 127)
+    want = np.clip(np.round(hq @ codes[1].T.astype(np.int64) * 0.2 * 0.03 / 0.4), -128, 127)
+    assert np.abs(out.astype(np.int64) - want).max() <= 1

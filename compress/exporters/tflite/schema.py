@@ -205,6 +205,11 @@ class ModelWriter:
         size = sum(len(x) + _BUFFER_ALIGNMENT + 16 for x in self.buffers)
         size += 512 * (len(self.tensors) + len(self.operators)) + (1 << 16)
         b = self._flatbuffers.Builder(size)
+        # Identical vectors and quantization tables are written once and referenced by every tensor that has
+        # them (flatbuffers allows shared objects): the all-zero zero-point vector of a per-channel weight and
+        # its bias (8 bytes per channel each), equal shapes, equal activation grids. EfficientNet-Lite's int8
+        # file carried 94 KB of int64 zero points, 12 % of it.
+        self._shared: dict[tuple, int] = {}
         # Large payloads first: flatbuffers writes back to front, and this keeps them 16-byte aligned.
         buffer_offsets = []
         for data in self.buffers:
@@ -271,11 +276,17 @@ class ModelWriter:
             b.PrependInt32(int(v))
         return b.EndVector()
 
+    def _once(self, key: tuple, build) -> int:
+        """The offset of the object ``build()`` writes, written at the first request for ``key`` only."""
+        if key not in self._shared:
+            self._shared[key] = build()
+        return self._shared[key]
+
     def _tensor(self, b, t: TensorDef) -> int:
         tfl = self._tflite
-        q_off = self._quantization(b, t.quant) if t.quant is not None else None
+        q_off = self._once(("quant", t.quant), lambda: self._quantization(b, t.quant)) if t.quant is not None else None
         name = b.CreateString(t.name)
-        shape = self._int_vector(b, tfl.TensorStartShapeVector, t.shape)
+        shape = self._once(("shape", t.shape), lambda: self._int_vector(b, tfl.TensorStartShapeVector, t.shape))
         tfl.TensorStart(b)
         tfl.TensorAddShape(b, shape)
         tfl.TensorAddType(b, int(t.dtype))
@@ -287,8 +298,8 @@ class ModelWriter:
 
     def _quantization(self, b, q: QuantParams) -> int:
         tfl = self._tflite
-        scale = b.CreateNumpyVector(np.asarray(q.scale, np.float32))
-        zp = b.CreateNumpyVector(np.asarray(q.zero_point, np.int64))
+        scale = self._once(("scale", q.scale), lambda: b.CreateNumpyVector(np.asarray(q.scale, np.float32)))
+        zp = self._once(("zero_point", q.zero_point), lambda: b.CreateNumpyVector(np.asarray(q.zero_point, np.int64)))
         tfl.QuantizationParametersStart(b)
         tfl.QuantizationParametersAddScale(b, scale)
         tfl.QuantizationParametersAddZeroPoint(b, zp)
@@ -300,7 +311,9 @@ class ModelWriter:
         opt_type, opt_off = 0, None
         if op.options is not None:
             opt_type = getattr(tfl.BuiltinOptions, op.options.name)
-            opt_off = self._options(b, op.options)
+            key = ("options", op.options.name, tuple((k, tuple(v) if isinstance(v, list | tuple) else v)
+                                                     for k, v in op.options.fields.items()))
+            opt_off = self._once(key, lambda: self._options(b, op.options))
         ins = self._int_vector(b, tfl.OperatorStartInputsVector, op.inputs)
         outs = self._int_vector(b, tfl.OperatorStartOutputsVector, op.outputs)
         tfl.OperatorStart(b)
