@@ -42,7 +42,7 @@ class AdaRoundConfig:
     samples: int = 128
     batch_size: int = 32
     lr: float = 3e-2
-    reg_weight: float = 0.01
+    reg_weight: float = 1.0
     warmup: float = 0.2
 
     def __post_init__(self):
