@@ -271,6 +271,11 @@ class Distiller(nn.Module):
         self._s_feats.clear()
         return DistillStep(sum(parts.values()), parts, s_out)
 
+    def part_names(self) -> list[str]:
+        """Every key ``DistillStep.parts`` can hold with these losses (``ce`` only on labelled batches)."""
+        names = {"kd", "ce"} if any(isinstance(x, KDLoss) for x in self.losses) else set()
+        return sorted(names | {p.kind for p in self._pairs})
+
     def check_gradients(self, epoch: int | None = None) -> None:
         """Raise :class:`QualityError` for a loss term that sent no gradient to the student since the last call.
 

@@ -285,6 +285,9 @@ class _BaselineStep(nn.Module):
     def check_gradients(self, epoch=None):
         pass
 
+    def part_names(self) -> list[str]:
+        return ["ce"]
+
 
 def distill(teacher: nn.Module, student: nn.Module, train, config: DistillConfig | None = None, *,
             transfer=None, eval_data=None, progress: bool = True, losses=None) -> DistillResult:
@@ -445,7 +448,8 @@ def _fit(task: nn.Module, train, transfer, config: DistillConfig, device: torch.
             if not counts:
                 raise DataError("the training set is empty; pass labelled batches (x, y) or transfer inputs")
             task.check_gradients(epoch)
-            row = {"epoch": epoch + 1, **_mean_over_ranks(sums, counts, device, dist_info is not None)}
+            names = ["loss", *sorted(task.part_names())]
+            row = {"epoch": epoch + 1, **_mean_over_ranks(names, sums, counts, device, dist_info is not None)}
             row["metric"] = evaluate(student, eval_data) if eval_data is not None else None
             row["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(row)
@@ -454,13 +458,18 @@ def _fit(task: nn.Module, train, transfer, config: DistillConfig, device: torch.
     return step, history
 
 
-def _mean_over_ranks(sums: dict, counts: dict, device, distributed: bool) -> dict[str, float]:
-    names = sorted(sums, key=lambda k: (k != "loss", k))
-    packed = torch.stack([torch.stack([sums[k].to(device), torch.tensor(float(counts[k]), device=device)])
-                          for k in names])
+def _mean_over_ranks(names: list[str], sums: dict, counts: dict, device, distributed: bool) -> dict[str, float]:
+    """Each part's mean over the batches that had it, pooled over ranks; parts no batch had are left out.
+
+    ``names`` is the same fixed list on every rank (a rank may see no labelled batch, hence no ``ce``): the
+    all-reduced tensor must have one shape everywhere.
+    """
+    zero = torch.zeros((), device=device)
+    packed = torch.stack([torch.stack([sums.get(k, zero).to(device),
+                                       torch.tensor(float(counts.get(k, 0)), device=device)]) for k in names])
     if distributed:
         torch.distributed.all_reduce(packed)
-    return {k: float(packed[i, 0] / packed[i, 1]) for i, k in enumerate(names)}
+    return {k: float(packed[i, 0] / packed[i, 1]) for i, k in enumerate(names) if packed[i, 1] > 0}
 
 
 #: The options a resumed run must share with the run that wrote the checkpoint (the rest may change:

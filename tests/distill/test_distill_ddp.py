@@ -2,7 +2,8 @@
 
 Each rank takes every other batch of size B; DDP averages their gradients, which is one process's gradient on
 the union, a batch of 2B (every loss is a batch mean, and TinyNet has no BatchNorm). The teacher is replicated
-on both ranks, not wrapped; the student and its feature adapter are.
+on both ranks, not wrapped; the student and its feature adapter are. A second run mixes one labelled batch
+with transfer batches, so the ranks see different loss parts and must still agree.
 """
 
 import os
@@ -39,7 +40,12 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         teacher, student = _models()
         cfg = DistillConfig(epochs=2, batch_size=8, lr=1e-2, device="cpu", **FEATURES)
         result = distill(teacher, student, make_data(64), cfg, progress=False)
-        torch.save({"history": result.history, "state": result.student.state_dict(), "steps": result.steps},
+        # One labelled batch among seven transfer batches: only one rank sees labels in an epoch.
+        teacher, student = _models()
+        mixed = distill(teacher, student, make_data(8), cfg, transfer=make_data(56, seed=1, labelled=False),
+                        progress=False)
+        torch.save({"history": result.history, "state": result.student.state_dict(), "steps": result.steps,
+                    "mixed_history": mixed.history, "mixed_state": mixed.student.state_dict()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         torch.distributed.destroy_process_group()
@@ -64,3 +70,8 @@ def test_two_gloo_processes_give_one_process_loss(tmp_path):
     for k, v in single.student.state_dict().items():
         assert torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]), k  # the ranks agree exactly
         assert torch.allclose(ranks[0]["state"][k], v, rtol=1e-4, atol=1e-5), k
+        assert torch.equal(ranks[0]["mixed_state"][k], ranks[1]["mixed_state"][k]), k
+    # the epoch means are pooled over ranks: both report ce, from the one rank that had the labelled batch
+    assert ranks[0]["mixed_history"] == [{**r, "seconds": ranks[0]["mixed_history"][i]["seconds"]}
+                                         for i, r in enumerate(ranks[1]["mixed_history"])]
+    assert all("ce" in r for r in ranks[0]["mixed_history"])
