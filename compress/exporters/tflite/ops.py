@@ -39,6 +39,7 @@ from compress.exporters.tflite.ops_base import (
     _weights,
     last_axis_input,
 )
+from compress.exporters.tflite.ops_index import folds_into_conv
 from compress.exporters.tflite.ops_shape import (
     alias,
     embedding,
@@ -77,6 +78,8 @@ def conv2d(em: Emitter, node: fx.Node) -> None:
         p = None if isinstance(mod.padding, str) else L.pair(mod.padding)
     if p is None:
         padding = L.Padding.SAME if mod.padding == "same" else L.Padding.VALID
+    elif not one_d and isinstance(node.args[0], fx.Node) and folds_into_conv(em, node.args[0]):
+        padding = L.Padding.SAME  # x is the pad's input: the PAD before this conv was not written
     else:
         padding = L.window_padding_2d(x.shape[2:], k, s, p, d)
         if padding is L.Padding.EXPLICIT:

@@ -13,6 +13,7 @@ import math
 import numpy as np
 from torch import fx, nn
 
+from compress import ops
 from compress.errors import ExportError
 from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import Const, Emitter, TValue, grid_codes
@@ -57,20 +58,51 @@ _PAD_MODULES = {nn.ZeroPad2d: "constant", nn.ConstantPad1d: "constant", nn.Const
                 nn.ReplicationPad2d: "replicate"}
 
 
+def _pad_params(em: Emitter, node: fx.Node) -> tuple[str, list[int], float]:
+    """(mode, torch's widths — last dimension first, value) of ``F.pad`` or a padding module."""
+    mod = em.module(node)
+    if mod is not None:
+        return _PAD_MODULES[type(mod)], list(mod.padding), float(getattr(mod, "value", 0.0))
+    widths, mode = list(em.value(_arg(node, 1, "pad"))), _arg(node, 2, "mode", "constant")
+    return mode, widths, float(_arg(node, 3, "value", 0.0) or 0.0)
+
+
+def folds_into_conv(em: Emitter, node: fx.Node) -> bool:
+    """Whether ``node`` is a zero constant pad read only by a ``Conv2d`` with padding 0 and padding H and W by
+    exactly what TFLite's SAME adds for that conv (``max((⌈n/s⌉ − 1)·s + k_eff − n, 0)``, the smaller half
+    first): the TF-"same" port's ``F.pad`` then ``F.conv2d``. The conv is then written SAME on the unpadded
+    input and no PAD is written (int8: SAME pads with the zero point, the same real 0 as the PAD)."""
+    spec = ops.lookup(node, em.modules)
+    if spec is None or spec.name != "pad" or len(node.users) != 1:
+        return False
+    conv = next(iter(node.users))
+    mod = em.module(conv)
+    if (not isinstance(mod, nn.Conv2d) or conv.args[0] is not node or isinstance(mod.padding, str)
+            or any(mod.padding) or mod.padding_mode != "zeros"):
+        return False
+    mode, widths, value = _pad_params(em, node)
+    if mode != "constant" or value != 0.0 or len(widths) not in (2, 4):
+        return False
+    widths = [int(w) for w in widths] + [0] * (4 - len(widths))
+    size = _meta_shape(node.args[0])[2:]
+    for (before, after), n, k, s, d in zip(((widths[2], widths[3]), (widths[0], widths[1])), size, mod.kernel_size,
+                                           mod.stride, mod.dilation, strict=True):
+        total = max((-(-n // s) - 1) * s + d * (k - 1) + 1 - n, 0)
+        if (before, after) != (total // 2, total - total // 2):
+            return False
+    return True
+
+
 @emits("pad")
 def pad(em: Emitter, node: fx.Node) -> None:
     """``F.pad`` / the padding modules. Constant: PAD for 0 (int8: the zero point), constant borders
     concatenated for another value. Reflect / replicate: slices of the border concatenated on each
     side (exact for any width; XNNPACK has no MIRROR_PAD kernel, and MIRROR_PAD's SYMMETRIC mode only equals
     replicate for width 1), all int8 on the input's grid."""
-    mod = em.module(node)
-    if mod is not None:
-        mode, widths = _PAD_MODULES[type(mod)], list(mod.padding)
-        value = float(getattr(mod, "value", 0.0))
-    else:
-        widths, mode = list(em.value(_arg(node, 1, "pad"))), _arg(node, 2, "mode", "constant")
-        value = float(_arg(node, 3, "value", 0.0) or 0.0)
+    mode, widths, value = _pad_params(em, node)
     x = em.uncollapse(em.value(node.args[0]))
+    if folds_into_conv(em, node):  # the conv reads the unpadded input and pads itself (SAME)
+        return em.bind(node, x)
     if len(widths) % 2 or any(w < 0 for w in widths):
         raise ExportError(f"{node.name!r}: padding {widths} is not exported; pad with non-negative pairs")
     pairs = {x.rank - 1 - i: (int(widths[2 * i]), int(widths[2 * i + 1])) for i in range(len(widths) // 2)}
