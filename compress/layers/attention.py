@@ -31,7 +31,7 @@ from compress.layers.base import (
     fake_quantize_bias,
 )
 from compress.layers.linear import QuantLinear
-from compress.quant.config import QuantConfig
+from compress.quant.config import QuantConfig, QuantMode
 from compress.quant.fake import Quantizer, QuantState
 
 _PROJ = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
@@ -75,6 +75,10 @@ class QuantMultiheadAttention(QuantLayerMixin, nn.MultiheadAttention):
 
     _FLOAT_MODULE = nn.MultiheadAttention
 
+    # No dynamic form (the attention emitters have no per-call quantization): prepare writes a dynamic
+    # attention layer weight-only, which keeps its accuracy at fp32's.
+    _MODES = (QuantMode.STATIC, QuantMode.WEIGHT_ONLY)
+
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
                  add_bias_kv: bool = False, add_zero_attn: bool = False, kdim: int | None = None,
                  vdim: int | None = None, batch_first: bool = False, *, config: QuantConfig | None = None,
@@ -89,16 +93,17 @@ class QuantMultiheadAttention(QuantLayerMixin, nn.MultiheadAttention):
         self.out_proj = QuantLinear(embed_dim, embed_dim, float_out.bias is not None, config=config,
                                     device=float_out.weight.device, dtype=float_out.weight.dtype)
         copy_float_params(self.out_proj, float_out)
-        self.out_proj.input_quant = config.activation_quantizer()
         self.weight_quants = nn.ModuleDict({name: config.weight_quantizer(0) for name in _PROJ})
-        self.input_quant = config.activation_quantizer() if quantize_io else None
-        self.key_input_quant = config.activation_quantizer() if quantize_io else None
-        self.value_input_quant = config.activation_quantizer() if quantize_io else None
-        self.output_quant = config.activation_quantizer() if quantize_io else None
-        self.q_quant = config.activation_quantizer()
-        self.k_quant = config.activation_quantizer()
-        self.v_quant = config.activation_quantizer()
-        self.attn_quant = config.activation_quantizer()
+        # Weight-only: int8 projection weights, every activation (and the attention arithmetic) float.
+        static = getattr(config, "mode", QuantMode.STATIC) is QuantMode.STATIC
+
+        def act():
+            return config.activation_quantizer() if static else None
+
+        self.out_proj.input_quant = act()
+        self.input_quant, self.key_input_quant, self.value_input_quant, self.output_quant = (
+            act() if quantize_io else None for _ in range(4))
+        self.q_quant, self.k_quant, self.v_quant, self.attn_quant = (act() for _ in range(4))
 
     # -- conversions -----------------------------------------------------------------------------------
     def _mha_kwargs(self) -> dict:

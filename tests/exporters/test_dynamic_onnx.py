@@ -223,3 +223,25 @@ def test_embedding_is_weight_only_in_both_modes(mode, tmp_path):
         got = sess.run(None, {sess.get_inputs()[0].name: ids[i:i + 1].numpy()})[0]
         with torch.no_grad():
             np.testing.assert_allclose(got, int8(ids[i:i + 1]).numpy(), atol=1e-6, rtol=1e-5)
+
+
+def test_attention_layer_is_weight_only_in_a_dynamic_model(tmp_path):
+    from compress.exporters.onnx import export_onnx
+    from compress.models import BertEncoder
+
+    torch.manual_seed(0)
+    model = BertEncoder(vocab_size=64, dim=32, heads=2, layers=1, ffn=64, max_len=12, num_classes=8).eval()
+    ids = torch.randint(0, 64, (4, 12))
+    prepared = prepare(model, ids[:1], QuantConfig(mode="dynamic"))
+    modes = prepared.compress_info.layer_modes
+    assert modes["blocks.0.attn"] == "weight-only" and modes["blocks.0.ffn_in"] == "dynamic"
+    assert not [f for f in prepared.compress_info.float_ops if "(mode)" in f.reason]
+    calibrate(prepared, [ids], progress=False)
+    int8 = convert(prepared)
+    info = export_onnx(int8, (ids[:1],), tmp_path / "bert.onnx")
+    assert "QuantizeLinear" not in info.op_histogram and info.op_histogram["MatMulInteger"] >= 2
+    sess = _session(str(tmp_path / "bert.onnx"))
+    for i in range(len(ids)):
+        got = sess.run(None, {sess.get_inputs()[0].name: ids[i:i + 1].numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, int8(ids[i:i + 1]).numpy(), atol=2e-5, rtol=1e-4)

@@ -15,7 +15,8 @@ static conv emitter writes exactly that when a layer has no activation quantizer
 registered for this mode too; linear layers always use Gemm (see :func:`_weight_only_linear`).
 
 LSTM: dynamic is ``com.microsoft.DynamicQuantizeLSTM`` (input sequence and every hidden state quantized at
-run time), weight-only ``DequantizeLinear → LSTM``; GRU has no dynamic form in onnxruntime (weight-only).
+run time), weight-only ``DequantizeLinear → LSTM``; GRU has no dynamic form in onnxruntime (weight-only);
+attention is weight-only in both modes. ``ops_seq`` registers those (its emitters read the layer's mode).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from __future__ import annotations
 import numpy as np
 from torch import fx, nn
 
-from compress.errors import ExportError
 from compress.exporters.onnx.graph import ExportContext, TensorValue, emitter
 from compress.exporters.onnx.ops_quant import (
     _finish_layer,
@@ -34,40 +34,39 @@ from compress.exporters.onnx.ops_quant import (
     conv_attrs,
     weight_codes,
 )
-from compress.exporters.onnx.ops_seq import _recurrent
 
 _ONNX_FLOAT = 1  # onnx.TensorProto.FLOAT (onnx itself is imported only where a file is written)
 
 emitter("conv1d", "conv2d", quantized=True, mode="weight-only")(_quant_conv)
 emitter("embedding", quantized=True, mode="weight-only")(_quant_embedding)  # DQ → Gather is that form already
-# The recurrent emitter reads the layer's mode: DynamicQuantizeLSTM (dynamic), DequantizeLinear → LSTM / GRU
-# with float biases and no hidden-state grids (weight-only).
-emitter("lstm", quantized=True, mode="dynamic")(_recurrent)
-emitter("lstm", "gru", quantized=True, mode="weight-only")(_recurrent)
+
+
+def rows_gemm(ctx: ExportContext, x: str, weight: str, bias: str | None, out_features: int, hint: str,
+              trans_b: int = 1) -> str:
+    """``x · W (+ b)`` for an input of any rank as Gemm on ``[rows, in]``, reshaped back to ``[..., out]``.
+
+    For float inputs with DequantizeLinear'd int8 weights (weight-only): onnxruntime rewrites DQ → MatMul of an
+    8-bit weight into MatMulNBits, which quantizes the *input* to int8 by default (measured: 1.5e-3 off the
+    float result on a 12-wide layer); DQ → Gemm stays float, as the simulation computes.
+    """
+    b = ctx.b
+    rows = b.node("Flatten", [x], hint, axis=-1)
+    y = b.node("Gemm", [rows, weight] + ([bias] if bias else []), hint, transB=trans_b)
+    lead = b.node("Slice", [b.node("Shape", [x], hint), b.int64s([0]), b.int64s([-1])], hint)
+    return b.node("Reshape", [y, b.node("Concat", [lead, b.int64s([out_features])], hint, axis=0)], hint)
 
 
 @emitter("linear", quantized=True, mode="weight-only")
 def _weight_only_linear(ctx: ExportContext, node: fx.Node, layer: nn.Module) -> TensorValue:
-    """Gemm on ``[tokens, in]``: onnxruntime rewrites DequantizeLinear → MatMul of an 8-bit weight into
-    MatMulNBits, which quantizes the *input* to int8 by default (measured: 1.5e-3 off the float result on a
-    12-wide layer), where DQ → Gemm stays float. Inputs of rank > 2 are flattened and reshaped back."""
+    """Gemm (through :func:`rows_gemm` for inputs of rank > 2), never DQ → MatMul."""
     if ctx.rank(node.args[0]) == 2:
         return _quant_linear(ctx, node, layer)
     weight, bias = _weight_and_bias(layer)
     codes, scale, axis = weight_codes(layer, weight, node.name)
     x = ctx.tensor(node.args[0], node)
-    rows = ctx.b.node("Flatten", [x.name], node.name, axis=ctx.rank(node.args[0]) - 1)
-    inputs = [rows, ctx.b.dequantized_const(codes, scale, axis, f"{node.name}.weight")]
-    if bias is not None:
-        inputs.append(ctx.b.const(_float_bias(bias), f"{node.name}.bias"))
-    y = ctx.b.node("Gemm", inputs, node.name, transB=1)
-    out, out_probe = ctx.shape(node), ctx.probe_shape(node)
-    target = [d if d == dp else -1 for d, dp in zip(out, out_probe, strict=True)]
-    if target.count(-1) > 1:
-        raise ExportError(f"linear {node.name!r} has several batch-dependent dimensions {list(out)}; export with "
-                          "OnnxExportConfig(dynamic_batch=False)")
-    y = ctx.b.node("Reshape", [y, ctx.b.int64s(target)], node.name)
-    return _finish_layer(ctx, layer, node, y)
+    w = ctx.b.dequantized_const(codes, scale, axis, f"{node.name}.weight")
+    b = None if bias is None else ctx.b.const(_float_bias(bias), f"{node.name}.bias")
+    return _finish_layer(ctx, layer, node, rows_gemm(ctx, x.name, w, b, codes.shape[0], node.name))
 
 
 def _dynamic_input(ctx: ExportContext, node: fx.Node) -> tuple[str, str, str]:

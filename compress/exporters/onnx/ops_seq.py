@@ -44,6 +44,7 @@ import compress.layers as qlayers
 from compress.errors import ExportError
 from compress.exporters import numerics
 from compress.exporters.onnx.graph import ExportContext, PyValue, TensorValue, arg, emitter, static
+from compress.exporters.onnx.ops_dynamic import rows_gemm
 from compress.exporters.onnx.ops_quant import apply_quantizer
 from compress.layers.dynamic import layer_mode
 from compress.quant.config import QuantMode
@@ -98,6 +99,11 @@ def _project(ctx: ExportContext, x: TensorValue, w: torch.Tensor, b: torch.Tenso
             return y
         return b_.node("Add", [y, b_.const(b.detach().float().numpy() * _F32(factor), f"{hint}.bias")], hint)
     codes, scale, axis = numerics.weight_codes(w, wq, hint)
+    if in_scale is None and x.qparams is None:  # weight-only: float input (rows_gemm says why not MatMul)
+        # [out, in] with transB: onnxruntime turns DQ(axis 1 of [in, out]) → Gemm into MatMulNBits as well.
+        w_dq = b_.dequantized_const(codes, scale * _F32(factor), axis, f"{hint}.weight")
+        bias = None if b is None else b_.const(b.detach().float().numpy() * _F32(factor), f"{hint}.bias")
+        return rows_gemm(ctx, x.name, w_dq, bias, codes.shape[0], hint)
     wt = b_.dequantized_const(np.ascontiguousarray(codes.T), scale * _F32(factor), None if axis is None else 1,
                               f"{hint}.weight_t")
     y = b_.node("MatMul", [x.name, wt], hint)
@@ -133,6 +139,7 @@ def _mask_term(ctx: ExportContext, mask_arg, node: fx.Node, what: str) -> str | 
 
 @emitter("multihead_attention")
 @emitter("multihead_attention", quantized=True)
+@emitter("multihead_attention", quantized=True, mode="weight-only")  # no activation quantizers: float attention
 def _attention(ctx: ExportContext, node: fx.Node, mha: nn.MultiheadAttention):
     quant = isinstance(mha, qlayers.QuantMultiheadAttention)
     name, b = node.name, ctx.b
@@ -436,6 +443,8 @@ class _Rnn:
 
 @emitter("lstm", "gru")
 @emitter("lstm", "gru", quantized=True)
+@emitter("lstm", quantized=True, mode="dynamic")  # DynamicQuantizeLSTM (the layer's mode picks it)
+@emitter("lstm", "gru", quantized=True, mode="weight-only")  # DQ → LSTM / GRU, float biases and states
 def _recurrent(ctx: ExportContext, node: fx.Node, mod: nn.Module):
     return _Rnn(ctx, node, mod).emit()
 

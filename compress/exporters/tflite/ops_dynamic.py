@@ -5,7 +5,7 @@ per channel; LiteRT computes it once, at allocation) feeds the float CONV_2D / D
 FULLY_CONNECTED; input, bias and arithmetic stay float. The float handlers write the layer (their layouts,
 padding, NHWC bookkeeping); only the weight constant they ask for is swapped for int8 codes + DEQUANTIZE.
 
-Not written yet (refused by name): weight-only LSTM / GRU, and every dynamic layer.
+Not written yet (refused by name): weight-only LSTM / GRU / attention, and every dynamic layer.
 Dynamic: TFLite's dynamic-range (hybrid) kernels quantize their float input per batch row
 (``asymmetric_quantize_inputs``, rounding half away from zero, range in double) where onnxruntime's
 DynamicQuantizeLinear — and so the torch simulation — quantizes the whole tensor: a transformer's tokens
@@ -85,7 +85,7 @@ for _name in ("conv1d", "conv2d"):
     ops.register_emitter("tflite", _name, quantized=True, mode="weight-only")(_weight_only(conv2d))
 for _name in ("linear", "conv1d", "conv2d", "lstm"):
     ops.register_emitter("tflite", _name, quantized=True, mode="dynamic")(_not_yet)
-for _name in ("lstm", "gru"):  # the unrolled recurrence reads the static layer's hidden-state quantizers
+for _name in ("lstm", "gru", "multihead_attention"):  # their emitters read the static layer's quantizers
     ops.register_emitter("tflite", _name, quantized=True, mode="weight-only")(_not_yet)
 # A lookup's int8 table behind a dequantize is already its weight-only form (QuantEmbedding._MODES).
 ops.register_emitter("tflite", "embedding", quantized=True, mode="weight-only")(embedding)
