@@ -41,6 +41,10 @@ def demo_command(out: Path, epochs: int, qat: bool, force: bool) -> None:
 
     console = stdout_console()
     console.print(render_summary(report))
+    if report.get("pruned"):
+        from compress.cli.prune import render_demo_rows
+
+        console.print(render_demo_rows(report["pruned"], report["formats"]["onnx"]))
     echo_warnings(report.get("warnings", []))
     demo = report.get("demo", {})
     if demo:

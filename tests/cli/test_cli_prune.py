@@ -66,6 +66,10 @@ def test_nm_masks_are_baked_into_the_onnx_file(cli, tmp_path, calib_npz, state_d
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["layer_sparsity"]["conv1.weight"] == 0.5
+    speed = report["sparse_speed"]  # the honest part: zeros in dense tensors do not make the file faster
+    assert speed["onnx_fp32_latency_ratio"] == pytest.approx(
+        report["after"]["latency_ms"]["onnx"] / report["before"]["latency_ms"]["onnx"])
+    assert "no sparse or N:M kernels" in speed["note"] and "no sparse" in result.stdout
     assert report["after"]["onnx_fp32"]["gzip_bytes"] < report["before"]["onnx_fp32"]["gzip_bytes"]
     model = onnx.load(str(tmp_path / "out" / "model_fp32.onnx"))
     convs = [numpy_helper.to_array(i) for i in model.graph.initializer if i.dims[:2] == [4, 4]]
@@ -181,3 +185,22 @@ def test_latency_target_reports_table_target_and_the_final_file(cli, tmp_path, c
     wrong = cli("prune", state_dict_file, "--arch", tiny_arch, "--channels", "0.5", "--runtime", "torch",
                 "--input-shape", "1,1,8,8", "-o", "x")
     assert wrong.exit_code == 2 and "--latency-target" in wrong.stderr
+
+
+@pytest.mark.slow
+def test_demo_pruned_rows_match_the_files_they_describe(tmp_path):
+    from compress.demo import load_digits, prune_demo, train_demo_model
+    from compress.io.data import Dataset
+
+    train, test = load_digits()
+    train, test = train.take(256), test.take(100)
+    model = train_demo_model(train, epochs=2, progress=False)
+    calib = Dataset(train.x[:64], train.y[:64], source="calib")
+    section = prune_demo(model, train, test, calib, tmp_path / "pruned")
+    assert section["params_after"] < 0.3 * section["params_before"]
+    # the accuracy the row shows is what the written files score in onnxruntime
+    for kind, name in (("fp32", "model_fp32.onnx"), ("int8", "model.onnx")):
+        logits = np.concatenate([_ort(tmp_path / "pruned" / name, test.x[i:i + 1]) for i in range(len(test))])
+        assert section[kind]["accuracy"] == pytest.approx(float(np.mean(logits.argmax(1) == test.y)))
+        assert section[kind]["bytes"] == (tmp_path / "pruned" / name).stat().st_size
+    assert section["fp32"]["accuracy"] > 0.3  # 10 classes: well above chance after this short training

@@ -90,8 +90,8 @@ def median_ms(fn: Callable[[], object], runs: int, warmup: int = 5, min_seconds:
     return statistics.median(times) * 1e3
 
 
-def time_interleaved(runners: list[Callable[[], object]], *, pinned=None, rounds: int = 5,
-                     seconds: float = 0.03) -> list[float]:
+def time_interleaved(runners: list[Callable[[], object]], *, pinned=None, rounds: int = 9,
+                     seconds: float = 0.02) -> list[float]:
     """Latency (ms) of each runner: per round every runner's median over ``seconds`` of calls, interleaved;
     then the fastest round per runner.
 
