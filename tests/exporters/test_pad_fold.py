@@ -125,3 +125,29 @@ def test_other_pads_stay_and_still_match(kind, tmp_path):
     with torch.no_grad():
         want = model(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.onnx
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_onnx_conv_takes_the_pad_widths_as_its_pads(name, tmp_path):
+    """ONNX Conv pads are [top, left, bottom, right]: TF's widths land there (asymmetric where TF pads the extra
+    row / column at the end), no Pad node; float = eager torch, int8 = the simulation in onnxruntime."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from compress.exporters.onnx import export_onnx, verify_onnx
+
+    factory, hw = CASES[name]
+    torch.manual_seed(0)
+    model = Net(factory()).eval()
+    left, right, top, bottom = tf_same_widths(hw, model.conv.kernel_size, model.conv.stride)
+    for tag, m in (("f", model), ("q", convert(calibrate(prepare(model, (_x(hw, 0),)), [_x(hw, s) for s in range(4)],
+                                                         progress=False)))):
+        path = tmp_path / f"{tag}.onnx"
+        info = export_onnx(m, (_x(hw, 0),), path)
+        graph = onnx.load(str(path)).graph
+        assert not [n for n in graph.node if n.op_type == "Pad"]
+        conv = [n for n in graph.node if n.op_type == "Conv"][-1]
+        pads = [list(a.ints) for a in conv.attribute if a.name == "pads"][0]
+        assert pads == [top, left, bottom, right]
+        report = verify_onnx(path, m, [_x(hw, s) for s in range(5, 8)], info=info)
+        assert report.passed, report

@@ -18,6 +18,7 @@ from torch import fx, nn
 from compress.errors import ExportError
 from compress.exporters.onnx.graph import ExportContext, PyValue, TensorValue, arg, emitter, static
 from compress.exporters.onnx.ops_quant import clamp_implied, conv_attrs, emit_embedding, emit_linear
+from compress.exporters.onnx.ops_tensor import pad_into_conv
 
 _INT64_MAX = 2**63 - 1
 
@@ -43,7 +44,8 @@ def _conv(ctx: ExportContext, node: fx.Node, mod: nn.Conv2d):
     inputs = [_x(ctx, node).name, ctx.b.const(mod.weight.detach().numpy(), f"{node.name}.weight")]
     if mod.bias is not None:
         inputs.append(ctx.b.const(mod.bias.detach().numpy(), f"{node.name}.bias"))
-    return TensorValue(ctx.b.node("Conv", inputs, node.name, **conv_attrs(mod, node.name)))
+    return TensorValue(ctx.b.node("Conv", inputs, node.name,
+                                  **conv_attrs(mod, node.name, pad_into_conv(ctx, node.args[0]))))
 
 
 @emitter("linear")

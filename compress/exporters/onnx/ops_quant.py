@@ -17,6 +17,7 @@ from compress import ops
 from compress.errors import ExportError
 from compress.exporters import numerics
 from compress.exporters.onnx.graph import ExportContext, QParams, TensorValue, emitter
+from compress.exporters.onnx.ops_tensor import pad_into_conv
 from compress.layers.activation import QuantOutputMixin
 from compress.layers.base import FusedActivation, QuantLayerMixin
 from compress.layers.elementwise import QuantAdd, QuantCat, QuantMatmul, QuantMul, _QuantElementwise
@@ -142,7 +143,8 @@ def _finish_layer(ctx: ExportContext, layer: nn.Module, node: fx.Node, y: str) -
 
 
 # -- layers ---------------------------------------------------------------------------------------------
-def conv_attrs(mod: nn.Module, where: str) -> dict:
+def conv_attrs(mod: nn.Module, where: str, extra_pads: list[int] | None = None) -> dict:
+    """Conv attributes; ``extra_pads``: a zero pad folded into this conv (:func:`pad_into_conv`)."""
     if mod.padding_mode != "zeros":
         raise ExportError(f"conv {where!r} uses padding_mode={mod.padding_mode!r}; only 'zeros' is exported, "
                           "pad explicitly with F.pad in the model instead")
@@ -156,8 +158,10 @@ def conv_attrs(mod: nn.Module, where: str) -> dict:
             end = [t - b for t, b in zip(total, begin, strict=True)]
     else:
         begin = end = list(mod.padding)
-    return dict(kernel_shape=k, strides=list(mod.stride), pads=list(begin) + list(end), dilations=d,
-                group=mod.groups)
+    pads = list(begin) + list(end)
+    if extra_pads is not None:
+        pads = [int(p) + int(e) for p, e in zip(pads, extra_pads, strict=True)]
+    return dict(kernel_shape=k, strides=list(mod.stride), pads=pads, dilations=d, group=mod.groups)
 
 
 @emitter("conv1d", "conv2d", quantized=True)
@@ -167,7 +171,8 @@ def _quant_conv(ctx: ExportContext, node: fx.Node, layer: nn.Module):
     codes, scale, axis = weight_codes(layer, weight, node.name)
     w = ctx.b.dequantized_const(codes, scale, axis, f"{node.name}.weight")
     b = _bias_value(ctx, layer, bias, x, node.name)
-    y = ctx.b.node("Conv", [x.name, w] + ([b] if b else []), node.name, **conv_attrs(layer, node.name))
+    y = ctx.b.node("Conv", [x.name, w] + ([b] if b else []), node.name,
+                   **conv_attrs(layer, node.name, pad_into_conv(ctx, node.args[0])))
     return _finish_layer(ctx, layer, node, y)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from compress import ops
 from compress.errors import ExportError
 from compress.exporters.onnx.graph import (
     ExportContext,
@@ -134,8 +135,33 @@ def _pad_params(ctx: ExportContext, node: fx.Node, mod: nn.Module | None):
     return pad, mode, float(value or 0.0)
 
 
+def pad_into_conv(ctx: ExportContext, node) -> list[int] | None:
+    """The ONNX Conv ``pads`` (begins, then ends, per spatial axis) that ``node`` adds when it is a zero constant
+    pad of the spatial axes whose only reader is a Conv1d / Conv2d (the TF-"same" port: ``F.pad``, then
+    ``F.conv2d``); None otherwise. That conv adds them to its own pads and reads the unpadded input, so no
+    Pad node is written (onnxruntime pads inside QLinearConv / Conv; int8 pads with the zero point = real 0)."""
+    spec = ops.lookup(node, ctx.modules) if isinstance(node, fx.Node) else None
+    user = ctx.sole_user(node) if spec is not None and spec.name == "pad" else None
+    conv = ctx.module(user) if user is not None and user.op == "call_module" else None
+    if (not isinstance(conv, nn.Conv1d | nn.Conv2d) or user.args[0] is not node or isinstance(conv.padding, str)
+            or conv.padding_mode != "zeros"):
+        return None
+    if getattr(getattr(conv, "qconfig", None), "mode", "static") == "dynamic":  # ConvInteger's emitter pads alone
+        return None
+    pad, mode, value = _pad_params(ctx, node, ctx.module(node) if node.op == "call_module" else None)
+    spatial = ctx.rank(node.args[0]) - 2
+    if mode != "constant" or value != 0.0 or len(pad) % 2 or len(pad) // 2 > spatial:
+        return None
+    begins, ends = [0] * spatial, [0] * spatial
+    for i in range(len(pad) // 2):  # torch lists (begin, end) pairs from the last dimension backwards
+        begins[spatial - 1 - i], ends[spatial - 1 - i] = int(pad[2 * i]), int(pad[2 * i + 1])
+    return begins + ends
+
+
 @emitter("pad")
 def _pad(ctx: ExportContext, node: fx.Node, mod) -> TensorValue:
+    if pad_into_conv(ctx, node) is not None:
+        return ctx.tensor(node.args[0], node)
     pad, mode, value = _pad_params(ctx, node, mod)
     if mode not in _PAD_MODES:
         raise ExportError(f"pad {node.name!r} uses mode={mode!r}; the exporter writes constant, reflect and "
