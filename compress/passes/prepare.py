@@ -33,6 +33,7 @@ from compress.layers.dynamic import supported_modes
 from compress.ops import Policy, quant_class_for
 from compress.passes import graph as g
 from compress.passes.fuse import can_fold, fold_bn
+from compress.passes.masks import carry_masks_in_float
 from compress.quant.config import QuantConfig, QuantMode
 
 
@@ -126,7 +127,7 @@ def prepare(
     _insert_quantizers(gm, config, modes)
     gm.graph.lint()
     gm.recompile()
-    float_ops = _float_ops(gm, keep_float, modes, unsupported)
+    float_ops = _float_ops(gm, keep_float, modes, unsupported) + carry_masks_in_float(gm)
     gm.compress_info = PrepareInfo(how, qat, config, float_ops, swapped,
                                    {p: (m.value if p in swapped else "float") for p, m in modes.items()})
     return gm
