@@ -77,10 +77,10 @@ declare(OpSpec("tanh", C, modules=(nn.Tanh,), functions=(torch.tanh, F.tanh), me
                reference=np.tanh))
 declare(OpSpec("softmax", C, modules=(nn.Softmax,), functions=(torch.softmax, F.softmax), methods=("softmax",),
                aten=("softmax", "_softmax"), grid="unit",
-               coupling=Coupling.BLOCKING))
+               coupling=Coupling.ALONG_AXIS))
 declare(OpSpec("log_softmax", C, modules=(nn.LogSoftmax,), functions=(torch.log_softmax, F.log_softmax),
                methods=("log_softmax",), aten=("log_softmax", "_log_softmax"),
-               coupling=Coupling.BLOCKING))
+               coupling=Coupling.ALONG_AXIS))
 declare(OpSpec("hardswish", C, modules=(nn.Hardswish,), functions=(F.hardswish,), aten=("hardswish",), coupling=Coupling.PASSTHROUGH,
                reference=lambda x: x * np.clip(x + 3, 0, 6) / 6))
 declare(OpSpec("hardsigmoid", C, modules=(nn.Hardsigmoid,), functions=(F.hardsigmoid,), aten=("hardsigmoid",), coupling=Coupling.PASSTHROUGH,

@@ -59,6 +59,9 @@ class Coupling(str, Enum):
     PASSTHROUGH = "passthrough"  # unary, channel i in is channel i out (activations, pooling, BN, LayerNorm)
     CONCAT = "concat"  # channels of the inputs at offsets of the output
     HEADS = "heads"  # attention: channels grouped by head
+    PERMUTE = "permute"  # moves axes: the channel axis follows the permutation (permute, transpose)
+    MATMUL = "matmul"  # contracts a's last axis with b's second-to-last; batch axes couple a and b like an add
+    ALONG_AXIS = "along_axis"  # computes along its `dim`: passthrough unless dim is the channel axis (softmax)
     BLOCKING = "blocking"  # mixes or reshapes the channel axis: pruning does not cross it
     NONE = "none"  # no channel axis (shapes, indices)
 

@@ -41,7 +41,7 @@ declare(OpSpec("mul", C, modules=(FloatMul, QuantMul), functions=(operator.mul, 
 declare(OpSpec("div", C, functions=(operator.truediv, torch.div), methods=("div",), aten=("div",), coupling=E, reference=np.divide))
 declare(OpSpec("matmul", C, modules=(FloatMatmul, QuantMatmul),
                functions=(operator.matmul, torch.matmul, torch.bmm), methods=("matmul", "bmm"),
-               aten=("matmul", "bmm", "mm"), coupling=Coupling.BLOCKING,
+               aten=("matmul", "bmm", "mm"), coupling=Coupling.MATMUL,
                reason="", reference=np.matmul))
 declare(OpSpec("cat", C, modules=(FloatCat, QuantCat), functions=(torch.cat, torch.concat), aten=("cat",),
                coupling=Coupling.CONCAT))
@@ -74,7 +74,7 @@ declare(OpSpec("reshape", P, modules=(nn.Flatten, nn.Unflatten),
                         "unflatten"),
                aten=("view", "reshape", "flatten", "squeeze", "unsqueeze", "unflatten"), coupling=Coupling.BLOCKING))
 declare(OpSpec("transpose", P, functions=(torch.permute, torch.transpose), methods=("permute", "transpose"),
-               aten=("permute", "transpose", "t"), coupling=Coupling.BLOCKING))
+               aten=("permute", "transpose", "t"), coupling=Coupling.PERMUTE))
 declare(OpSpec("getitem", P, functions=(operator.getitem,), methods=("__getitem__",), aten=("select", "slice"),
                coupling=Coupling.BLOCKING))
 declare(OpSpec("split", P, functions=(torch.split, torch.chunk, torch.unbind), methods=("split", "chunk", "unbind"),

@@ -108,6 +108,7 @@ def _channel_plan(graph: ChannelGraph, kept: dict, config: PruneConfig) -> dict:
             "key": g.key, "producers": sorted(g.producers), "width_before": g.size,
             "width_after": g.size if idx is None else len(idx), "kept": idx,
             "skipped": reason if idx is None and reason else None,
+            **({"unit": g.unit} if g.unit > 1 else {}),  # attention heads: widths count heads of `unit` columns
         })
     return {"version": PLAN_VERSION, "mode": config.mode.value, "config": config.to_dict(), "groups": groups}
 

@@ -32,36 +32,13 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from compress.ops import Coupling, lookup, target_label
+from compress.passes.prune.axes import AxisRules
+from compress.passes.prune.layout import Layout, Member, ShapeEdit, Space, _arg, _shape, _tensor_inputs
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 _NORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.PReLU)
 _REDUCTIONS = ("mean", "sum", "amax")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """The channel axis of one tensor: ``spaces`` end to end, ``axis`` counted from the end (1 = last)."""
-
-    spaces: tuple[int, ...]
-    axis: int
-    inner: int = 1  # contiguous columns per channel (ΠS after a flatten of [N, C, *S])
-
-
-@dataclass(frozen=True)
-class Member:
-    """A module tensor indexed by channels: ``role`` says which axis (out, in, dw, norm)."""
-
-    module: str
-    role: str
-    layout: Layout
-
-
-@dataclass
-class Space:
-    size: int
-    producer: str | None  # module path; None for fixed spaces (the model input, constants)
-    blocked: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -73,6 +50,7 @@ class Group:
     spaces: list[int]
     producers: list[str]
     blocked: list[str]
+    unit: int = 1  # columns per channel of each producer: head_dim for a group of attention heads
 
     @property
     def key(self) -> str:
@@ -88,6 +66,7 @@ class ChannelGraph:
     members: list[Member]
     groups: list[Group]
     space_group: dict[int, int]
+    edits: list[ShapeEdit] = field(default_factory=list)  # literal reshape sizes that count a group's units
 
 
 class _UnionFind:
@@ -110,24 +89,7 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _shape(node) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(int(s) for s in meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) if _shape(n) is not None else None)
-    return found
-
-
-def _arg(node: fx.Node, index: int, name: str, default=None):
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
-class _Walker:
+class _Walker(AxisRules):
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm
         self.modules = dict(gm.named_modules())
@@ -135,6 +97,7 @@ class _Walker:
         self.spaces: list[Space] = []
         self.members: list[Member] = []
         self.layouts: dict[fx.Node, Layout] = {}
+        self.edits: list[ShapeEdit] = []
 
     # -- spaces --------------------------------------------------------------------------------------------
     def new_space(self, size: int, producer: str | None, blocked: str | None = None) -> int:
@@ -189,14 +152,25 @@ class _Walker:
             return self.elementwise(node, inputs, label)
         if coupling is Coupling.CONCAT:
             return self.concat(node, inputs, label)
-        if coupling is Coupling.BLOCKING and spec.name == "reshape" and self.flatten(node, inputs):
+        if coupling is Coupling.BLOCKING and spec.name == "reshape" and (
+                self.flatten(node, inputs) or self.split_units(node, inputs) or self.merge_units(node, inputs)):
+            return None
+        if coupling is Coupling.PERMUTE and self.permute(node, inputs):
+            return None
+        if coupling is Coupling.MATMUL and self.matmul(node, inputs, label):
+            return None
+        if coupling is Coupling.ALONG_AXIS and self.along_axis(node, inputs):
             return None
         if coupling is Coupling.BLOCKING and spec.name in _REDUCTIONS and self.reduction(node, inputs):
             return None
         if coupling is Coupling.NONE and spec.name == "shape":
             return None  # reads sizes only
-        why = {Coupling.HEADS: "attention heads are not pruned yet",
-               Coupling.BLOCKING: "mixes or reshapes the channel axis"}.get(coupling, "has no channel rule")
+        why = {Coupling.HEADS: "(nn.MultiheadAttention) keeps its heads: only attention written with "
+                               "reshapes and matmuls has its heads pruned",
+               Coupling.BLOCKING: "mixes or reshapes the channel axis",
+               Coupling.PERMUTE: "moves the channel axis in a way the analysis does not follow",
+               Coupling.MATMUL: "contracts or mixes the channel axis",
+               Coupling.ALONG_AXIS: "computes along the channel axis"}.get(coupling, "has no channel rule")
         return self.block_all(inputs, f"{label} {why}")
 
     def block_all(self, inputs: list[fx.Node], reason: str) -> None:
@@ -381,6 +355,7 @@ def analyze(gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> Cha
         if space.producer is not None:
             grp.producers.append(space.producer)
         grp.blocked.extend(r for r in space.blocked if r not in grp.blocked)
+        grp.unit = max(grp.unit, space.unit)
         space_group[sid] = grp.id
     # Groups of fixed spaces only (the model input, constants) are not prunable and not worth reporting.
     groups = [g for g in roots.values() if g.producers]
@@ -389,7 +364,7 @@ def analyze(gm: fx.GraphModule, example_inputs: tuple[torch.Tensor, ...]) -> Cha
             space_group[sid] = new_id
         g.id = new_id
     space_group = {s: gid for s, gid in space_group.items() if any(s in g.spaces for g in groups)}
-    return ChannelGraph(w.spaces, w.members, groups, space_group)
+    return ChannelGraph(w.spaces, w.members, groups, space_group, w.edits)
 
 
-__all__ = ["ChannelGraph", "Group", "Layout", "Member", "analyze"]
+__all__ = ["ChannelGraph", "Group", "Layout", "Member", "ShapeEdit", "analyze"]

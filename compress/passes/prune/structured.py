@@ -117,15 +117,14 @@ def group_scores(gm: fx.GraphModule, graph: ChannelGraph, criterion: Criterion, 
             s = _member_scores(modules[member.module], member.role, crit)
             if s is None:
                 continue
-            offset = 0
-            for sid in member.layout.spaces:
-                size = graph.spaces[sid].size
-                gid = graph.space_group.get(sid)
-                if gid is not None and (crit is criterion or not found[gid]):
-                    scores[gid] += s[offset:offset + size].cpu()
-                    if crit is criterion:
-                        found[gid] = True
-                offset += size
+            add = {g.id: torch.zeros(g.size) for g in graph.groups}
+            _split_by_group(graph, member.layout, s.cpu().float(), add)  # a head's D rows count as one
+            for gid in {graph.space_group[sid] for sid in member.layout.spaces if sid in graph.space_group}:
+                if crit is criterion or not found[gid]:
+                    scores[gid] += add[gid]
+            if crit is criterion:
+                found.update({graph.space_group[sid]: True for sid in member.layout.spaces
+                              if sid in graph.space_group})
         if criterion is Criterion.L1:
             break
     return scores
@@ -244,10 +243,24 @@ def _apply_member(module: nn.Module, role: str, index: torch.Tensor) -> None:
 
 
 def remove_channels(gm: fx.GraphModule, graph: ChannelGraph, kept: dict[int, list[int] | None]) -> None:
-    """Slice every member tensor of ``gm`` to the kept channels, in place."""
+    """Slice every member tensor of ``gm`` to the kept channels and rewrite the literal sizes that count them
+    (``num_heads`` in a view), in place."""
     modules = dict(gm.named_modules())
     for member in graph.members:
         positions = _positions(graph, member.layout, kept)
         if positions is not None:
             _apply_member(modules[member.module], member.role, torch.tensor(positions, dtype=torch.long))
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for edit in graph.edits:
+        idx = kept.get(graph.space_group.get(edit.space))
+        if idx is None:
+            continue
+        node, args = nodes[edit.node], list(nodes[edit.node].args)
+        if edit.pos is None:
+            args[edit.arg] = len(idx) * edit.unit
+        else:
+            sizes = list(args[edit.arg])
+            sizes[edit.pos] = len(idx) * edit.unit
+            args[edit.arg] = type(node.args[edit.arg])(sizes)
+        node.args = tuple(args)
     gm.recompile()

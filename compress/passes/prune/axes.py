@@ -1,0 +1,170 @@
+"""Channel rules for ops that move, split or batch over axes: what makes attention heads prunable.
+
+Multi-head attention written the usual way (``view(q, [n, t, heads, head_dim]).permute(0, 2, 1, 3)``, scores
+``q @ k.transpose(-1, -2)``, softmax over the keys, ``probs @ v``, then back to ``[n, t, heads·head_dim]``)
+prunes whole heads when channels are followed through these rules:
+
+* a reshape that splits a producer's fresh channel axis ``C`` into ``[H, D]`` turns its space into H *units*
+  of D contiguous columns (the producer's rows, and any literal ``H`` in the target shape, are edited);
+* PERMUTE moves the channel axis with the permutation;
+* MATMUL couples its operands' channel axis when it is a batch axis of both (the head axis of q and k, then
+  of the probabilities and v), as an add would; a contracted channel axis is blocked;
+* ALONG_AXIS (softmax) passes the layout through unless it normalises along the channel axis;
+* a reshape that merges the channel axis with all the axes after it (``[n, t, H, D] → [n, t, H·D]``) gives
+  the next layer's input columns in blocks of D, like a flatten before a classifier.
+
+Each rule returns False when the pattern does not match; the caller then blocks the spaces with a reason.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import fx
+
+from compress.passes.prune.layout import Layout, Member, ShapeEdit, _arg, _shape
+
+
+def _shape_arg(node: fx.Node) -> tuple[int, int | None, list] | None:
+    """(arg index, position or None, the sizes) of a reshape/view target shape, or None (flatten etc.)."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    if "flatten" in name:
+        return None  # start/end dims, no sizes
+    if len(node.args) == 2 and isinstance(node.args[1], int):
+        return 1, None, [node.args[1]]
+    if len(node.args) == 2 and isinstance(node.args[1], list | tuple):
+        return 1, 0, list(node.args[1])
+    if len(node.args) > 2 and all(isinstance(a, int | fx.Node) for a in node.args[1:]):
+        return 1, None, list(node.args[1:])
+    return None
+
+
+class AxisRules:
+    """Mixed into the channel walker (:class:`compress.passes.prune.groups._Walker`)."""
+
+    def permute(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
+        lay = self.layouts.get(inputs[0]) if inputs else None
+        if lay is None:
+            return True
+        rank = len(_shape(inputs[0]))
+        channel = rank - lay.axis
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        if lay.inner != 1:
+            return False
+        if name == "permute":
+            dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], list | tuple) else node.args[1:]
+            order = [int(d) % rank for d in dims]
+            new = order.index(channel)
+        elif name == "transpose":
+            a, b = (int(d) % rank for d in node.args[1:3])
+            new = b if channel == a else a if channel == b else channel
+        elif name in ("t", "numpy_T") and rank == 2:
+            new = 1 - channel
+        else:
+            return False
+        self.layouts[node] = Layout(lay.spaces, rank - new)
+        return True
+
+    def matmul(self, node: fx.Node, inputs: list[fx.Node], label: str) -> bool:
+        if len(node.args) < 2 or not all(isinstance(a, fx.Node) for a in node.args[:2]):
+            return False
+        a, b = node.args[:2]
+        known = [(x, self.layouts[x]) for x in (a, b) if x in self.layouts]
+        if not known:
+            return True
+        ref = known[0][1]
+        for x, lay in known:
+            rank = len(_shape(x))
+            if lay.inner != 1 or lay.axis <= 2 or lay.axis > rank:  # a row / contracted axis, not a batch axis
+                return False
+        lays = []
+        for x in (a, b):
+            shape = _shape(x)
+            if x in self.layouts:
+                lays.append(self.layouts[x])
+            elif len(shape) >= ref.axis and shape[-ref.axis] != 1:
+                lays.append(self.layout_of(x, ref.axis))  # a fixed operand: the union below is blocked
+        for lay in lays[1:]:
+            if lay.axis != ref.axis or len(lay.spaces) != len(ref.spaces) or \
+                    any(self.spaces[p].size != self.spaces[q].size for p, q in zip(lay.spaces, ref.spaces, strict=True)):
+                return False
+            for p, q in zip(lay.spaces, ref.spaces, strict=True):
+                self.uf.union(p, q)
+        self.layouts[node] = Layout(ref.spaces, ref.axis)
+        return True
+
+    def along_axis(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
+        lay = self.layouts.get(inputs[0]) if inputs else None
+        if lay is None:
+            return True
+        module = self.modules.get(node.target) if node.op == "call_module" else None
+        dim = getattr(module, "dim", None) if module is not None else _arg(node, 1, "dim")
+        rank = len(_shape(inputs[0]))
+        if not isinstance(dim, int) or lay.inner != 1 or dim % rank == rank - lay.axis:
+            return False
+        self.layouts[node] = lay
+        return True
+
+    def split_units(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
+        """``[..., C] → [..., H, D]`` on a producer's own, not yet coupled space: H units of D columns."""
+        if len(inputs) != 1 or inputs[0] not in self.layouts:
+            return False
+        x, lay = inputs[0], self.layouts[inputs[0]]
+        shape, out = _shape(x), _shape(node)
+        if out is None or lay.axis != 1 or lay.inner != 1 or len(lay.spaces) != 1 or len(out) != len(shape) + 1:
+            return False
+        sid = lay.spaces[0]
+        heads, dim = out[-2], out[-1]
+        if list(out[:-2]) != list(shape[:-1]) or heads * dim != shape[-1] or heads < 2 or dim < 2:
+            return False
+        space = self.spaces[sid]
+        owners = [m for m in self.members if sid in m.layout.spaces]
+        coupled = any(self.uf.find(t) == self.uf.find(sid) for t in range(len(self.spaces)) if t != sid)
+        if space.producer is None or len(x.users) != 1 or coupled or \
+                [m.role for m in owners] != ["out"] or space.unit != 1:
+            return False
+        target = _shape_arg(node)
+        if target is None:
+            return False
+        arg, pos, sizes = target
+        literal = sizes[-2]
+        if isinstance(literal, int) and literal == heads:
+            at = len(sizes) - 2
+            self.edits.append(ShapeEdit(node.name, arg if pos is not None else arg + at, at if pos is not None
+                                        else None, sid, 1))
+        elif literal != -1:
+            return False  # the head count comes from elsewhere in the graph: it would not follow the cut
+        space.size, space.unit = heads, dim
+        self.members = [Member(m.module, m.role, Layout(m.layout.spaces, m.layout.axis, dim))
+                        if sid in m.layout.spaces else m for m in self.members]
+        self.layouts[node] = Layout((sid,), 2)
+        return True
+
+    def merge_units(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
+        """``[..., H, *S] → [..., H·ΠS]`` with H the channel axis: the next layer reads H blocks of ΠS columns."""
+        if len(inputs) != 1 or inputs[0] not in self.layouts:
+            return False
+        x, lay = inputs[0], self.layouts[inputs[0]]
+        shape, out = _shape(x), _shape(node)
+        channel = len(shape) - lay.axis
+        if out is None or lay.inner != 1 or lay.axis < 2 or len(out) != channel + 1 or \
+                list(out[:channel]) != list(shape[:channel]) or out[-1] != math.prod(shape[channel:]):
+            return False
+        inner = math.prod(shape[channel + 1:])
+        target = _shape_arg(node)
+        if target is not None:
+            arg, pos, sizes = target
+            literal = sizes[-1]
+            if isinstance(literal, int) and literal == out[-1]:
+                if len(lay.spaces) != 1:
+                    return False
+                at = len(sizes) - 1
+                self.edits.append(ShapeEdit(node.name, arg if pos is not None else arg + at,
+                                            at if pos is not None else None, lay.spaces[0], inner))
+            elif literal != -1:
+                return False
+        self.layouts[node] = Layout(lay.spaces, 1, inner)
+        return True
+
+
+__all__ = ["AxisRules"]
