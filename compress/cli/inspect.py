@@ -6,7 +6,15 @@ from collections import Counter
 
 import click
 
-from compress.cli._common import debug_option, handle_errors, parse_shape, stdout_console
+from compress.cli._common import (
+    check_labels,
+    debug_option,
+    handle_errors,
+    parse_shape,
+    progress_enabled,
+    stdout_console,
+)
+from compress.errors import ConfigError
 
 
 def _markup(text: str) -> str:
@@ -57,10 +65,20 @@ def _functional_ops(model) -> Counter | None:
               help="Run a zero input of this shape: output shapes, and the ops as quantization captures them.")
 @click.option("--sample", "sample", metavar="DATA",
               help="Like --input-shape, with the first sample of DATA (.npz or MODULE:CALLABLE), e.g. token ids.")
+@click.option("--sensitivity", is_flag=True,
+              help="Measure what int8 costs each layer (needs --calib) and print the per-layer table and the "
+                   "modes `compress quantize --max-drop` would choose; writes nothing.")
+@click.option("--calib", metavar="DATA", help="Calibration data for --sensitivity.")
+@click.option("--eval", "eval_spec", metavar="DATA", help="Data the --sensitivity metric is measured on (labels y "
+              "for accuracy) [default: --calib].")
+@click.option("--metric", metavar="NAME|MODULE:CALLABLE", help="Metric of --sensitivity, as in `compress quantize`.")
+@click.option("--max-drop", "max_drop", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              metavar="POINTS", help="Budget of --sensitivity's plan, in percentage points.")
 @debug_option
 @handle_errors
 def inspect_command(model: str, arch: str | None, trust_pickle: bool, input_shape: str | None,
-                    sample: str | None) -> None:
+                    sample: str | None, sensitivity: bool, calib: str | None, eval_spec: str | None,
+                    metric: str | None, max_drop: float) -> None:
     """Print MODEL's layers, parameter counts and what quantization does with each (int8 or float, per format).
 
     With --input-shape or --sample the model is captured exactly as `compress quantize` captures it, and a
@@ -73,6 +91,10 @@ def inspect_command(model: str, arch: str | None, trust_pickle: bool, input_shap
     from compress.io import Dataset, check_fits, load_data, load_model, match_model_dtype
     from compress.ops.verdict import verdict_for_module
 
+    if sensitivity and calib is None:
+        raise ConfigError("--sensitivity needs calibration data; pass --calib DATA (and --eval DATA with labels)")
+    if not sensitivity and (calib or eval_spec or metric):
+        raise ConfigError("--calib, --eval and --metric apply to --sensitivity; add --sensitivity")
     shape = parse_shape(input_shape) if input_shape else None
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     leaves = [(name, m) for name, m in net.named_modules()
@@ -149,3 +171,14 @@ def inspect_command(model: str, arch: str | None, trust_pickle: bool, input_shap
                   "'int8 passthrough' = moves int8 values as they are; 'float in X' = computed in float between "
                   "dequantize and quantize in format X (listed in report.json's float_ops); 'no X mapping' = "
                   "`compress quantize --format X` refuses the model", highlight=False, soft_wrap=True)
+    if sensitivity:
+        from compress.passes.sensitivity import plan_layer_modes, render_sensitivity, sensitivity_config
+
+        config = sensitivity_config(max_drop, metric)
+        sets = {role: match_model_dtype(net, load_data(spec)) for role, spec in (("calib", calib), ("eval", eval_spec))
+                if spec is not None}
+        for role, ds in sets.items():
+            check_labels(ds, check_fits(net, ds), f"--{role}")
+        result = plan_layer_modes(net, sets["calib"], sets.get("eval", sets["calib"]), config=config,
+                                  progress=progress_enabled())
+        console.print(render_sensitivity(result.to_dict()))
