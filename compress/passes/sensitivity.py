@@ -12,12 +12,14 @@ switched in place (a quant layer swapped for its float version, activation quant
 * ``drop_alone_pp``: the drop with only that layer (its weights and the activation grids around it) quantized;
 * ``gain_pp``: what the metric recovers when that layer alone goes back to float in the fully quantized model.
 
-The greedy search ranks by ``gain_pp``. It is the exact quantity the search acts on (the first step *is* "move
-one layer to float"), and it sees interactions an isolated measure cannot: a layer whose input is already
-coarse (a long residual stream, a recurrent state) hurts more in the quantized model than alone. On the zoo
-(trained weights) ranking by gain reached the budget with as few or fewer float layers than ranking by the
-isolated drop (figures in the commit). Each combination the greedy step builds is measured again (errors do not
-add up linearly), then confirmed by preparing the model with those modes, as the exporter will see it.
+The greedy search ranks by ``gain_pp``: it is the exact quantity the search acts on (its first step *is* "move
+one layer to float" in the quantized model), and it includes how the layer's error meets the other layers'
+(an error behind a coarse grid, or fed back through a recurrent state, costs more in the quantized model than
+alone; an isolated drop also charges a layer for the activation grids around it, which float does not remove
+when a static neighbour still reads them). ``drop_alone_pp`` breaks ties and is shown for the user. (On the
+zoo's trained models at a 1 pp budget no layer had to leave static, so the two rankings could not be compared
+there.) Each combination the greedy step builds is measured again (errors do not add up linearly), then
+confirmed by preparing the model with those modes, as the exporter will see it.
 
 Cost is bounded: at most ``max_samples`` evaluation samples, 2 in-place evaluations per layer, and at most
 ``max_exact`` full prepare + calibrate rounds.
