@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
-from compress.errors import ConfigError
+from compress.errors import ConfigError, ExportError
 from compress.passes import graph as g
 from compress.passes.calibrate import _progress, calibrate, iter_inputs
 from compress.passes.metric import BUILTIN, load_metric_callable, resolve_metric
@@ -329,7 +329,24 @@ class _Search:
     def plan(self, quant: QuantConfig, table: bool) -> SensitivityResult:
         budget = self.config.max_drop
         base = quant.mode.value
-        quantized = self.score(self.build(quant, {}))
+        exact_model = self.build(quant, {})
+        if not isinstance(exact_model, fx.GraphModule):
+            raise ExportError(f"{type(self.model).__name__} cannot be captured as a graph, so its layers cannot be "
+                              "measured one by one; run `compress inspect MODEL --sample DATA` for the reason")
+        quantized = self.score(exact_model)
+        exact_units = _units(exact_model, dict(exact_model.named_modules()))
+
+        def result(planned, rows, modes, note=""):
+            return SensitivityResult(self.metric.name, self.fp32, quantized, planned, budget, len(self.subset),
+                                     base, rows, {u: m.value for u, m in modes.items()}, note=note)
+
+        def op(unit):
+            return _op_name(self.model, unit, exact_model, exact_units[unit][0])
+
+        if self.within(quantized) and not table:
+            rows = [LayerSensitivity(u, op(u), None, None, quant.mode_for(u).value,
+                                     "not measured: the whole model is within budget") for u in exact_units]
+            return result(quantized, rows, {})
         # The screening copy: calibrated on float weights, so switching a layer in place matches what a
         # prepare with that layer float would calibrate (up to the edge grids it drops).
         prepared = prepare(self.model, self.calib.example(1), quant)
@@ -338,18 +355,6 @@ class _Search:
         with board.float_weights():
             calibrate(prepared, self.calib, batch_size=self.batch_size, max_batches=self.max_calib_batches,
                       progress=False)
-
-        def result(planned, rows, modes, note=""):
-            return SensitivityResult(self.metric.name, self.fp32, quantized, planned, budget, len(self.subset),
-                                     base, rows, {u: m.value for u, m in modes.items()}, note=note)
-
-        def op(unit):
-            return _op_name(self.model, unit, prepared, units[unit][0])
-
-        if self.within(quantized) and not table:
-            rows = [LayerSensitivity(u, op(u), None, None, quant.mode_for(u).value,
-                                     "not measured: the whole model is within budget") for u in units]
-            return result(quantized, rows, {})
         with board.state(float_units=list(units)):
             ceiling = self.score(prepared)  # every layer float: the most layer modes can recover
         if not self.within(ceiling) and self.exact < self.config.max_exact:
