@@ -105,7 +105,7 @@ class ParityReport:
         else:
             core = f"max rel diff {self.max_rel_diff:.2e} (limit {self.thresholds['float_rtol']:.0e})"
         text = f"{'passed' if self.passed else 'FAILED'}: {core} over {self.batches} batches"
-        if self.layerwise is not None:
+        if self.layerwise is not None and self.layerwise["ops"]:
             first = self.layerwise.get("first_failure")
             text = (f"{'passed' if self.passed else 'FAILED'} op by op ({self.layerwise['ops']} ops"
                     + (f"; first failure: op {first['node']!r}" if first else "") + f"); end to end {core}")
@@ -157,7 +157,7 @@ def parity_report(path, outputs: list[OutputParity], batches: int, problems: lis
         max_rel_diff=max((o.max_rel_diff for o in outputs), default=0.0),
         thresholds={"min_within_1lsb": config.min_within_1lsb, "float_rtol": config.float_rtol},
         problems=problems,
-        layerwise=layerwise.to_dict() if op_by_op else None,
+        layerwise=layerwise.to_dict() if layerwise is not None else None,
         end_to_end_passed=end_to_end,
     )
     if strict and not report.passed:

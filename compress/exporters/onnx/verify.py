@@ -160,7 +160,12 @@ def onnx_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info: OnnxE
     options.intra_op_num_threads = config.intra_op_threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    probed = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        probed = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's own error types: judge the file end to end instead
+        return LayerwiseParity("onnxruntime", False, 0, 0, config.max_op_lsb,
+                               unchecked=[f"*: onnxruntime cannot load the copy exposing the intermediate values "
+                                          f"({str(exc).splitlines()[0][:200]})"])
     in_names = [i.name for i in probed.get_inputs()]
     keys = [p.key for p in probes]
     changed = False
