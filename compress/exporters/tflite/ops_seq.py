@@ -226,7 +226,7 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
     """nn.LSTM / nn.GRU (and QuantLSTM / QuantGRU) unrolled over time in float, with an initial state (``hx``) and
     the final state (``h_n`` / ``(h_n, c_n)``) when the graph uses them (an encoder feeding a decoder).
 
-    The input projection of all steps is one FULLY_CONNECTED; each step adds the hidden projection and
+    The input projection of all steps is one FULLY_CONNECTED (time-major); each step adds the hidden projection and
     applies the gates (SPLIT, LOGISTIC, TANH, MUL, ADD); PACK stacks the steps. A converted quant layer's FCs
     are dynamic-range int8 kernels on its int8 weight codes (:func:`_weight`), and its per-step hidden-state
     and between-layer quantizers are QUANTIZE → DEQUANTIZE, so the state carried from step to step is the
@@ -251,10 +251,13 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
                                       for i, v in enumerate(hx if isinstance(hx, tuple | list) else (hx,))]
     quant = isinstance(mod, QuantLSTM | QuantGRU) and em.quantized
     cell, n_gates = (_lstm_cell, 4) if is_lstm else (_gru_cell, 3)
-    x = em.to_float(em.torch_order(em.uncollapse(em.value(node.args[0]))))
-    if not mod.batch_first:  # [T, B, I] → [B, T, I]
-        x = em.torch_order(TValue(x.tensor, (x.shape[1], x.shape[0], x.shape[2]), x.dtype, (1, 0, 2)))
-    bsz, steps, hidden, name = x.shape[0], x.shape[1], mod.hidden_size, node.name
+    # Time-major [T, B, I] inside the file: the input projection of all steps is then [T·B, gates] and each
+    # step's rows one plain 2-D STRIDED_SLICE, which XNNPACK runs (a slice of [B, T, ·] needed a shrink mask,
+    # and the 50 of them in a 2-layer, 25-step LSTM each fell back to LiteRT's builtin kernel).
+    x = em.to_float(em.uncollapse(em.value(node.args[0])))
+    x = em.to_perm(x, (1, 0, 2)) if mod.batch_first else em.torch_order(x)
+    steps, bsz = L.permute_shape(x.shape, x.perm)[:2]
+    hidden, name = mod.hidden_size, node.name
     width = n_gates * hidden
     x_scale = mod.known_input_scale() if quant else None
     finals = []
@@ -274,7 +277,7 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
         else:
             b_ih, b_hh = (_np(getattr(mod, b + sfx)) if mod.bias else None for b in ("bias_ih", "bias_hh"))
         b_ih, b_hh = (np.zeros(width) if b is None else b for b in (b_ih, b_hh))
-        gates_x = _fc(em, x, w_ih, b_ih, (bsz, steps, width), f"{name}{sfx}_gx", quant)
+        gates_x = _fc(em, x, w_ih, b_ih, (steps * bsz, width), f"{name}{sfx}_gx", quant)
         h = c = None
         if state0 is not None:  # the given initial state, its h on the hidden-state grid as the simulation has it
             h = _fake_quant(em, state0[0][layer], hq, f"{name}{sfx}_h0")
@@ -284,8 +287,8 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
             tag = f"{name}{sfx}_t{t}"
             step = em.tensor(f"{tag}_gx", (bsz, width), (0, 1), TensorType.FLOAT32)
             ins = [gates_x.tensor] + [em.int32_const(f"{tag}_{k}", v) for k, v in
-                                       (("begin", [0, t, 0]), ("end", [bsz, t + 1, width]), ("strides", [1, 1, 1]))]
-            em.op("STRIDED_SLICE", ins, [step.tensor], Options("StridedSliceOptions", {"ShrinkAxisMask": 2}))
+                                       (("begin", [t * bsz, 0]), ("end", [(t + 1) * bsz, width]), ("strides", [1, 1]))]
+            em.op("STRIDED_SLICE", ins, [step.tensor], Options("StridedSliceOptions"))
             if h is None:  # zero initial state: the hidden projection is its bias
                 hidden_proj = em.const_value(b_hh, step, f"{tag}_bhh")
             else:
@@ -294,10 +297,10 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
             h = _fake_quant(em, h, hq, f"{tag}_h")
             outs.append(h)
         finals.append((h, c))
-        x = em.tensor(f"{name}{sfx}_out", (bsz, steps, hidden), L.identity(3), TensorType.FLOAT32)
-        em.op("PACK", [v.tensor for v in outs], [x.tensor], Options("PackOptions", {"ValuesCount": steps, "Axis": 1}))
-    if not mod.batch_first:
-        x = TValue(x.tensor, (steps, bsz, hidden), x.dtype, (1, 0, 2))
+        x = em.tensor(f"{name}{sfx}_out", (steps, bsz, hidden), L.identity(3), TensorType.FLOAT32)  # [T, B, H]
+        em.op("PACK", [v.tensor for v in outs], [x.tensor], Options("PackOptions", {"ValuesCount": steps, "Axis": 0}))
+    if mod.batch_first:  # torch's [B, T, H] is the file's [T, B, H]
+        x = TValue(x.tensor, (bsz, steps, hidden), x.dtype, (1, 0, 2))
     state_n = None
     if _second_output_used(em, node):  # h_n (and c_n): the last step of each layer, stacked [layers, B, H]
         parts = [_stack(em, [f[k] for f in finals], f"{name}_{kind.lower()}_state{k}") for k in range(2 if is_lstm else 1)]
