@@ -27,11 +27,12 @@ class AutoRangeConfig:
     """Options of :func:`select_ranges`.
 
     Args:
-        samples: calibration samples the output error is measured on (each candidate runs the model once).
+        samples: calibration samples the output error is measured on (each distinct candidate runs the model
+            once on them: 3 runs per quantizer at most).
         tie: relative margin within which a candidate counts as no better than an earlier one.
     """
 
-    samples: int = 64
+    samples: int = 32
     tie: float = 0.01
 
     def __post_init__(self):
@@ -72,12 +73,13 @@ def select_ranges(model: fx.GraphModule, calib, config: AutoRangeConfig | None =
     with bar:
         for name, q in auto:
             errors: dict[str, float] = {}
-            tried: dict[tuple[float, float], str] = {}
+            tried: list[tuple[tuple[float, float], str]] = []
             for kind, r in q.observer.candidate_ranges().items():
-                if r in tried:  # the same range as an earlier candidate: the same error
-                    errors[kind] = errors[tried[r]]
+                same = next((k for seen, k in tried if _close(r, seen)), None)
+                if same is not None:  # (nearly) an earlier candidate's range: its error, without a model run
+                    errors[kind] = errors[same]
                     continue
-                tried[r] = kind
+                tried.append((r, kind))
                 _use(q, kind)
                 errors[kind] = _output_error(gm, batches, reference)
             low = min(errors.values())
@@ -87,6 +89,10 @@ def select_ranges(model: fx.GraphModule, calib, config: AutoRangeConfig | None =
             rows.append({"quantizer": name, "choice": best, "output_mse": errors})
             bar.advance(task)
     return {"chosen": chosen, "quantizers": rows}
+
+
+def _close(a: tuple[float, float], b: tuple[float, float], rel: float = 0.01) -> bool:
+    return abs(a[0] - b[0]) + abs(a[1] - b[1]) <= rel * max(b[1] - b[0], 1e-30)
 
 
 def _use(q: Quantizer, kind: str) -> None:
