@@ -436,7 +436,9 @@ def render_summary(report: dict):
             size = _human_bytes(r["bytes"])
             if kind == "int8":
                 size += f" ({100 * r['size_ratio']:.0f}%)"
-                parity = f"{100 * p['within_1lsb_fraction']:.1f}%" if "within_1lsb_fraction" in p else "–"
+                # None for float outputs (dynamic / weight-only models: compared in float, no LSB)
+                parity = f"{100 * p['within_1lsb_fraction']:.1f}%" if p.get("within_1lsb_fraction") is not None \
+                    else ("float ✓" if p.get("passed") else "–")
             else:
                 parity = ""
             table.add_row(f"{runtime_names.get(fmt, fmt)} {kind}", acc, agree, size,

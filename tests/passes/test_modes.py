@@ -108,3 +108,29 @@ def test_cli_parses_layer_modes():
             parse_layer_modes((bad,))
     with pytest.raises(ConfigError, match="both"):
         parse_layer_modes(("c=static",), ("c",))
+
+
+@pytest.mark.onnx
+def test_cli_mode_and_float_layer_end_to_end(cli, tmp_path, calib_npz, state_dict_file, tiny_arch):
+    import json
+
+    import onnx
+
+    result = cli("quantize", state_dict_file, "--arch", tiny_arch, "--calib", calib_npz, "-o", "out",
+                 "--mode", "dynamic", "--float-layer", "fc", "--layer-mode", "conv1=weight-only")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["options"]["mode"] == "dynamic"
+    assert report["layer_modes"] == {"stem.0": "dynamic", "conv1": "weight-only", "conv2": "dynamic",
+                                     "head_conv": "dynamic", "fc": "float"}
+    assert {"name": "fc", "reason": "kept in float (mode)"}.items() <= next(
+        f for f in report["float_ops"] if f["name"] == "fc").items()
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
+    assert {"DynamicQuantizeLinear", "ConvInteger"} <= ops and "QuantizeLinear" not in ops
+    assert report["parity"]["passed"]
+
+    bad = cli("quantize", state_dict_file, "--arch", tiny_arch, "--calib", calib_npz, "-o", "out2",
+              "--float-layer", "conv3")
+    assert bad.exit_code == 2
+    message = bad.output.strip()
+    assert message.count("\n") == 0 and "conv3" in message and "conv1" in message and "Traceback" not in message
