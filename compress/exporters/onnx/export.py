@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -48,6 +46,7 @@ from compress.exporters.onnx.graph import (
 from compress.exporters.onnx.ops_float import is_python_record
 from compress.exporters.onnx.ops_quant import is_quant_module
 from compress.exporters.onnx.ops_seq import RECURRENT_RTOL
+from compress.io.atomic import write_bytes_atomic
 from compress.passes.graph import QuantTracer
 from compress.quant.fake import Quantizer
 
@@ -456,14 +455,4 @@ def _write_atomic(proto, path: Path) -> None:
     if data is None:
         raise ExportError("the model is over 2 GiB, the single-file ONNX limit; compress it more (int8 weights "
                           "are 4× smaller) or split it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, data)

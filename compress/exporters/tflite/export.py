@@ -34,7 +34,6 @@ outputs are float32 with QUANTIZE / DEQUANTIZE at the edges unless ``int8_io=Tru
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -55,6 +54,7 @@ from compress.exporters.tflite.graph import Const, Emitter, TValue, qparams_of
 from compress.exporters.tflite.ops import emitter_for
 from compress.exporters.tflite.ops_math import constant_only, evaluate, fold, python_only
 from compress.exporters.tflite.schema import FILE_IDENTIFIER, SCHEMA_VERSION, ModelWriter, TensorType
+from compress.io.atomic import write_bytes_atomic
 from compress.quant.fake import Quantizer, QuantState
 
 _DTYPES = {torch.float32: TensorType.FLOAT32, torch.int64: TensorType.INT64, torch.int32: TensorType.INT32,
@@ -193,15 +193,7 @@ def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike,
     data = writer.serialize_view([v.tensor for v in inputs], [v.tensor for v in outputs])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_bytes_atomic(path, data)
     return TFLiteExportInfo(
         path=str(path), quantized=quantized, int8_io=config.int8_io, nhwc_input=config.nhwc_input,
         schema_version=SCHEMA_VERSION, size_bytes=len(data), seconds=time.perf_counter() - start,
