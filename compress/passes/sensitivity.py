@@ -343,9 +343,11 @@ class _Search:
         def op(unit):
             return _op_name(self.model, unit, exact_model, exact_units[unit][0])
 
+        def runs_in(unit):  # what prepare built (an embedding asked to be dynamic is weight-only: no activation)
+            return exact_model.compress_info.layer_modes.get(unit, quant.mode_for(unit).value)
+
         if self.within(quantized) and not table:
-            rows = [LayerSensitivity(u, op(u), None, None, quant.mode_for(u).value,
-                                     "not measured: the whole model is within budget") for u in exact_units]
+            rows = [LayerSensitivity(u, op(u), None, None, runs_in(u), "not measured: the whole model is within budget") for u in exact_units]
             return result(quantized, rows, {})
         # The screening copy: calibrated on float weights, so switching a layer in place matches what a
         # prepare with that layer float would calibrate (up to the edge grids it drops).
@@ -364,12 +366,15 @@ class _Search:
                 f"in {base} mode: the activation grids between layers cost it, no layer choice recovers it"
                 if hopeless else "")
         if hopeless and not table:
-            rows = [LayerSensitivity(u, op(u), None, None, quant.mode_for(u).value, "not measured: " + note)
+            rows = [LayerSensitivity(u, op(u), None, None, runs_in(u), "not measured: " + note)
                     for u in units]
             return result(quantized, rows, {}, note)
-        rows = self._measure(board, prepared, units, quantized, quant, op)
+        rows = self._measure(board, prepared, units, quantized, runs_in, op)
         order = sorted(units, key=lambda u: (-rows[u].gain_pp, -rows[u].drop_alone_pp))
         if hopeless or self.within(quantized):
+            for row in rows.values():
+                row.reason = "no layer choice recovers the drop" if hopeless else \
+                    f"not needed: the whole model is within {budget:g} pp"
             return result(quantized, [rows[u] for u in order], {}, note)
         chosen = self._greedy(board, prepared, order, quantized)
         modes = {u: QuantMode.FLOAT for u in chosen}
@@ -389,6 +394,8 @@ class _Search:
                     modes[unit], planned = rung, value
                     break
         met = self.within(planned)
+        for unit in rest if met else ():
+            rows[unit].reason = f"not needed for a drop ≤ {budget:g} pp"
         for unit in chosen:
             row = rows[unit]
             row.mode = modes[unit].value
@@ -396,7 +403,7 @@ class _Search:
                           f"recovers {row.gain_pp:.2f} pp; the budget {budget:g} pp is not reached")
         return result(planned, [rows[u] for u in order], modes, note)
 
-    def _measure(self, board, prepared, units, quantized, quant, op) -> dict[str, LayerSensitivity]:
+    def _measure(self, board, prepared, units, quantized, runs_in, op) -> dict[str, LayerSensitivity]:
         bar, task = _progress(2 * len(units), "sensitivity", self.progress)
         rows = {}
         with bar:
@@ -408,8 +415,8 @@ class _Search:
                     reverted = self.score(prepared)
                 bar.advance(task)
                 rows[unit] = LayerSensitivity(unit, op(unit), _points(self.fp32 - alone),
-                                              _points(reverted - quantized), quant.mode_for(unit).value,
-                                              "within budget")
+                                              _points(reverted - quantized), runs_in(unit),
+                                              "not tried: the cost bound (max_exact) was reached")
         return rows
 
     def _greedy(self, board, prepared, order, quantized) -> list[str]:
