@@ -62,6 +62,7 @@ class Coupling(str, Enum):
     PERMUTE = "permute"  # moves axes: the channel axis follows the permutation (permute, transpose)
     MATMUL = "matmul"  # contracts a's last axis with b's second-to-last; batch axes couple a and b like an add
     ALONG_AXIS = "along_axis"  # computes along its `dim`: passthrough unless dim is the channel axis (softmax)
+    INDEX = "index"  # t[i] of a tuple, or indexing of axes other than the channel axis (out[:, -1, :])
     BLOCKING = "blocking"  # mixes or reshapes the channel axis: pruning does not cross it
     NONE = "none"  # no channel axis (shapes, indices)
 

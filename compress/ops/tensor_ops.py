@@ -76,7 +76,7 @@ declare(OpSpec("reshape", P, modules=(nn.Flatten, nn.Unflatten),
 declare(OpSpec("transpose", P, functions=(torch.permute, torch.transpose), methods=("permute", "transpose"),
                aten=("permute", "transpose", "t"), coupling=Coupling.PERMUTE))
 declare(OpSpec("getitem", P, functions=(operator.getitem,), methods=("__getitem__",), aten=("select", "slice"),
-               coupling=Coupling.BLOCKING))
+               coupling=Coupling.INDEX))
 declare(OpSpec("split", P, functions=(torch.split, torch.chunk, torch.unbind), methods=("split", "chunk", "unbind"),
                aten=("split", "split_with_sizes", "chunk", "unbind"), coupling=Coupling.BLOCKING))
 declare(OpSpec("expand", P, methods=("expand", "expand_as", "repeat"), aten=("expand", "repeat"), coupling=Coupling.BLOCKING))

@@ -34,6 +34,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from compress.ops import Coupling, lookup, target_label
 from compress.passes.prune.axes import AxisRules
 from compress.passes.prune.layout import Layout, Member, ShapeEdit, Space, _arg, _shape, _tensor_inputs
+from compress.passes.prune.recurrent import _RNN, RecurrentRules
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d)
@@ -89,7 +90,7 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-class _Walker(AxisRules):
+class _Walker(AxisRules, RecurrentRules):
     def __init__(self, gm: fx.GraphModule):
         self.gm = gm
         self.modules = dict(gm.named_modules())
@@ -98,6 +99,7 @@ class _Walker(AxisRules):
         self.members: list[Member] = []
         self.layouts: dict[fx.Node, Layout] = {}
         self.edits: list[ShapeEdit] = []
+        self.tuples: dict[fx.Node, dict] = {}  # tuple-valued nodes (an LSTM's (out, (h, c))): index -> layout
 
     # -- spaces --------------------------------------------------------------------------------------------
     def new_space(self, size: int, producer: str | None, blocked: str | None = None) -> int:
@@ -131,6 +133,7 @@ class _Walker(AxisRules):
             if node.op == "output":
                 for inp in _tensor_inputs(node):
                     self.block(self.layouts.get(inp), "reaches the model output")
+                fx.node.map_arg(node.args, lambda n: self._block_tuple(self.tuples.get(n)))
                 continue
             self.visit(node)
 
@@ -161,6 +164,8 @@ class _Walker(AxisRules):
             return None
         if coupling is Coupling.ALONG_AXIS and self.along_axis(node, inputs):
             return None
+        if coupling is Coupling.INDEX and self.index(node, inputs):
+            return None
         if coupling is Coupling.BLOCKING and spec.name in _REDUCTIONS and self.reduction(node, inputs):
             return None
         if coupling is Coupling.NONE and spec.name == "shape":
@@ -170,8 +175,13 @@ class _Walker(AxisRules):
                Coupling.BLOCKING: "mixes or reshapes the channel axis",
                Coupling.PERMUTE: "moves the channel axis in a way the analysis does not follow",
                Coupling.MATMUL: "contracts or mixes the channel axis",
-               Coupling.ALONG_AXIS: "computes along the channel axis"}.get(coupling, "has no channel rule")
+               Coupling.ALONG_AXIS: "computes along the channel axis",
+               Coupling.INDEX: "indexes the channel axis"}.get(coupling, "has no channel rule")
         return self.block_all(inputs, f"{label} {why}")
+
+    def _block_tuple(self, value) -> None:
+        for v in (value or {}).values():
+            self._block_tuple(v) if isinstance(v, dict) else self.block(v, "reaches the model output")
 
     def block_all(self, inputs: list[fx.Node], reason: str) -> None:
         for inp in inputs:
@@ -213,8 +223,9 @@ class _Walker(AxisRules):
             sid = self.new_space(module.embedding_dim, path)
             self.members.append(Member(path, "out", Layout((sid,), 1)))
             return self.out_layout(node, sid, 1)
-        # LSTM / GRU and anything else: hidden units are not pruned yet; their input width stays.
-        return self.block_all(inputs, f"{label}: recurrent hidden units are not pruned yet")
+        if isinstance(module, _RNN):
+            return self.recurrent(node, module, inputs, label)
+        return self.block_all(inputs, f"{label} has no channel rule for its module type")
 
     def depthwise(self, node: fx.Node, module: nn.Module, inputs: list[fx.Node], label: str) -> None:
         rank = len(_shape(inputs[0]))

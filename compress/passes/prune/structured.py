@@ -16,6 +16,7 @@ from torch import fx, nn
 from compress.errors import ConfigError
 from compress.passes.prune.config import Criterion, PruneConfig
 from compress.passes.prune.groups import ChannelGraph, Group, Layout
+from compress.passes.prune.recurrent import _RNN, hidden_scores, slice_rnn
 
 _CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d)
 
@@ -32,9 +33,11 @@ def _member_scores(module: nn.Module, role: str, criterion: Criterion) -> torch.
         if role == "norm" and isinstance(module, nn.modules.batchnorm._BatchNorm) and module.affine:
             return module.weight.detach().float().abs()
         return None
+    p = 1 if criterion is Criterion.L1 else 2
+    if role == "hidden":
+        return hidden_scores(module, p)
     if role != "out":
         return None
-    p = 1 if criterion is Criterion.L1 else 2
     if isinstance(module, nn.Embedding):
         return _row_norms(module.weight, 1, p)
     return _row_norms(module.weight, 1 if isinstance(module, _CONV_T) else 0, p)
@@ -81,10 +84,11 @@ def taylor_scores(gm: fx.GraphModule, graph: ChannelGraph, data, max_batches: in
             torch.nn.functional.cross_entropy(out, y).backward()
             batch = {g.id: torch.zeros(g.size, dtype=torch.float64) for g in graph.groups}
             for member in readers:
-                w = modules[member.module].weight
+                module = modules[member.module]
+                w = module.weight_ih_l0 if isinstance(module, _RNN) else module.weight
                 if w.grad is None:
                     continue
-                axis = 0 if isinstance(modules[member.module], _CONV_T) else 1
+                axis = 0 if isinstance(module, _CONV_T) else 1
                 wg = (w.detach() * w.grad).double().movedim(axis, 0).flatten(1).sum(1)
                 _split_by_group(graph, member.layout, wg, batch)
             for gid, t in batch.items():
@@ -238,6 +242,8 @@ def _apply_member(module: nn.Module, role: str, index: torch.Tensor) -> None:
     elif isinstance(module, nn.PReLU):
         _slice(module, "weight", 0, index)
         module.num_parameters = n
+    elif isinstance(module, _RNN):
+        slice_rnn(module, role, index, _slice)
     else:  # the analysis only records the types above
         raise ConfigError(f"cannot slice {type(module).__name__}; this is a bug in compress, please report it")
 
