@@ -45,6 +45,10 @@ def demo_command(out: Path, epochs: int, qat: bool, force: bool) -> None:
         from compress.cli.prune import render_demo_rows
 
         console.print(render_demo_rows(report["pruned"], report["formats"]["onnx"]))
+    if report.get("distilled"):
+        from compress.cli.distill import render_demo_rows as distilled_rows
+
+        console.print(distilled_rows(report["distilled"]))
     echo_warnings(report.get("warnings", []))
     demo = report.get("demo", {})
     if demo:

@@ -303,8 +303,8 @@ def render(report: dict):
         if not entry:
             return "–", "–", "–"
         ratio = entry.get("speedup_vs_teacher")
-        return (_human_bytes(entry["bytes"]), f"{entry['latency_ms_median']:.3f} ms",
-                "1.00×" if ratio is None else f"{ratio:.2f}× faster")
+        versus = "1.00×" if ratio is None else f"{ratio:.2f}× faster" if ratio >= 1 else f"{1 / ratio:.2f}× slower"
+        return _human_bytes(entry["bytes"]), f"{entry['latency_ms_median']:.3f} ms", versus
 
     teacher = report["teacher"]
     table.add_row("teacher (fp32)", pct(teacher["metric"]), f"{teacher['params']:,}", *speed("teacher_fp32"))
@@ -332,3 +332,22 @@ def render(report: dict):
     if where is None:
         notes.append("no --eval: no accuracy figures")
     return Group(table, Text(" · ".join(notes), style="dim"))
+
+
+def render_demo_rows(distilled: dict):
+    """``compress demo``'s distillation rows: the teacher, the distilled demo CNN and the same-budget baseline."""
+    from rich.table import Table
+
+    table = Table(title=f"distilled: a DemoCNN {distilled['teacher_width']} channels wide teaches the demo CNN "
+                        f"({distilled['student_width']}) from {distilled['labelled']} labels + "
+                        f"{distilled['unlabelled']} unlabelled digits", title_justify="left")
+    for col in ("torch fp32", "accuracy (eval)", "trained on"):
+        table.add_column(col, justify="left" if col != "accuracy (eval)" else "right", no_wrap=True)
+    table.add_row(f"teacher (width {distilled['teacher_width']})", f"{100 * distilled['teacher_accuracy']:.2f}%",
+                  f"{distilled['labelled'] + distilled['unlabelled']} labelled digits")
+    table.add_row("demo CNN, distilled", f"{100 * distilled['distilled_accuracy']:.2f}%",
+                  f"{distilled['labelled']} labels + the teacher on {distilled['unlabelled']} more, "
+                  f"{distilled['steps']} steps")
+    table.add_row("demo CNN, baseline (no teacher)", f"{100 * distilled['baseline_accuracy']:.2f}%",
+                  f"the {distilled['labelled']} labels alone, the same {distilled['steps']} steps")
+    return table
