@@ -181,7 +181,8 @@ def onnx_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info: OnnxE
 
     report = layerwise_parity(graph, run, [as_batch(b) for b in inputs], probes, runtime="onnxruntime",
                               max_op_lsb=config.max_op_lsb, float_rtol=config.float_rtol,
-                              approximated=approximated_ops(info), unchecked=unprobed)
+                              approximated=approximated_ops(info), unchecked=unprobed,
+                              output_tolerances=getattr(info, "output_tolerances", None))
     report.instrumentation_changed_outputs = changed
     return report
 
