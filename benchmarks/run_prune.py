@@ -1,0 +1,161 @@
+"""Structured pruning side by side with Torch-Pruning (issue 9): same model, ratio, criterion, fine-tuning.
+
+    python -m venv /tmp/bench-venv --system-site-packages
+    /tmp/bench-venv/bin/pip install torch-pruning==1.6.1 --no-deps   # the benchmark venv only
+    /tmp/bench-venv/bin/python benchmarks/run_prune.py              # results/<machine>/prune-<date>.json, prune-latest.md
+
+The model is the test zoo's trained ResNet (tests/zoo: torchvision-style BasicBlocks, residual adds, 32×32
+RGB digits). Both tools remove the same fraction of channels per layer (``--ratio``, the classifier kept),
+scored by L1 magnitude (ours: ``criterion="l1"`` summed over each coupled group's producers; theirs:
+``MagnitudeImportance(p=1)``, group-reduced as its MetaPruner does), then the pruned models get the same
+fine-tuning (compress.passes.prune.finetune: AdamW, cosine, ``--epochs`` on the same batches). Reported per
+contender: parameters and MACs (one counter for both), test accuracy right after pruning and after
+fine-tuning, the wall time of the pruning call, and fp32 ONNX latency in onnxruntime (1 thread, batch 1; all
+files timed interleaved, fastest of 9 rounds; the ratio to the unpruned file). A third contender is ours with
+``--latency-target`` set to the latency ratio Torch-Pruning reached: accuracy at equal measured latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+
+def _accuracy(model, test) -> float:
+    from tests.zoo.train import evaluate
+
+    return float(evaluate(model, test, "accuracy"))
+
+
+def _batches(train, batch: int = 64):
+    import torch
+
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).numpy()
+    return [(torch.from_numpy(train.x[order[i:i + batch]]), torch.from_numpy(train.y[order[i:i + batch]]))
+            for i in range(0, len(train), batch)]
+
+
+def prune_ours(model, x, ratio: float, latency_fraction: float | None = None):
+    from compress.passes.prune import LatencyTarget, PruneConfig, prune
+
+    if latency_fraction is None:
+        return prune(model, x, PruneConfig(channels=ratio, criterion="l1")).model
+    from compress.cli.prune import OrtLatency
+
+    return prune(model, x, PruneConfig(latency=LatencyTarget(fraction=latency_fraction), criterion="l1"),
+                 measure=OrtLatency(1)).model
+
+
+def prune_theirs(model, x, ratio: float):
+    import torch_pruning as tp
+
+    model = copy.deepcopy(model).eval()
+    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=ratio, ignored_layers=[model.fc])
+    pruner.step()
+    return model
+
+
+def _onnx_latencies(model, pruned: dict, x) -> dict[str, float]:
+    """fp32 ONNX latency (ms) of the unpruned model and of every pruned one, timed interleaved."""
+    from compress.cli.prune import _file_latencies
+    from compress.exporters import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"unpruned": Path(tmp) / "unpruned.onnx"}
+        export_onnx(model, (x[:1],), files["unpruned"])
+        for name, net in pruned.items():
+            files[name] = Path(tmp) / f"{name}.onnx"
+            export_onnx(net, (x[:1],), files[name])
+        return _file_latencies(files, (x,))
+
+
+def run(ratio: float, epochs: int) -> dict:
+    import torch
+
+    from compress.passes.prune import FinetuneConfig, count_macs, count_params, finetune
+    from compress.runtime.machine import machine_description
+    from tests.zoo.train import ZOO, task_data, trained
+
+    torch.set_num_threads(1)
+    model, _, test = trained("resnet")
+    train, _ = task_data(ZOO["resnet"])
+    x = torch.from_numpy(train.x[:2])
+    batches = _batches(train)
+    results = {"unpruned": {"params": count_params(model), "macs": count_macs(model, x),
+                            "accuracy": _accuracy(model, test)}}
+    pruned = {}
+    for name, fn in (("compress", lambda: prune_ours(model, x, ratio)),
+                     ("torch_pruning", lambda: prune_theirs(model, x, ratio))):
+        t = time.perf_counter()
+        pruned[name] = fn()
+        results[name] = {"prune_s": time.perf_counter() - t}
+    times = _onnx_latencies(model, pruned, x)
+    theirs_ratio = times["torch_pruning"] / times["unpruned"]
+    t = time.perf_counter()
+    pruned["compress_latency_matched"] = prune_ours(model, x, ratio, latency_fraction=theirs_ratio)
+    results["compress_latency_matched"] = {"prune_s": time.perf_counter() - t, "latency_target": theirs_ratio}
+    for name, net in pruned.items():
+        r = results[name]
+        r.update(params=count_params(net), macs=count_macs(net, x), accuracy_after_prune=_accuracy(net, test))
+        t = time.perf_counter()
+        finetune(net, batches, FinetuneConfig(epochs=epochs, lr=3e-3, device="cpu"))
+        r.update(finetune_s=time.perf_counter() - t, accuracy_after_finetune=_accuracy(net, test))
+    times = _onnx_latencies(model, pruned, x)
+    for name, ms in times.items():
+        results[name]["onnx_fp32_ms"] = ms
+        results[name]["latency_ratio"] = ms / times["unpruned"]
+    machine = machine_description()
+    return {"schema": 1, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": "tests.zoo resnet (TorchvisionStyleResNet, 32x32 RGB digits)", "ratio": ratio,
+            "criterion": "l1", "finetune": {"epochs": epochs, "lr": 3e-3, "batch": 64, "optimizer": "AdamW cosine"},
+            "latency": "onnxruntime fp32, 1 thread, batch 1, interleaved, fastest of 9 rounds",
+            "torch_pruning": metadata.version("torch-pruning"), "machine": machine, "results": results}
+
+
+def render(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"# Structured pruning vs Torch-Pruning — {report['model']}", "",
+             f"{report['date']} · CPU: {m['cpu']['model']} ({m['cpu']['logical_cores']} cores) · torch-pruning "
+             f"{report['torch_pruning']} · compress at {(m.get('git') or {}).get('commit', '?')[:10]} · "
+             f"ratio {report['ratio']} of channels per layer, L1, {report['finetune']['epochs']} fine-tuning "
+             f"epochs for both · {report['latency']}", "",
+             "| contender | params | MACs | acc. after prune | acc. after fine-tune | prune time | ONNX fp32 ms | × unpruned |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report["results"].items():
+        acc = r.get("accuracy_after_prune", r.get("accuracy"))
+        lines.append(f"| {name} | {r['params']:,} | {r['macs']:,} | {100 * acc:.2f} % | "
+                     f"{100 * r.get('accuracy_after_finetune', r.get('accuracy')):.2f} % | "
+                     f"{r.get('prune_s', 0):.2f} s | {r['onnx_fp32_ms']:.4f} | {r['latency_ratio']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--epochs", type=int, default=2)
+    args = ap.parse_args()
+    report = run(args.ratio, args.epochs)
+    from compress.runtime.machine import machine_slug
+
+    out = HERE / "results" / machine_slug(report["machine"])
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
+    (out / f"prune-{stamp}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "prune-latest.md").write_text(render(report))
+    print(render(report))
+
+
+if __name__ == "__main__":
+    main()
