@@ -187,3 +187,14 @@ def test_bad_input_is_one_line_and_writes_nothing(run, work, argv, code, fragmen
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert fragment in lines[0] and "Traceback" not in result.output and result.stdout == ""
     assert sorted(p.name for p in work.iterdir()) == before
+
+
+def test_choices_copied_for_a_fast_help_match_the_library():
+    import dataclasses
+
+    from compress.cli.distill import DERIVE_CHOICES, PRUNE_KEYS
+    from compress.distill.derive import HOWS
+    from compress.passes.prune import PruneConfig
+
+    assert tuple(DERIVE_CHOICES) == tuple(HOWS)
+    assert set(PRUNE_KEYS) <= {f.name for f in dataclasses.fields(PruneConfig)}
