@@ -43,20 +43,17 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def run(work, monkeypatch):
-    """``run(*args)``: `compress distill ...` in the workspace, one torch thread (2 shared cores here)."""
+    """``run(*args)``: `compress distill ...` in the workspace (one torch thread: tests/distill/conftest.py)."""
     from click.testing import CliRunner
 
     from compress.cli import main
 
     monkeypatch.chdir(work)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
 
     def invoke(*args):
         return CliRunner().invoke(main, ["distill", *map(str, args)])
 
-    yield invoke
-    torch.set_num_threads(threads)
+    return invoke
 
 
 def _ort(path: Path, x: np.ndarray) -> np.ndarray:

@@ -16,14 +16,6 @@ from compress.pipeline import QuantizeOptions
 from compress.schedule import ScheduleConfig, lock_zero_weights, reestimate_bn, run_schedule
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_reestimate_bn_is_the_batch_statistics():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3, momentum=0.3), nn.ReLU()).eval()
