@@ -179,6 +179,7 @@ class _Recurrent(nn.Module):
         return self.fc(out[:, -1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "mode", "written"), [(nn.LSTM, "dynamic", "DynamicQuantizeLSTM"),
                                                         (nn.LSTM, "weight-only", "LSTM"),
                                                         (nn.GRU, "dynamic", "GRU")])

@@ -111,6 +111,7 @@ def test_cli_parses_layer_modes():
 
 
 @pytest.mark.onnx
+@pytest.mark.slow
 def test_cli_mode_and_float_layer_end_to_end(cli, tmp_path, calib_npz, state_dict_file, tiny_arch):
     import json
 
