@@ -257,3 +257,36 @@ def test_trained_bert_with_half_its_heads_exports_and_matches_onnxruntime(tmp_pa
     # fine-tuning (0.982 after one epoch), 107,586 -> 54,818 parameters
     assert evaluate(result.model, test, "accuracy") >= 0.9
     assert count_params(result.model) < 0.6 * count_params(model)
+
+
+class GroupedQueryAttention(nn.Module):
+    """Llama-style: 4 query heads share 2 key/value heads (repeat_kv by expand + reshape), and a residual add
+    on the model input."""
+
+    def __init__(self, dim=32, hq=4, hkv=2):
+        super().__init__()
+        self.hq, self.hkv, self.d = hq, hkv, dim // hq
+        self.q, self.o = nn.Linear(dim, hq * self.d), nn.Linear(hq * self.d, dim)
+        self.k, self.v = nn.Linear(dim, hkv * self.d), nn.Linear(dim, hkv * self.d)
+        self.fc = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.hq, self.d).transpose(1, 2)
+        k, v = (p(x).view(b, t, self.hkv, self.d).transpose(1, 2) for p in (self.k, self.v))
+        rep = self.hq // self.hkv
+        k, v = (z[:, :, None].expand(b, self.hkv, rep, t, self.d).reshape(b, self.hq, t, self.d) for z in (k, v))
+        att = torch.softmax(q @ k.transpose(-1, -2) / self.d ** 0.5, dim=-1) @ v
+        return self.fc((x + self.o(att.transpose(1, 2).reshape(b, t, -1))).mean(1))
+
+
+def test_grouped_query_heads_and_a_residual_on_the_input_are_kept_whole_not_broken():
+    torch.manual_seed(0)
+    net = GroupedQueryAttention().eval()
+    x = torch.randn(2, 6, 32)
+    result = prune(net, x, PruneConfig(channels=0.5))
+    groups = {g["key"]: g for g in result.plan["groups"]}
+    assert all(groups[k]["kept"] is None and groups[k]["skipped"] for k in ("q", "k", "v", "o"))
+    assert "x is a model input" in groups["o"]["skipped"]  # o feeds x + o: the input's channels are fixed
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), net(x))

@@ -84,7 +84,7 @@ class AxisRules:
                 lays.append(self.layouts[x])
             elif len(shape) >= ref.axis and shape[-ref.axis] != 1:
                 lays.append(self.layout_of(x, ref.axis))  # a fixed operand: the union below is blocked
-        for lay in lays[1:]:
+        for lay in lays:  # every one: a fixed first operand must join (and block) the union too
             if lay.axis != ref.axis or len(lay.spaces) != len(ref.spaces) or \
                     any(self.spaces[p].size != self.spaces[q].size for p, q in zip(lay.spaces, ref.spaces, strict=True)):
                 return False

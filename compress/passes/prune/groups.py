@@ -121,7 +121,7 @@ class _Walker(AxisRules, RecurrentRules):
             return self.layouts[node]
         shape = _shape(node)
         size = shape[-axis] if shape is not None and len(shape) >= axis else 1
-        lay = Layout((self.new_space(size, None, f"{node.name} is a model input or constant"),), axis)
+        lay = Layout((self.new_space(size, None, f"{node.name} is a model input, a constant or the output of an op whose channels are not followed"),), axis)
         self.layouts[node] = lay
         return lay
 
@@ -278,7 +278,7 @@ class _Walker(AxisRules, RecurrentRules):
                 for other in lays:
                     self.block(other, f"{label} combines tensors whose channels are laid out differently")
                 return None
-        for lay in lays[1:]:
+        for lay in lays:  # every one: the first input may be a fixed tensor (x + f(x) on the model input)
             for a, b in zip(lay.spaces, ref.spaces, strict=True):
                 self.uf.union(a, b)
         if len(out_shape) >= ref.axis and out_shape[-ref.axis] == self.size(ref) * ref.inner:
