@@ -195,3 +195,20 @@ def test_choices_copied_for_a_fast_help_match_the_library():
 
     assert tuple(DERIVE_CHOICES) == tuple(HOWS)
     assert set(PRUNE_KEYS) <= {f.name for f in dataclasses.fields(PruneConfig)}
+
+
+def test_derived_student_with_a_feature_loss_exports_without_its_adapter(run, work):
+    result = run(*BASE, "--derive", "narrow", "--feature", "teacher.conv2:student.conv2", "--epochs", "1",
+                 "-o", "feat")
+    assert result.exit_code == 0, result.output
+    out = work / "feat"
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["distill"]["losses"] == ["kd", "feature"]  # --feature alone implies kd,feature
+    assert "feature" in report["stages"][-1]["history"][0]
+    state = torch.load(out / "student_state_dict.pt")
+    assert state["conv2.weight"].shape[:2] == (8, 8)  # half the teacher's 16 channels
+    assert not [k for k in state if "adapter" in k]  # the 8 → 16 channel adapter was for training only
+    import onnx
+
+    names = {t.name for t in onnx.load(str(out / "student_fp32.onnx")).graph.initializer}
+    assert not [n for n in names if "adapter" in n]
