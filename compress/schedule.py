@@ -285,7 +285,9 @@ def run_schedule(teacher: nn.Module, student: nn.Module, train: Dataset, out_dir
     if out is not None:
         report["files"].update(_save_student(student, example, plan, out))
         if config.export is not None:
-            _export_stage(report, teacher, student, int8_model, example, out, config.export, eval_data or train)
+            # Without eval data the files are verified and timed on training inputs, but no accuracy is claimed.
+            _export_stage(report, teacher, student, int8_model, example, out, config.export, eval_data or train,
+                          score=eval_data is not None)
         write_json_atomic(out / "report.json", report)
         report["files"]["report"] = str(out / "report.json")
     return ScheduleResult(student, int8_model, report)
@@ -327,7 +329,7 @@ def _save_student(student: nn.Module, example, plan: dict | None, out: Path) -> 
 
 
 def _export_stage(report: dict, teacher, student, int8_model, example, out: Path, options: QuantizeOptions,
-                  evaluation: Dataset) -> None:
+                  evaluation: Dataset, *, score: bool) -> None:
     """Export the student (fp32, and int8 after QAT), verify each file in its runtime, measure it."""
     example1 = tuple(t[:1] for t in example)
     eval_x = tuple(a[:512] for a in evaluation.arrays)
@@ -349,7 +351,7 @@ def _export_stage(report: dict, teacher, student, int8_model, example, out: Path
             logits[kind] = _predict(backend.runner(path, 1), evaluation.arrays, options.batch_size)
             entry = {"bytes": path.stat().st_size, "parity": {k: v for k, v in parity.to_dict().items()
                                                               if k not in ("outputs", "path")}}
-            if evaluation.y is not None and logits[kind].ndim == 2:
+            if score and evaluation.y is not None and logits[kind].ndim == 2:
                 entry["accuracy"] = float(np.mean(logits[kind].argmax(-1) == evaluation.y))
             section[kind] = entry
             report["files"][f"student_{kind}_{fmt.value}"] = str(path)
