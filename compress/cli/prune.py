@@ -1,8 +1,11 @@
-"""``compress prune MODEL (--sparsity S | --nm N:M | --channels C | --plan plan.json) -o OUTDIR``.
+"""``compress prune MODEL (--sparsity S | --nm N:M | --channels C | --latency-target F | --latency-ms X |
+--plan plan.json) -o OUTDIR``.
 
 Prunes, optionally fine-tunes, and writes OUTDIR/model.pt2 (torch.export, loadable by every command without
---arch), state_dict.pt, plan.json, model_fp32.onnx (verified in onnxruntime against the pruned torch model) and
-report.json. The output is staged and renamed into place only when complete, like ``compress quantize``.
+--arch), state_dict.pt, plan.json, model_fp32.onnx (verified in onnxruntime against the pruned torch model;
+model_fp32.tflite too with --format tflite), with --quantize --calib the int8 files of the quantize pipeline
+(model_int8.onnx / .tflite), and report.json. The output is staged and renamed into place only when complete,
+like ``compress quantize``.
 """
 
 from __future__ import annotations
@@ -350,8 +353,8 @@ def render_demo_rows(pruned: dict, unpruned: dict):
 @click.command("prune")
 @click.argument("model", metavar="MODEL")
 @click.option("-o", "--output", "out", required=True, type=click.Path(path_type=Path),
-              help="Output directory (model.pt2, state_dict.pt, plan.json, model_fp32.onnx, report.json). Must "
-                   "not exist unless --force.")
+              help="Output directory (model.pt2, state_dict.pt, plan.json, model_fp32.onnx, report.json; "
+                   "model_fp32.tflite, model_int8.onnx / .tflite as asked). Must not exist unless --force.")
 @click.option("--sparsity", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Unstructured: fraction of weights set to zero by magnitude.")
 @click.option("--nm", metavar="N:M", default=None, help="Semi-structured: N zeros in every M input weights (2:4, 4:8).")
@@ -400,7 +403,8 @@ def prune_command(model: str, out: Path, sparsity, nm, channels, latency_target,
                   plan_path, scope_global, criterion, round_to,
                   max_sparsity, do_quantize, calib, formats, skip, eval_spec, train_spec, epochs, lr, batch_size,
                   input_shape, arch, trust_pickle, force) -> None:
-    """Prune MODEL: unstructured (--sparsity), N:M (--nm) or structured channel removal (--channels).
+    """Prune MODEL: unstructured (--sparsity), N:M (--nm), structured channel removal (--channels) or
+    structured to a measured latency (--latency-target / --latency-ms).
 
     MODEL is a state dict (.pt/.pth/.safetensors, with --arch), a torch.export program (.pt2), or a pickled
     module (.pt, only with --trust-pickle). The input comes from --eval / --train data or --input-shape.
