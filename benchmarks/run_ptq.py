@@ -214,6 +214,11 @@ def render(result: dict) -> str:
         lines.append(f"| {r['model']} | {r['run']} | {r['fp32_accuracy']:.4f} | {r['int8_accuracy']:.4f} | "
                      f"{r['agreement']:.4f} | {r['cosine']:.4f} | {'yes' if r['verified'] else 'NO'} | "
                      f"{r['seconds']:.0f} s | {changed} |")
+    lines += ["", "Models: `lite0_relu6` is the zoo's depthwise net with EfficientNet-Lite0's int8 recipe (ReLU6, no "
+              "squeeze-excite); `lite0_relu_spread` the same with ReLU whose channels are rescaled across each ReLU by "
+              "10^U(-1, 1) after training (the same float function, the per-channel spread of real checkpoints: DFQ, "
+              "Fig. 2); the others are the zoo's. A row marked error failed verification in onnxruntime (static "
+              "int8 with and without the technique alike: the verifier's verdict, not the technique's)."]
     return "\n".join(lines) + "\n"
 
 
