@@ -241,6 +241,8 @@ def run_schedule(teacher: nn.Module, student: nn.Module, train: Dataset, out_dir
     }
     t0 = time.perf_counter()
     _stage(report, "initial", student, eval_data, t0)
+    if config.qat is not None and config.export is not None:
+        _check_formats(student, example, config.export)  # an op a format cannot write fails before training
 
     plan = None
     if config.prune is not None:
@@ -288,8 +290,8 @@ def run_schedule(teacher: nn.Module, student: nn.Module, train: Dataset, out_dir
             # Without eval data the files are verified and timed on training inputs, but no accuracy is claimed.
             _export_stage(report, teacher, student, int8_model, example, out, config.export, eval_data or train,
                           score=eval_data is not None)
-        write_json_atomic(out / "report.json", report)
         report["files"]["report"] = str(out / "report.json")
+        write_json_atomic(out / "report.json", report)
     return ScheduleResult(student, int8_model, report)
 
 
@@ -297,10 +299,6 @@ def _qat(teacher, student, train, config: ScheduleConfig, transfer, calib, examp
     """Prepare (fake quantization), calibrate, distil with the teacher, convert: the int8 model."""
     options = config.export or QuantizeOptions()
     prepared = prepare(copy.deepcopy(student), example, options.quant_config(), qat=True)
-    if config.export is not None:
-        from compress.ops.coverage import check_coverage
-
-        check_coverage(prepared, tuple(f.value for f in config.export.formats))  # before the long work
     calibrate(prepared, calib if calib is not None else train.take(min(len(train), CALIB_SAMPLES)),
               batch_size=options.batch_size, progress=progress)
     # The BN statistics were re-estimated and trained in float; frozen for (at least) the last epoch, the
@@ -314,6 +312,18 @@ def _qat(teacher, student, train, config: ScheduleConfig, transfer, calib, examp
         for h in handles:
             h.remove()
     return convert(prepared.cpu().eval())
+
+
+def _check_formats(student: nn.Module, example, options: QuantizeOptions) -> None:
+    """Raise now, naming the op, if a requested format cannot write the int8 student.
+
+    Checked on the student before pruning: pruning changes widths, never which ops run, and a masked copy
+    cannot be checked (deep-copied parametrized modules share their class, so baking a copy's masks in
+    strips the original's)."""
+    from compress.ops.coverage import check_coverage
+
+    prepared = prepare(copy.deepcopy(student), example, options.quant_config(), qat=True)
+    check_coverage(prepared, tuple(f.value for f in options.formats))
 
 
 def _save_student(student: nn.Module, example, plan: dict | None, out: Path) -> dict[str, str]:
