@@ -69,6 +69,7 @@ def digits():
 
 
 @pytest.mark.onnx
+@pytest.mark.tflite
 @pytest.mark.slow
 def test_sparse_student_stays_sparse_through_qat_into_the_int8_file(digits, tmp_path):
     import onnx
@@ -77,7 +78,8 @@ def test_sparse_student_stays_sparse_through_qat_into_the_int8_file(digits, tmp_
 
     teacher, train, test = digits
     cfg = ScheduleConfig(prune=PruneConfig(sparsity=0.5), distill=DistillConfig(epochs=2, lr=3e-3, device="cpu"),
-                         qat=DistillConfig(epochs=1, lr=1e-4, device="cpu"), export=QuantizeOptions(latency_runs=5))
+                         qat=DistillConfig(epochs=1, lr=1e-4, device="cpu"),
+                         export=QuantizeOptions(latency_runs=5, formats=("onnx", "tflite")))
     result = run_schedule(teacher, teacher, train.take(400), tmp_path, cfg, transfer=train, eval_data=test,
                           progress=False)
     stages = {s["stage"]: s for s in result.report["stages"]}
@@ -95,6 +97,10 @@ def test_sparse_student_stays_sparse_through_qat_into_the_int8_file(digits, tmp_
     acc = float(np.mean(sess.run(None, {sess.get_inputs()[0].name: test.x})[0].argmax(1) == test.y))
     assert result.report["formats"]["onnx"]["int8"]["accuracy"] == pytest.approx(acc)
     assert acc > result.report["teacher"]["metric"] - 0.05
+    # The LiteRT file of the same int8 student: verified, and as accurate within a couple of images.
+    tflite = result.report["formats"]["tflite"]["int8"]
+    assert tflite["parity"]["passed"] and (tmp_path / "student_int8.tflite").is_file()
+    assert abs(tflite["accuracy"] - acc) < 0.01
 
 
 def test_stages_switch_off_and_the_baseline_gets_the_same_steps(digits):
