@@ -11,7 +11,7 @@ scored by L1 magnitude (ours: ``criterion="l1"`` summed over each coupled group'
 fine-tuning (compress.passes.prune.finetune: AdamW, cosine, ``--epochs`` on the same batches). Reported per
 contender: parameters and MACs (one counter for both), test accuracy right after pruning and after
 fine-tuning, the wall time of the pruning call, and fp32 ONNX latency in onnxruntime (1 thread, batch 1; all
-files timed interleaved, fastest of 9 rounds; the ratio to the unpruned file). A third contender is ours with
+files timed interleaved, fastest of 21 rounds; the ratio to the unpruned file). A third contender is ours with
 ``--latency-target`` set to the latency ratio Torch-Pruning reached: accuracy at equal measured latency.
 """
 
@@ -78,7 +78,7 @@ def _onnx_latencies(model, pruned: dict, x) -> dict[str, float]:
         for name, net in pruned.items():
             files[name] = Path(tmp) / f"{name}.onnx"
             export_onnx(net, (x[:1],), files[name])
-        return _file_latencies(files, (x,))
+        return _file_latencies(files, (x,), rounds=21)  # more rounds than the CLI: a loaded machine
 
 
 def run(ratio: float, epochs: int) -> dict:
@@ -120,8 +120,42 @@ def run(ratio: float, epochs: int) -> dict:
     return {"schema": 1, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "model": "tests.zoo resnet (TorchvisionStyleResNet, 32x32 RGB digits)", "ratio": ratio,
             "criterion": "l1", "finetune": {"epochs": epochs, "lr": 3e-3, "batch": 64, "optimizer": "AdamW cosine"},
-            "latency": "onnxruntime fp32, 1 thread, batch 1, interleaved, fastest of 9 rounds",
+            "latency": "onnxruntime fp32, 1 thread, batch 1, interleaved, fastest of 21 rounds",
             "torch_pruning": metadata.version("torch-pruning"), "machine": machine, "results": results}
+
+
+def run_latency(archs: list[str], resolution: int) -> dict:
+    """Reference nets (random weights, benchmarks/nets.py): 50 % channels and ``--latency-target 0.5``, each
+    timed as fp32 ONNX beside the unpruned file (no accuracy: untrained weights)."""
+    import torch
+    from nets import build_net, smooth_images
+
+    from compress.cli.prune import OrtLatency
+    from compress.passes.prune import LatencyTarget, PruneConfig, count_params, prune
+
+    torch.set_num_threads(1)
+    out = {}
+    for arch in archs:
+        model = build_net(arch)
+        x = smooth_images(2, resolution)
+        t = time.perf_counter()
+        half = prune(model, x, PruneConfig(channels=0.5, round_to=8)).model
+        half_s = time.perf_counter() - t
+        t = time.perf_counter()
+        target = prune(model, x, PruneConfig(latency=LatencyTarget(fraction=0.5, steps=(0.25, 0.5, 0.625, 0.75)),
+                                             round_to=8), measure=OrtLatency(1))
+        target_s = time.perf_counter() - t
+        times = _onnx_latencies(model, {"channels_0.5": half, "latency_target_0.5": target.model}, x)
+        search = {k: v for k, v in target.plan["latency"].items() if k not in ("table", "rounds")}
+        out[arch] = {"resolution": resolution, "params": count_params(model),
+                     "channels_0.5": {"params": count_params(half), "prune_s": half_s,
+                                      "latency_ratio": times["channels_0.5"] / times["unpruned"]},
+                     "latency_target_0.5": {"params": count_params(target.model), "prune_s": target_s,
+                                            "latency_ratio": times["latency_target_0.5"] / times["unpruned"],
+                                            "search": search},
+                     "unpruned_ms": times["unpruned"]}
+        print(arch, json.dumps(out[arch]), file=sys.stderr, flush=True)
+    return out
 
 
 def render(report: dict) -> str:
@@ -138,6 +172,16 @@ def render(report: dict) -> str:
         lines.append(f"| {name} | {r['params']:,} | {r['macs']:,} | {100 * acc:.2f} % | "
                      f"{100 * r.get('accuracy_after_finetune', r.get('accuracy')):.2f} % | "
                      f"{r.get('prune_s', 0):.2f} s | {r['onnx_fp32_ms']:.4f} | {r['latency_ratio']:.3f} |")
+    if report.get("reference_nets"):
+        lines += ["", "Reference nets (random weights, benchmarks/nets.py), fp32 ONNX latency ÷ the unpruned file:", "",
+                  "| net | input | unpruned ms | 50 % channels (round_to 8) | `--latency-target 0.5` (search predicted / measured) |",
+                  "|---|---|---:|---:|---:|"]
+        for arch, r in report["reference_nets"].items():
+            srch = r["latency_target_0.5"]["search"]
+            lines.append(f"| {arch} | {r['resolution']}² | {r['unpruned_ms']:.2f} | "
+                         f"{r['channels_0.5']['latency_ratio']:.3f} ({r['channels_0.5']['params']:,} params) | "
+                         f"{r['latency_target_0.5']['latency_ratio']:.3f} ({srch['predicted_ms'] / srch['base_ms']:.3f} / "
+                         f"{srch['measured_ms'] / srch['base_ms']:.3f}, {r['latency_target_0.5']['prune_s']:.0f} s) |")
     return "\n".join(lines) + "\n"
 
 
@@ -145,8 +189,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--archs", default="resnet18,mobilenetv2", help="reference nets for the latency rows ('' = none)")
+    ap.add_argument("--resolution", type=int, default=112)
     args = ap.parse_args()
     report = run(args.ratio, args.epochs)
+    sys.path.insert(0, str(HERE))
+    archs = [a for a in args.archs.split(",") if a]
+    report["reference_nets"] = run_latency(archs, args.resolution) if archs else {}
     from compress.runtime.machine import machine_slug
 
     out = HERE / "results" / machine_slug(report["machine"])

@@ -68,8 +68,8 @@ def _export_fp32(fmt: str, model, example, path: Path, batches=None):
     return info, (_verify(fmt, path, model, batches, info) if batches is not None else None)
 
 
-def _file_latencies(paths: dict[str, Path], example, threads: int = 1) -> dict[str, float]:
-    """Median batch-1 latency (ms) of each file in its runtime, timed interleaved (fastest of 9 rounds)."""
+def _file_latencies(paths: dict[str, Path], example, threads: int = 1, rounds: int = 9) -> dict[str, float]:
+    """Median batch-1 latency (ms) of each file in its runtime, timed interleaved (fastest of ``rounds``)."""
     from compress.passes.prune.latency import time_interleaved
     from compress.pipeline import _onnx_runner, _tflite_runner
 
@@ -78,7 +78,7 @@ def _file_latencies(paths: dict[str, Path], example, threads: int = 1) -> dict[s
     for path in paths.values():
         run = (_onnx_runner if path.suffix == ".onnx" else _tflite_runner)(path, threads)
         runners.append(lambda run=run: run(x))
-    return dict(zip(paths, time_interleaved(runners), strict=True))
+    return dict(zip(paths, time_interleaved(runners, rounds=rounds), strict=True))
 
 
 def _config(sparsity, nm, channels, latency_target, latency_ms, scope_global, criterion, round_to, max_sparsity,
