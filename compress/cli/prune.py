@@ -31,7 +31,7 @@ from compress.errors import ConfigError
 
 # Literal copies of compress.passes.prune.Criterion values, so `compress --help` does not import torch.
 CRITERION_CHOICES = ("l1", "l2", "bn", "taylor")
-RUNTIME_CHOICES = ("ort", "torch")
+RUNTIME_CHOICES = ("ort", "litert", "torch")
 VERIFY_SAMPLES = 8
 REPORT_VERSION = 1
 _RUNTIMES = {"onnx": "onnxruntime", "tflite": "LiteRT"}
@@ -128,9 +128,11 @@ def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path
     before = {"params": figures.count_params(net), "nonzero_params": figures.count_nonzero(net),
               "macs": figures.count_macs(net, example), "state_dict": figures.state_dict_sizes(net)}
     accuracy = {"before": figures.accuracy(net, evaluation)} if evaluation is not None else {}
-    unpruned = staging / ".unpruned_fp32.onnx"  # for the size and latency comparison; removed below
-    _export_fp32("onnx", net, example, unpruned)
-    before["onnx_fp32"] = figures.disk_sizes(unpruned)
+    # the unpruned files, for the size and latency comparison per runtime; removed below
+    unpruned = {fmt: staging / f".unpruned_fp32.{fmt}" for fmt in ("onnx", *(f for f in formats if f != "onnx"))}
+    for fmt, path in unpruned.items():
+        _export_fp32(fmt, net, example, path)
+    before["onnx_fp32"] = figures.disk_sizes(unpruned["onnx"])
 
     data = datasets.get("train") or evaluation  # labelled batches for the taylor criterion
     result = apply_plan(copy.deepcopy(net), example, plan) if plan is not None else \
@@ -157,10 +159,11 @@ def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path
         exported[fmt] = {"file": path.name, "max_rel_diff": parity.max_rel_diff, **figures.disk_sizes(path)}
         if fmt == "onnx":
             exported[fmt]["opset"] = info.opset
-    times = _file_latencies({"before": unpruned, **{fmt: staging / sec["file"] for fmt, sec in exported.items()}},
-                            example)
-    unpruned.unlink()
-    before["latency_ms"] = {"onnx": times.pop("before")}
+    times = _file_latencies({**{f"before_{fmt}": path for fmt, path in unpruned.items()},
+                             **{fmt: staging / sec["file"] for fmt, sec in exported.items()}}, example)
+    for path in unpruned.values():
+        path.unlink()
+    before["latency_ms"] = {fmt: times.pop(f"before_{fmt}") for fmt in unpruned}
     for fmt, ms in times.items():
         exported[fmt]["latency_ms"] = ms
     after = {"params": figures.count_params(model), "nonzero_params": figures.count_nonzero(model),
@@ -177,9 +180,10 @@ def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path
     }
     if "latency" in plan:
         search = {k: v for k, v in plan["latency"].items() if k != "table"}
-        final = times["onnx"] / before["latency_ms"]["onnx"]
-        report["latency"] = {**search, "final_file": {"file": "model_fp32.onnx", "runtime": "onnxruntime",
-                                                      "ratio_to_unpruned": final, "ms": times["onnx"]}}
+        fmt = "tflite" if search["runtime"].startswith("litert") else "onnx"  # torch: the ONNX file
+        report["latency"] = {**search, "final_file": {
+            "file": exported[fmt]["file"], "runtime": _RUNTIMES[fmt], "ms": times[fmt],
+            "ratio_to_unpruned": times[fmt] / before["latency_ms"][fmt]}}
         report["latency_table"] = plan["latency"]["table"]
     if calib is not None:
         report["quantized"] = _quantize(staging, calib, evaluation, formats, batch_size)
@@ -201,6 +205,8 @@ class OrtLatency:
     """The latency table's ``measure`` in onnxruntime: the graph exported to fp32 ONNX as ``compress export``
     writes it, one session on ``threads`` threads, batch 1 (see :mod:`compress.passes.prune.latency`)."""
 
+    fmt = "onnx"
+
     def __init__(self, threads: int = 1):
         import onnxruntime
 
@@ -208,17 +214,29 @@ class OrtLatency:
         self.name = f"onnxruntime-{onnxruntime.__version__}-{threads}t"
 
     def runner(self, model, example_inputs):
-        from compress.pipeline import _onnx_runner
+        from compress.pipeline import _onnx_runner, _tflite_runner
 
         with tempfile.TemporaryDirectory() as tmp:  # the session holds the model: the file can go
-            path = Path(tmp) / "m.onnx"
-            _export_fp32("onnx", model, example_inputs, path)
-            run = _onnx_runner(path, self.threads)
+            path = Path(tmp) / f"m.{self.fmt}"
+            _export_fp32(self.fmt, model, example_inputs, path)
+            run = (_onnx_runner if self.fmt == "onnx" else _tflite_runner)(path, self.threads)
         x = tuple(t[:1].numpy() for t in example_inputs)
         return lambda: run(x)
 
     def pinned(self):
         return contextlib.nullcontext()
+
+
+class LiteRTLatency(OrtLatency):
+    """The same in LiteRT (XNNPACK): the graph exported to fp32 TFLite."""
+
+    fmt = "tflite"
+
+    def __init__(self, threads: int = 1):
+        from importlib.metadata import version
+
+        self.threads = threads
+        self.name = f"litert-{version('ai-edge-litert')}-{threads}t"
 
 
 def _sparse_speed(net, example, staging: Path, fp32_ratio: float, calib, batch_size: int, before: dict,
@@ -325,8 +343,9 @@ def render(report: dict):
     if lat:
         note += (f"\nlatency target {lat['target_ms']:.3f} ms ({lat['runtime']}, unpruned {lat['base_ms']:.3f} ms): "
                  f"table predicted {lat['predicted_ms']:.3f} ms, measured {lat['measured_ms']:.3f} ms"
-                 f"{'' if lat['met'] else ' — NOT met: the table has no deeper cuts'}; final model_fp32.onnx "
-                 f"{lat['final_file']['ratio_to_unpruned']:.2f}× the unpruned file's latency")
+                 f"{'' if lat['met'] else ' — NOT met: the table has no deeper cuts'}; final "
+                 f"{lat['final_file']['file']} {lat['final_file']['ratio_to_unpruned']:.2f}× the unpruned file's "
+                 "latency")
     return Group(table, Text(note, style="dim"))
 
 
@@ -366,8 +385,8 @@ def render_demo_rows(pruned: dict, unpruned: dict):
 @click.option("--latency-ms", type=click.FloatRange(0, min_open=True), default=None,
               help="Like --latency-target, with the target in milliseconds.")
 @click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default=None,
-              help="Where --latency-target measures: onnxruntime (the fp32 ONNX file) or torch (eager) "
-                   "[default: ort].")
+              help="Where --latency-target measures: onnxruntime (the fp32 ONNX file), LiteRT (the fp32 TFLite "
+                   "file) or torch (eager) [default: ort].")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Threads of the --latency-target measurements [default: 1].")
 @click.option("--plan", "plan_path", metavar="PLAN", type=click.Path(path_type=Path), default=None,
@@ -428,6 +447,8 @@ def prune_command(model: str, out: Path, sparsity, nm, channels, latency_target,
         raise ConfigError("--quantize needs calibration data: pass --calib DATA (an .npz with x)" if do_quantize
                           else "--calib is read by --quantize only; add --quantize or drop --calib")
     formats = parse_formats(formats)
+    if runtime == "litert" and "tflite" not in formats:
+        formats = (*formats, "tflite")  # the latency target is checked on the file of the runtime it names
     if (runtime is not None or threads is not None) and latency_target is None and latency_ms is None:
         raise ConfigError("--runtime and --threads say where --latency-target / --latency-ms measure; add one")
     if input_shape is None and eval_spec is None and train_spec is None and calib is None:
@@ -455,7 +476,8 @@ def prune_command(model: str, out: Path, sparsity, nm, channels, latency_target,
     if config is not None and config.latency is not None:
         from compress.passes.prune import TorchLatency
 
-        measure = OrtLatency(threads or 1) if runtime in (None, "ort") else TorchLatency(threads or 1)
+        measure = {None: OrtLatency, "ort": OrtLatency, "litert": LiteRTLatency, "torch": TorchLatency}[runtime](
+            threads or 1)
 
     with staged_output(out, kind="prune") as staging:
         report = run_prune(net, example, batches, config, plan, datasets, staging, epochs=epochs or 2,

@@ -157,3 +157,28 @@ def test_onnxruntime_latency_lands_near_the_target(tmp_path, monkeypatch):
     ratio = times["after"] / times["before"]
     # measured here (2 shared cores): 0.45-0.55; a loaded machine widens it, hence the margin
     assert 0.3 < ratio < 0.7, (ratio, {k: v for k, v in result.plan["latency"].items() if k != "table"})
+
+
+@pytest.mark.tflite
+@pytest.mark.onnx
+def test_real_measures_time_their_runtime(tmp_path, monkeypatch):
+    """Each measure runs the model it is given in its runtime (outputs equal torch's) and names itself."""
+    import numpy as np
+
+    from compress.cli.prune import LiteRTLatency, OrtLatency
+    from compress.passes.prune import TorchLatency
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        want = net(x[:1]).numpy()
+    for measure, prefix in ((OrtLatency(1), "onnxruntime-"), (LiteRTLatency(1), "litert-"),
+                            (TorchLatency(1), "torch-")):
+        assert measure.name.startswith(prefix) and measure.name.endswith("-1t")
+        run = measure.runner(net, (x,))
+        out = run()
+        out = out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+        np.testing.assert_allclose(out.reshape(want.shape), want, rtol=1e-4, atol=1e-5)
+        (ms,) = lat.time_interleaved([run], pinned=measure.pinned(), rounds=2, seconds=0.005)
+        assert 0 < ms < 1000
