@@ -17,7 +17,7 @@ from compress.cli._common import (
     staged_output,
     stdout_console,
 )
-from compress.errors import ConfigError
+from compress.errors import ConfigError, VerificationError
 
 # Literal copies of compress.quant.spec.ObserverKind / compress.pipeline.Target / Format values, so
 # `compress --help` does not import torch; tests/cli checks they stay equal to the enums.
@@ -96,10 +96,19 @@ def _spec_files(spec: str | None) -> list[Path]:
 @click.option("--train", "train_spec", metavar="DATA", help="Labelled training data for --qat.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="QAT epochs [default: 3].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="QAT learning rate [default: 1e-3].")
-@click.option("--mode", type=click.Choice(MODE_CHOICES), default="static", show_default=True,
+@click.option("--mode", type=click.Choice((*MODE_CHOICES, "auto")), default="static", show_default=True,
               help="static: int8 weights and calibrated int8 activations; dynamic: int8 weights, activations "
                    "quantized per call at run time (transformers, LSTMs); weight-only: int8 weights, float "
-                   "compute (smallest file at float accuracy).")
+                   "compute (smallest file at float accuracy); auto: the fastest of these per layer (latency "
+                   "prior static < dynamic < weight-only < float) that keeps --max-drop [default 1 point].")
+@click.option("--max-drop", "max_drop", type=click.FloatRange(min=0), default=None, metavar="POINTS",
+              help="Budget in percentage points of the --metric vs fp32: each layer's sensitivity is measured and "
+                   "the fewest layers leave --mode (for float, or dynamic / weight-only when that suffices); "
+                   "the per-layer table is printed and in report.json.")
+@click.option("--metric", "metric", metavar="NAME|MODULE:CALLABLE", default=None,
+              help="Metric of --max-drop / --mode auto: accuracy (needs labels), agreement (top-1 with fp32), "
+                   "cosine (with fp32), or MODULE:CALLABLE called as fn(outputs, batch) -> float, higher is "
+                   "better [default: accuracy with labels, else agreement for [N, C] outputs, else cosine].")
 @click.option("--float-layer", "float_layers", multiple=True, metavar="NAME",
               help="Keep the layer (or every layer under the module) at this path in float; repeatable.")
 @click.option("--layer-mode", "layer_mode_pairs", multiple=True, metavar="NAME=MODE",
@@ -127,13 +136,17 @@ def _spec_files(spec: str | None) -> list[Path]:
 @click.option("--accept-degraded", is_flag=True,
               help="Keep an int8 model whose predictions collapsed (top-1 agreement with fp32 < 50%) instead of "
                    "failing with exit code 9.")
+@click.option("--keep-unverified", is_flag=True,
+              help="When a file fails verification in its runtime, still write OUTDIR (report.json marks the "
+                   "failure and names the op); the exit code stays 6.")
 @debug_option
 @handle_errors
 def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, qat: bool, train_spec: str | None,
                      epochs: int | None, lr: float | None, mode: str, float_layers: tuple[str, ...],
                      layer_mode_pairs: tuple[str, ...], per_tensor: bool, observer: str, target: str,
                      formats: str, int8_io: bool, arch: str | None, trust_pickle: bool, force: bool,
-                     batch_size: int | None, accept_degraded: bool, ptq: str) -> None:
+                     batch_size: int | None, accept_degraded: bool, ptq: str, keep_unverified: bool,
+                     max_drop: float | None, metric: str | None) -> None:
     """Quantize MODEL to int8 ONNX (and TFLite), verify each file against the torch simulation, write a report.
 
     MODEL is a state dict (.pt/.pth/.safetensors, with --arch), a torch.export program (.pt2), or a pickled
@@ -141,6 +154,8 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     """
     format_names = parse_formats(formats)
     layer_modes = parse_layer_modes(layer_mode_pairs, float_layers)
+    if metric is not None and max_drop is None and mode != "auto":
+        raise ConfigError("--metric is the metric of --max-drop / --mode auto; add --max-drop POINTS (e.g. 1)")
     if int8_io and "tflite" not in format_names:
         raise ConfigError("--int8-io applies to TFLite files; add --format tflite (or onnx,tflite)")
     if not qat:
@@ -154,14 +169,17 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     check_output_dir(out, inputs=inputs, force=force)
 
     from compress.io import check_fits, load_data, load_model, match_model_dtype
+    from compress.passes.sensitivity import sensitivity_config
     from compress.pipeline import QuantizeOptions, Target, quantize_model, render_summary
     from compress.quant.spec import ObserverKind
 
     extra = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
+    extra["sensitivity"] = sensitivity_config(max_drop, metric, auto=mode == "auto")
+    mode = "static" if mode == "auto" else mode  # auto starts from static; the plan moves layers off it
     options = QuantizeOptions(
         per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat,
         formats=format_names, tflite_int8_io=int8_io, accept_degraded=accept_degraded, mode=mode,
-        layer_modes=layer_modes, ptq=tuple(ptq.split(",")), **extra
+        keep_unverified=keep_unverified, layer_modes=layer_modes, ptq=tuple(ptq.split(",")), **extra
     )
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     datasets = {}
@@ -179,7 +197,15 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
 
     console = stdout_console()
     console.print(render_summary(report))
+    if "sensitivity" in report:
+        from compress.passes.sensitivity import render_sensitivity
+
+        console.print(render_sensitivity(report["sensitivity"]))
     echo_warnings(report.get("warnings", []))
     written = ", ".join(f"{p.name} ({p.stat().st_size / 1024:.1f} kB)" for p in sorted(out.iterdir())
                         if p.is_file() and not p.name.startswith("."))
     console.print(f"wrote {out}: {written}", soft_wrap=True, highlight=False)
+    if report.get("verification_failure"):
+        kept = out / "report.json"
+        raise VerificationError(f"{report['verification_failure']}; written anyway (--keep-unverified)"
+                                + (f", {kept} marks the failure" if kept.is_file() else ""))
