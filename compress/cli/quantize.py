@@ -174,7 +174,7 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     from compress.quant.spec import ObserverKind
 
     extra = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
-    extra["sensitivity"] = sensitivity_config(max_drop, metric, auto=mode == "auto")
+    extra["sensitivity"] = sensitivity_config(max_drop, metric, auto=mode == "auto", formats=format_names)
     mode = "static" if mode == "auto" else mode  # auto starts from static; the plan moves layers off it
     options = QuantizeOptions(
         per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat,

@@ -37,11 +37,12 @@ import torch
 from torch import fx, nn
 
 from compress.errors import ConfigError, ExportError
+from compress.layers.dynamic import supported_modes
 from compress.passes import graph as g
 from compress.passes.calibrate import _progress, calibrate, iter_inputs
 from compress.passes.metric import BUILTIN, load_metric_callable, resolve_metric
 from compress.passes.prepare import _set_module, prepare
-from compress.quant.config import QuantConfig, QuantMode
+from compress.quant.config import QuantConfig, QuantMode, parse_mode
 from compress.quant.fake import Quantizer
 
 #: Modes in the order of the latency prior (fastest first); accuracy grows along it too.
@@ -59,6 +60,8 @@ class SensitivityConfig:
         auto: ``--mode auto``: the base mode is chosen too, the first of static, dynamic, weight-only (the
             latency prior) whose plan holds the budget. Without it the base is ``quant.mode``.
         max_samples: evaluation samples per measurement.
+        modes: the modes the plan may use (``sensitivity_config`` leaves out dynamic for TFLite, which has no
+            dynamic form here).
         max_exact: full prepare + calibrate confirmations at most (each costs about one ``compress quantize``
             calibration).
 
@@ -72,10 +75,12 @@ class SensitivityConfig:
     auto: bool = False
     max_samples: int = 512
     max_exact: int = 8
+    modes: tuple[str, ...] = tuple(m.value for m in LADDER)
 
     def __post_init__(self):
         if not isinstance(self.max_drop, int | float) or not np.isfinite(self.max_drop) or self.max_drop < 0:
             raise ConfigError(f"max drop must be a number of percentage points ≥ 0 (e.g. 0.5), got {self.max_drop!r}")
+        object.__setattr__(self, "modes", tuple(parse_mode(m).value for m in self.modes))
         if self.max_samples < 1 or self.max_exact < 1:
             raise ConfigError("max_samples and max_exact must be ≥ 1")
 
@@ -237,13 +242,9 @@ def _edge_quantizers(gm: fx.GraphModule, modules: dict[str, nn.Module], paths: l
     return edges
 
 
-def _ladder(base: QuantMode, quant_class: type) -> list[QuantMode]:
+def _ladder(base: QuantMode, quant_class: type, allowed: set[QuantMode]) -> list[QuantMode]:
     """Rungs above ``base`` a layer of ``quant_class`` can take, cheapest first (float always last)."""
-    try:
-        from compress.layers.dynamic import supported_modes
-        available = set(supported_modes(quant_class))
-    except ImportError:  # pragma: no cover - modes other than static/float not built
-        available = {QuantMode.STATIC}
+    available = set(supported_modes(quant_class)) & allowed
     return [m for m in LADDER[LADDER.index(base) + 1:-1] if m in available] + [QuantMode.FLOAT]
 
 
@@ -282,7 +283,8 @@ def plan_layer_modes(model: nn.Module, calib, evaluation, quant: QuantConfig | N
     quant = quant or QuantConfig()
     config = config or SensitivityConfig()
     search = _Search(model.cpu().eval(), calib, evaluation, config, batch_size, max_calib_batches, progress)
-    bases = [m for m in LADDER[:-1] if LADDER.index(m) >= LADDER.index(quant.mode)] if config.auto else [quant.mode]
+    bases = [m for m in LADDER[:-1] if LADDER.index(m) >= LADDER.index(quant.mode) and m in search.allowed] \
+        if config.auto else [quant.mode]
     best = None
     for base in bases:
         result = search.plan(replace(quant, mode=base), table)
@@ -308,6 +310,7 @@ class _Search:
         self.fp32 = self.metric.score(self.reference, self.reference, self.subset)
         self.evaluations = 0
         self.exact = 0
+        self.allowed = {parse_mode(m) for m in config.modes}
 
     def score(self, net: nn.Module) -> float:
         self.evaluations += 1
@@ -386,7 +389,7 @@ class _Search:
             modes[unit] = QuantMode.FLOAT
             planned = self.confirm(quant, modes)
         for unit in chosen:  # a cheaper rung than float when it holds the budget
-            for rung in _ladder(quant.mode_for(unit), type(board.quant_layer(unit)))[:-1]:
+            for rung in _ladder(quant.mode_for(unit), type(board.quant_layer(unit)), self.allowed)[:-1]:
                 if self.exact >= self.config.max_exact:
                     break
                 value = self.confirm(quant, {**modes, unit: rung})
@@ -445,11 +448,11 @@ def _op_name(model: nn.Module, unit: str, prepared: fx.GraphModule, path: str) -
 
 
 def sensitivity_config(max_drop: float | None, metric: str | None, *, auto: bool = False,
-                       **kwargs) -> SensitivityConfig | None:
+                       formats: tuple[str, ...] = (), **kwargs) -> SensitivityConfig | None:
     """The :class:`SensitivityConfig` the CLI's ``--max-drop`` / ``--metric`` / ``--mode auto`` ask for, or None.
 
     ``--mode auto`` without ``--max-drop`` keeps 1 point. A custom metric is imported now, so a bad spec fails
-    before any model is loaded.
+    before any model is loaded. With ``"tflite"`` in ``formats`` the plan never uses dynamic (refused there).
 
     Example:
         >>> sensitivity_config(None, None) is None, sensitivity_config(None, None, auto=True).max_drop
@@ -459,6 +462,8 @@ def sensitivity_config(max_drop: float | None, metric: str | None, *, auto: bool
         return None
     if metric is not None and metric not in BUILTIN:
         load_metric_callable(metric)
+    if "tflite" in formats:
+        kwargs.setdefault("modes", tuple(m.value for m in LADDER if m is not QuantMode.DYNAMIC))
     return SensitivityConfig(max_drop=1.0 if max_drop is None else max_drop, metric=metric, auto=auto, **kwargs)
 
 

@@ -147,3 +147,7 @@ def test_auto_picks_dynamic_where_no_static_plan_holds():
                             progress=False)
     assert auto.fp32 == pytest.approx(fp32) and 100 * (fp32 - static.quantized) > 20
     assert auto.mode == "dynamic" and auto.within_budget and 100 * (fp32 - auto.planned) <= 1.0
+    tflite = sensitivity_config(1.0, None, auto=True, formats=("onnx", "tflite"))  # no dynamic form in TFLite
+    assert "dynamic" not in tflite.modes
+    without_dynamic = plan_layer_modes(net, calib, evaluation, config=tflite, table=False, progress=False)
+    assert without_dynamic.mode == "weight-only" and without_dynamic.within_budget
