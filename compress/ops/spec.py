@@ -63,6 +63,7 @@ class Coupling(str, Enum):
     MATMUL = "matmul"  # contracts a's last axis with b's second-to-last; batch axes couple a and b like an add
     ALONG_AXIS = "along_axis"  # computes along its `dim`: passthrough unless dim is the channel axis (softmax)
     INDEX = "index"  # t[i] of a tuple, or indexing of axes other than the channel axis (out[:, -1, :])
+    BROADCAST = "broadcast"  # expand: grows size-1 axes; passthrough unless it expands the channel axis
     BLOCKING = "blocking"  # mixes or reshapes the channel axis: pruning does not cross it
     NONE = "none"  # no channel axis (shapes, indices)
 

@@ -79,7 +79,7 @@ declare(OpSpec("getitem", P, functions=(operator.getitem,), methods=("__getitem_
                coupling=Coupling.INDEX))
 declare(OpSpec("split", P, functions=(torch.split, torch.chunk, torch.unbind), methods=("split", "chunk", "unbind"),
                aten=("split", "split_with_sizes", "chunk", "unbind"), coupling=Coupling.BLOCKING))
-declare(OpSpec("expand", P, methods=("expand", "expand_as", "repeat"), aten=("expand", "repeat"), coupling=Coupling.BLOCKING))
+declare(OpSpec("expand", P, methods=("expand", "expand_as", "repeat"), aten=("expand", "repeat"), coupling=Coupling.BROADCAST))
 declare(OpSpec("pad", P, functions=(F.pad,), modules=(nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d,
                                                       nn.ReflectionPad1d, nn.ReflectionPad2d,
                                                       nn.ReplicationPad1d, nn.ReplicationPad2d),

@@ -280,13 +280,30 @@ class GroupedQueryAttention(nn.Module):
         return self.fc((x + self.o(att.transpose(1, 2).reshape(b, t, -1))).mean(1))
 
 
-def test_grouped_query_heads_and_a_residual_on_the_input_are_kept_whole_not_broken():
+@pytest.mark.onnx
+def test_grouped_query_heads_go_with_their_kv_head_and_a_residual_on_the_input_blocks(tmp_path):
     torch.manual_seed(0)
-    net = GroupedQueryAttention().eval()
+    net = GroupedQueryAttention().eval()  # q heads 0,1 read kv head 0; q heads 2,3 read kv head 1
+    d = net.d
+    with torch.no_grad():  # kv head 1 carries nothing (zero values): removing it with q heads 2,3 is exact
+        net.v.weight[d:] = 0
+        net.v.bias[d:] = 0
+        net.k.weight[d:] *= 0.01
+        net.q.weight[2 * d:] *= 0.01
     x = torch.randn(2, 6, 32)
     result = prune(net, x, PruneConfig(channels=0.5))
     groups = {g["key"]: g for g in result.plan["groups"]}
-    assert all(groups[k]["kept"] is None and groups[k]["skipped"] for k in ("q", "k", "v", "o"))
-    assert "x is a model input" in groups["o"]["skipped"]  # o feeds x + o: the input's channels are fixed
+    heads = groups["k+q+v"]
+    assert (heads["width_before"], heads["width_after"], heads["unit"], heads["kept"]) == (2, 1, 2 * d, [0])
+    m = result.model
+    assert (m.q.out_features, m.k.out_features, m.v.out_features, m.o.in_features) == (2 * d, d, d, 2 * d)
+    assert groups["o"]["kept"] is None and "x is a model input" in groups["o"]["skipped"]  # o feeds x + o
     with torch.no_grad():
-        torch.testing.assert_close(result.model(x), net(x))
+        torch.testing.assert_close(m(x), net(x), rtol=1e-5, atol=1e-5)
+        assert m(torch.randn(3, 6, 32)).shape == (3, 3)  # the batch stays free
+    from compress.exporters import export_onnx
+
+    export_onnx(m, (x[:1],), tmp_path / "gqa.onnx")  # the edited view / expand / reshape sizes export
+    with torch.no_grad():
+        ref = m(x[:1]).numpy()
+    assert np.abs(_ort(tmp_path / "gqa.onnx", x[:1]) - ref).max() <= 1e-4 * max(np.abs(ref).max(), 1.0)

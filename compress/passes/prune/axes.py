@@ -49,8 +49,6 @@ class AxisRules:
         rank = len(_shape(inputs[0]))
         channel = rank - lay.axis
         name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
-        if lay.inner != 1:
-            return False
         if name == "permute":
             dims = node.args[1] if len(node.args) == 2 and isinstance(node.args[1], list | tuple) else node.args[1:]
             order = [int(d) % rank for d in dims]
@@ -62,7 +60,7 @@ class AxisRules:
             new = 1 - channel
         else:
             return False
-        self.layouts[node] = Layout(lay.spaces, rank - new)
+        self.layouts[node] = Layout(lay.spaces, rank - new, lay.inner)  # blocks of a unit stay on their axis
         return True
 
     def matmul(self, node: fx.Node, inputs: list[fx.Node], label: str) -> bool:
@@ -72,11 +70,15 @@ class AxisRules:
         known = [(x, self.layouts[x]) for x in (a, b) if x in self.layouts]
         if not known:
             return True
-        ref = known[0][1]
         for x, lay in known:
             rank = len(_shape(x))
-            if lay.inner != 1 or lay.axis <= 2 or lay.axis > rank:  # a row / contracted axis, not a batch axis
+            if lay.axis <= 2 or lay.axis > rank:  # a row / contracted axis, not a batch axis
                 return False
+        if len(known) == 2:
+            self.refine_to(known[0][1], known[1][1])
+            self.refine_to(known[1][1], known[0][1])
+            known = [(x, self.layouts[x]) for x in (a, b)]
+        ref = known[0][1]
         lays = []
         for x in (a, b):
             shape = _shape(x)
@@ -85,12 +87,95 @@ class AxisRules:
             elif len(shape) >= ref.axis and shape[-ref.axis] != 1:
                 lays.append(self.layout_of(x, ref.axis))  # a fixed operand: the union below is blocked
         for lay in lays:  # every one: a fixed first operand must join (and block) the union too
-            if lay.axis != ref.axis or len(lay.spaces) != len(ref.spaces) or \
+            if lay.axis != ref.axis or lay.inner != ref.inner or len(lay.spaces) != len(ref.spaces) or \
                     any(self.spaces[p].size != self.spaces[q].size for p, q in zip(lay.spaces, ref.spaces, strict=True)):
                 return False
             for p, q in zip(lay.spaces, ref.spaces, strict=True):
                 self.uf.union(p, q)
-        self.layouts[node] = Layout(ref.spaces, ref.axis)
+        self.layouts[node] = Layout(ref.spaces, ref.axis, ref.inner)
+        return True
+
+    def refine_to(self, fine: Layout, coarse: Layout) -> None:
+        """Grouped-query attention: q's H heads meet k's G shared heads repeated H/G times. q's own, uncoupled
+        space becomes G units of H/G heads (inner × H/G everywhere it is recorded), so a kv head and the q
+        heads that read it go together."""
+        if len(fine.spaces) != 1 or len(coarse.spaces) != 1 or fine.inner != 1 or coarse.inner == 1:
+            return
+        sid, rep = fine.spaces[0], coarse.inner
+        space = self.spaces[sid]
+        if space.size != self.spaces[coarse.spaces[0]].size * rep or space.producer is None or \
+                any(self.uf.find(t) == self.uf.find(sid) for t in range(len(self.spaces)) if t != sid):
+            return
+        space.size, space.unit = space.size // rep, space.unit * rep
+        self.members = [Member(m.module, m.role, Layout(m.layout.spaces, m.layout.axis, m.layout.inner * rep))
+                        if m.layout.spaces == (sid,) else m for m in self.members]
+        self.layouts = {n: Layout(lay.spaces, lay.axis, lay.inner * rep) if lay.spaces == (sid,) else lay
+                        for n, lay in self.layouts.items()}
+        self.edits = [ShapeEdit(e.node, e.arg, e.pos, e.space, e.unit * rep) if e.space == sid else e
+                      for e in self.edits]
+
+    def broadcast(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
+        """``expand`` of size-1 axes other than the channel axis; a literal channel size in it is edited."""
+        lay = self.layouts.get(inputs[0]) if inputs else None
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        if lay is None:
+            return True
+        shape, out = _shape(inputs[0]), _shape(node)
+        channel = len(shape) - lay.axis
+        target = _shape_arg(node)
+        if name != "expand" or out is None or len(out) != len(shape) or out[channel] != shape[channel] or \
+                target is None:
+            return False
+        arg, pos, sizes = target
+        literal = sizes[channel]
+        if isinstance(literal, int) and literal == shape[channel] and len(lay.spaces) == 1:
+            self.edits.append(ShapeEdit(node.name, arg if pos is not None else arg + channel,
+                                        channel if pos is not None else None, lay.spaces[0], lay.inner))
+        elif literal != -1:
+            return False
+        self.layouts[node] = lay
+        return True
+
+    def unit_dims(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
+        """``unsqueeze`` / ``squeeze``: size-1 axes come or go; the channel axis keeps its place among the rest."""
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        if name not in ("unsqueeze", "squeeze") or len(inputs) != 1 or inputs[0] not in self.layouts:
+            return False
+        lay, shape, out = self.layouts[inputs[0]], _shape(inputs[0]), _shape(node)
+        channel = len(shape) - lay.axis
+        if out is None or [d for d in shape if d != 1] != [d for d in out if d != 1] or shape[channel] == 1:
+            return False
+        rank_among = sum(1 for d in shape[:channel] if d != 1)
+        seen = -1
+        for i, d in enumerate(out):
+            seen += d != 1
+            if d != 1 and seen == rank_among:
+                self.layouts[node] = Layout(lay.spaces, len(out) - i, lay.inner)
+                return True
+        return False
+
+    def merge_next(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
+        """``[.., G, r, ..] → [.., G·r, ..]`` with G the channel axis (repeat_kv): units of r on the merged axis."""
+        if len(inputs) != 1 or inputs[0] not in self.layouts:
+            return False
+        lay, shape, out = self.layouts[inputs[0]], _shape(inputs[0]), _shape(node)
+        channel = len(shape) - lay.axis
+        if out is None or lay.inner != 1 or len(out) != len(shape) - 1 or channel + 1 >= len(shape) or \
+                list(out[:channel]) != list(shape[:channel]) or out[channel] != shape[channel] * shape[channel + 1] \
+                or list(out[channel + 1:]) != list(shape[channel + 2:]) or shape[channel + 1] == 1:
+            return False
+        rep = shape[channel + 1]
+        target = _shape_arg(node)
+        if target is None:
+            return False
+        arg, pos, sizes = target
+        literal = sizes[channel]
+        if isinstance(literal, int) and literal == out[channel] and len(lay.spaces) == 1:
+            self.edits.append(ShapeEdit(node.name, arg if pos is not None else arg + channel,
+                                        channel if pos is not None else None, lay.spaces[0], rep))
+        elif literal != -1:
+            return False
+        self.layouts[node] = Layout(lay.spaces, len(out) - channel, rep)
         return True
 
     def along_axis(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
@@ -100,7 +185,7 @@ class AxisRules:
         module = self.modules.get(node.target) if node.op == "call_module" else None
         dim = getattr(module, "dim", None) if module is not None else _arg(node, 1, "dim")
         rank = len(_shape(inputs[0]))
-        if not isinstance(dim, int) or lay.inner != 1 or dim % rank == rank - lay.axis:
+        if not isinstance(dim, int) or dim % rank == rank - lay.axis:
             return False
         self.layouts[node] = lay
         return True
@@ -147,10 +232,10 @@ class AxisRules:
         x, lay = inputs[0], self.layouts[inputs[0]]
         shape, out = _shape(x), _shape(node)
         channel = len(shape) - lay.axis
-        if out is None or lay.inner != 1 or lay.axis < 2 or len(out) != channel + 1 or \
+        if out is None or lay.axis < 2 or len(out) != channel + 1 or \
                 list(out[:channel]) != list(shape[:channel]) or out[-1] != math.prod(shape[channel:]):
             return False
-        inner = math.prod(shape[channel + 1:])
+        inner = lay.inner * math.prod(shape[channel + 1:])  # a unit's heads, each head's columns
         target = _shape_arg(node)
         if target is not None:
             arg, pos, sizes = target

@@ -156,7 +156,10 @@ class _Walker(AxisRules, RecurrentRules):
         if coupling is Coupling.CONCAT:
             return self.concat(node, inputs, label)
         if coupling is Coupling.BLOCKING and spec.name == "reshape" and (
-                self.flatten(node, inputs) or self.split_units(node, inputs) or self.merge_units(node, inputs)):
+                self.flatten(node, inputs) or self.split_units(node, inputs) or self.merge_units(node, inputs)
+                or self.unit_dims(node, inputs) or self.merge_next(node, inputs)):
+            return None
+        if coupling is Coupling.BROADCAST and self.broadcast(node, inputs):
             return None
         if coupling is Coupling.PERMUTE and self.permute(node, inputs):
             return None
@@ -176,7 +179,8 @@ class _Walker(AxisRules, RecurrentRules):
                Coupling.PERMUTE: "moves the channel axis in a way the analysis does not follow",
                Coupling.MATMUL: "contracts or mixes the channel axis",
                Coupling.ALONG_AXIS: "computes along the channel axis",
-               Coupling.INDEX: "indexes the channel axis"}.get(coupling, "has no channel rule")
+               Coupling.INDEX: "indexes the channel axis",
+               Coupling.BROADCAST: "expands the channel axis"}.get(coupling, "has no channel rule")
         return self.block_all(inputs, f"{label} {why}")
 
     def _block_tuple(self, value) -> None:
