@@ -13,6 +13,10 @@ prunes whole heads when channels are followed through these rules:
 * a reshape that merges the channel axis with all the axes after it (``[n, t, H, D] → [n, t, H·D]``) gives
   the next layer's input columns in blocks of D, like a flatten before a classifier.
 
+Grouped-query attention repeats each of G kv heads H/G times (``k[:, :, None].expand(..).reshape(..)``:
+BROADCAST, then a reshape merging the channel axis with the next); when matmul meets q's H heads with such
+a k, q's space is refined into G units of H/G heads, so a kv head and its q heads are removed together.
+
 Each rule returns False when the pattern does not match; the caller then blocks the spaces with a reason.
 """
 
