@@ -46,6 +46,24 @@ def _shape_arg(node: fx.Node) -> tuple[int, int | None, list] | None:
 class AxisRules:
     """Mixed into the channel walker (:class:`compress.passes.prune.groups._Walker`)."""
 
+    def edit_literal(self, node: fx.Node, at: int, expected: int, sid: int, unit: int, *,
+                     required: bool = True) -> bool:
+        """Record that size ``at`` of ``node``'s target shape counts units of space ``sid`` (when it is the
+        literal ``expected``); -1 (inferred) needs no edit. False when the size cannot follow a cut: it is
+        computed elsewhere in the graph, or there is no target shape and ``required``."""
+        target = _shape_arg(node)
+        if target is None:
+            return not required
+        arg, pos, sizes = target
+        if not 0 <= at < len(sizes):
+            return False
+        literal = sizes[at]
+        if isinstance(literal, int) and literal == expected:
+            self.edits.append(ShapeEdit(node.name, arg if pos is not None else arg + at,
+                                        at if pos is not None else None, sid, unit))
+            return True
+        return literal == -1
+
     def permute(self, node: fx.Node, inputs: list[fx.Node]) -> bool:
         lay = self.layouts.get(inputs[0]) if inputs else None
         if lay is None:
@@ -126,16 +144,9 @@ class AxisRules:
             return True
         shape, out = _shape(inputs[0]), _shape(node)
         channel = len(shape) - lay.axis
-        target = _shape_arg(node)
         if name != "expand" or out is None or len(out) != len(shape) or out[channel] != shape[channel] or \
-                target is None:
-            return False
-        arg, pos, sizes = target
-        literal = sizes[channel]
-        if isinstance(literal, int) and literal == shape[channel] and len(lay.spaces) == 1:
-            self.edits.append(ShapeEdit(node.name, arg if pos is not None else arg + channel,
-                                        channel if pos is not None else None, lay.spaces[0], lay.inner))
-        elif literal != -1:
+                not self.edit_literal(node, channel, shape[channel] if len(lay.spaces) == 1 else None,
+                                      lay.spaces[0], lay.inner):
             return False
         self.layouts[node] = lay
         return True
@@ -169,15 +180,7 @@ class AxisRules:
                 or list(out[channel + 1:]) != list(shape[channel + 2:]) or shape[channel + 1] == 1:
             return False
         rep = shape[channel + 1]
-        target = _shape_arg(node)
-        if target is None:
-            return False
-        arg, pos, sizes = target
-        literal = sizes[channel]
-        if isinstance(literal, int) and literal == out[channel] and len(lay.spaces) == 1:
-            self.edits.append(ShapeEdit(node.name, arg if pos is not None else arg + channel,
-                                        channel if pos is not None else None, lay.spaces[0], rep))
-        elif literal != -1:
+        if not self.edit_literal(node, channel, out[channel] if len(lay.spaces) == 1 else None, lay.spaces[0], rep):
             return False
         self.layouts[node] = Layout(lay.spaces, len(out) - channel, rep)
         return True
@@ -212,16 +215,7 @@ class AxisRules:
         if space.producer is None or len(x.users) != 1 or coupled or \
                 [m.role for m in owners] != ["out"] or space.unit != 1:
             return False
-        target = _shape_arg(node)
-        if target is None:
-            return False
-        arg, pos, sizes = target
-        literal = sizes[-2]
-        if isinstance(literal, int) and literal == heads:
-            at = len(sizes) - 2
-            self.edits.append(ShapeEdit(node.name, arg if pos is not None else arg + at, at if pos is not None
-                                        else None, sid, 1))
-        elif literal != -1:
+        if not self.edit_literal(node, len(out) - 2, heads, sid, 1):
             return False  # the head count comes from elsewhere in the graph: it would not follow the cut
         space.size, space.unit = heads, dim
         self.members = [Member(m.module, m.role, Layout(m.layout.spaces, m.layout.axis, dim))
@@ -240,18 +234,9 @@ class AxisRules:
                 list(out[:channel]) != list(shape[:channel]) or out[-1] != math.prod(shape[channel:]):
             return False
         inner = lay.inner * math.prod(shape[channel + 1:])  # a unit's heads, each head's columns
-        target = _shape_arg(node)
-        if target is not None:
-            arg, pos, sizes = target
-            literal = sizes[-1]
-            if isinstance(literal, int) and literal == out[-1]:
-                if len(lay.spaces) != 1:
-                    return False
-                at = len(sizes) - 1
-                self.edits.append(ShapeEdit(node.name, arg if pos is not None else arg + at,
-                                            at if pos is not None else None, lay.spaces[0], inner))
-            elif literal != -1:
-                return False
+        if not self.edit_literal(node, len(out) - 1, out[-1] if len(lay.spaces) == 1 else None, lay.spaces[0],
+                                 inner, required=False):
+            return False
         self.layouts[node] = Layout(lay.spaces, 1, inner)
         return True
 
