@@ -60,11 +60,6 @@ def _fp32_accuracy(outlier: bool = True) -> float:
 
 @pytest.mark.slow
 @pytest.mark.onnx
-@pytest.mark.xfail(strict=True, reason=(
-    "onnxruntime 1.32's WeightBiasQuantization optimizer quantizes the weights of a float Gemm/Conv that sits "
-    "between DequantizeLinear and QuantizeLinear (per tensor int8): the float fc1 the plan keeps is rewritten "
-    "in the session (accuracy 9 %; 95 % with disabled_optimizers=['WeightBiasQuantization']), and verification "
-    "flags relu_act_quant. The ONNX exporter must write float layers so the runtime keeps them float."))
 def test_max_drop_keeps_the_destroyed_layer_float_and_the_file_within_budget(cli, tmp_path, files):
     # All static, fc1's weights round to zero and the model guesses (tests/passes/test_sensitivity.py measures it).
     result = cli("quantize", files["model"], "--arch", ARCH, "--calib", files["calib"], "--eval", files["eval"],

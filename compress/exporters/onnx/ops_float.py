@@ -17,6 +17,7 @@ from torch import fx, nn
 
 from compress.errors import ExportError
 from compress.exporters.onnx.graph import ExportContext, PyValue, TensorValue, arg, emitter, static
+from compress.exporters.onnx.ops_math import float_barrier
 from compress.exporters.onnx.ops_quant import clamp_implied, conv_attrs, emit_embedding, emit_linear
 from compress.exporters.onnx.ops_tensor import pad_into_conv
 
@@ -41,7 +42,8 @@ def _axis(dim: int, rank: int) -> int:
 # -- weighted float layers ------------------------------------------------------------------------------
 @emitter("conv1d", "conv2d")
 def _conv(ctx: ExportContext, node: fx.Node, mod: nn.Conv2d):
-    inputs = [_x(ctx, node).name, ctx.b.const(mod.weight.detach().numpy(), f"{node.name}.weight")]
+    # A float conv in an int8 model (--float-layer, --max-drop) must stay float: see float_barrier.
+    inputs = [float_barrier(ctx, _x(ctx, node), node.name), ctx.b.const(mod.weight.detach().numpy(), f"{node.name}.weight")]
     if mod.bias is not None:
         inputs.append(ctx.b.const(mod.bias.detach().numpy(), f"{node.name}.bias"))
     return TensorValue(ctx.b.node("Conv", inputs, node.name,
@@ -58,7 +60,8 @@ def _linear(ctx: ExportContext, node: fx.Node, mod: nn.Linear):
         return ctx.b.const(w, f"{node.name}.weight")
 
     bias = ctx.b.const(mod.bias.detach().numpy(), f"{node.name}.bias") if mod.bias is not None else None
-    return TensorValue(emit_linear(ctx, node, _x(ctx, node), weight_for, bias))
+    x = TensorValue(float_barrier(ctx, _x(ctx, node), node.name))
+    return TensorValue(emit_linear(ctx, node, x, weight_for, bias))
 
 
 @emitter("batch_norm")
