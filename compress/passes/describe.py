@@ -51,8 +51,10 @@ def describe(prepared: nn.Module, formats: tuple[str, ...] = ops.FORMATS) -> lis
     if not isinstance(prepared, fx.GraphModule):
         return []
     modules = dict(prepared.named_modules())
-    keep_float = {f.name for f in getattr(getattr(prepared, "compress_info", None), "float_ops", ())
-                  if "keep_float" in f.reason}
+    # Ops prepare decided to keep float beyond the registry's verdict (keep_float, attention masks, layer
+    # modes): their row says so, with the first clause of prepare's reason.
+    kept = {f.name: ("keep_float" if "keep_float" in f.reason else f.reason.split(":")[0])
+            for f in getattr(getattr(prepared, "compress_info", None), "float_ops", ())}
     rows = []
     for node in prepared.graph.nodes:
         if node.op not in ("call_module", "call_function", "call_method"):
@@ -63,8 +65,8 @@ def describe(prepared: nn.Module, formats: tuple[str, ...] = ops.FORMATS) -> lis
         mod = modules.get(node.target) if node.op == "call_module" else None
         quant_class = type(mod) if isinstance(mod, QuantLayerMixin) else None
         text = verdict(spec, formats, quant_class)
-        if node.name in keep_float:
-            text = "stays float (keep_float)"
+        if node.name in kept and (kept[node.name] == "keep_float" or "float" not in text):
+            text = f"stays float ({kept[node.name]})"
         label = type(mod).__name__ if mod is not None else (spec.name if spec else ops.target_label(node, modules))
         where = node.target if mod is not None else module_path(node)
         rows.append(OpRow(node.name, str(where), label, text, source_line(node)))
