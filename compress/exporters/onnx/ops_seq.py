@@ -54,7 +54,11 @@ from compress.quant.fake import Quantizer, QuantState
 #: Measured max: LSTMClassifier (2×128, 50 steps) 0.012 with DynamicQuantizeLSTM, 0.006 with DQ→LSTM;
 #: 2-layer bidirectional LSTM / GRU (16 wide, 10 steps) 0.007–0.010. The gap comes from the hidden state,
 #: which is float (or dynamically quantized) in ONNX and on a static int8 grid in the simulation.
-RECURRENT_RTOL = 0.05
+#: Op-by-op verification also compares the recurrent layer's own output (the hidden states before the head),
+#: where the gap is larger: zoo audio_lstm (Conv1d + LSTM 64, 25 steps) 0.062 of max |h| on its test split
+#: (0.023 on its calibration set), while its accuracy equals fp32. 0.1 keeps that while a wrong weight scale
+#: still fails: audio_lstm's hidden states with weight_ih or weight_hh × 1.1 differ by 0.66–1.6 of max |h|.
+RECURRENT_RTOL = 0.1
 
 _F32 = np.float32
 
