@@ -101,13 +101,10 @@ def _int8(model, x, keep):
     return convert(p)
 
 
-# -inf is checked in onnxruntime only: the TFLite exporter writes masked_fill(zeros, mask, -inf) with
-# constants typed like the boolean mask (SELECT_V2 on bools, then CAST: +1 instead of -inf), an exporter bug
-# the op-by-op verification pins to the softmax region; reported, not this pass's to fix.
 @pytest.mark.onnx
 @pytest.mark.tflite
 @pytest.mark.parametrize("kind, formats", [("bert", ("onnx", "tflite")), ("finfo", ("onnx", "tflite")),
-                                           ("inf", ("onnx",))])
+                                           ("inf", ("onnx", "tflite"))])
 def test_int8_attention_follows_float_in_the_runtimes(kind, formats, tmp_path, monkeypatch):
     import onnxruntime as ort
 

@@ -409,13 +409,18 @@ def _select(em: Emitter, node: fx.Node, cond, a, b) -> None:
     int8 = em.quantized and plan.quant is not None and all(v.is_int8 or v.dtype == TensorType.FLOAT32
                                                           for v in branches)
     like = next(v for v in (a, b, lead) if isinstance(v, TValue))
+    # With both branches constant, ``like`` is the condition: the constants take the node's dtype, not BOOL
+    # (masked_fill(zeros, mask, -inf) had written -inf as True = 1).
+    out_type = _TORCH_TYPES.get(getattr(node.meta.get("tensor_meta"), "dtype", None), TensorType.FLOAT32)
+    const_like = like if like.dtype != TensorType.BOOL else TValue(like.tensor, like.shape, out_type, like.perm)
     values = []
     for i, v in enumerate((a, b)):
         if int8:
             values.append(em.quantize(v, plan.quant, f"{node.name}_in{i}") if isinstance(v, TValue)
                           else _grid_const(em, v, plan.quant, like, f"{node.name}_c{i}"))
         else:
-            values.append(em.to_float(v) if isinstance(v, TValue) else _const_operand(em, v, like, f"{node.name}_c{i}"))
+            values.append(em.to_float(v) if isinstance(v, TValue)
+                          else _const_operand(em, v, const_like, f"{node.name}_c{i}"))
     dtype = TensorType.INT8 if int8 else values[0].dtype
     out = em.tensor(node.name, _meta_shape(node), lead.perm, dtype, plan.quant if int8 else None)
     em.op("SELECT_V2", [cond.tensor, values[0].tensor, values[1].tensor], [out.tensor], Options("SelectV2Options"))
