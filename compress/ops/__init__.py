@@ -2,7 +2,7 @@
 
 Example:
     >>> from compress.ops import get, Kernel
-    >>> get("silu").kernel("onnx") is Kernel.FLOAT
+    >>> get("mish").kernel("onnx") is Kernel.FLOAT
     True
 """
 

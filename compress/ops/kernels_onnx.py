@@ -39,7 +39,7 @@ KERNELS: dict[str, Kernel] = {
     "hardswish": FLOAT,
     "hardsigmoid": FLOAT,
     "gelu": FLOAT,
-    "silu": FLOAT,
+    "silu": INT8,  # prepare lowers it to x · sigmoid(x): QLinearSigmoid, QLinearMul
     "leaky_relu": INT8,
     "prelu": FLOAT,
     "elu": FLOAT,

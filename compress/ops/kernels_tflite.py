@@ -37,7 +37,7 @@ KERNELS: dict[str, Kernel] = {
     "hardswish": FLOAT,
     "hardsigmoid": FLOAT,
     "gelu": FLOAT,
-    "silu": FLOAT,
+    "silu": INT8,  # prepare lowers it to x · sigmoid(x): LOGISTIC, MUL
     "leaky_relu": INT8,  # XNNPACK qs8 LEAKY_RELU
     "prelu": FLOAT,
     "elu": FLOAT,

@@ -93,6 +93,10 @@ class OpSpec:
         reason: why an op with a FLOAT kernel stays float (shown in ``float_ops``).
         coupling: channel flow, for pruning.
         reference: a numpy function computing the float op (the golden cases' oracle), or None.
+        lowering: the op's int8 form, ``(graph, node) -> node``: inserts declared ops with int8 kernels
+            computing the same value before ``node`` and returns the last; ``prepare`` substitutes it before
+            placing quantizers, so the simulation quantizes the tensors the files quantize (SiLU as
+            ``x · sigmoid(x)``: the sigmoid on its fixed grid, then an int8 Mul).
     """
 
     name: str
@@ -107,6 +111,7 @@ class OpSpec:
     reason: str = ""
     coupling: Coupling = Coupling.NONE
     reference: Callable | None = None
+    lowering: Callable[[fx.Graph, fx.Node], fx.Node] | None = None
     # (format, quantized) for float and static forms; (format, mode) for a layer in another QuantMode.
     emitters: dict[tuple[str, bool | str], Emitter] = field(default_factory=dict, repr=False)
 

@@ -4,7 +4,7 @@ Example:
     >>> from torch import nn
     >>> verdict_for_module(nn.Conv2d(1, 2, 3)), verdict_for_module(nn.MaxPool2d(2))
     ('QuantConv2d', 'int8 passthrough')
-    >>> verdict_for_module(nn.SiLU())
+    >>> verdict_for_module(nn.Mish())
     'stays float (float in onnx/tflite)'
     >>> verdict_for_module(nn.Tanh())
     'float in onnx'

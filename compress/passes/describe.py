@@ -7,10 +7,10 @@ Example:
     >>> import torch
     >>> from torch import nn
     >>> from compress.passes import prepare
-    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.SiLU(), nn.Flatten(), nn.Linear(4 * 36, 2))
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Mish(), nn.Flatten(), nn.Linear(4 * 36, 2))
     >>> rows = describe(prepare(net, torch.zeros(1, 1, 8, 8)))
     >>> [(r.module, r.label, r.verdict) for r in rows]  # doctest: +NORMALIZE_WHITESPACE
-    [('0', 'QuantConv2d', 'QuantConv2d'), ('1', 'silu', 'stays float (float in onnx/tflite)'),
+    [('0', 'QuantConv2d', 'QuantConv2d'), ('1', 'mish', 'stays float (float in onnx/tflite)'),
      ('2', 'reshape', 'int8 passthrough'), ('3', 'QuantLinear', 'QuantLinear')]
 """
 

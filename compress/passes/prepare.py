@@ -123,6 +123,7 @@ def prepare(
     _fold_batchnorm(gm, config, qat, keep_float + _kept_float(modes))
     swapped, unsupported = _swap_layers(gm, config, keep_float, modes)
     _retie_shared(gm, shared)
+    _lower_to_int8_forms(gm)
     _propagate_shapes(gm, example_inputs)
     _insert_quantizers(gm, config, modes)
     gm.graph.lint()
@@ -317,6 +318,22 @@ def _swap_layers(gm: fx.GraphModule, config: QuantConfig, keep_float,
             continue  # e.g. a padding mode with no int8 kernel: the layer stays float and is reported
         swapped.append(node.target)
     return swapped, unsupported
+
+
+def _lower_to_int8_forms(gm: fx.GraphModule) -> None:
+    """Replace each op whose registry spec has a ``lowering`` (SiLU) by its int8 form, before quantizers are
+    placed: the quantizers then sit on the tensors both files quantize (``compress.ops.spec.OpSpec``)."""
+    modules = dict(gm.named_modules())
+    lowered = False
+    for node in list(gm.graph.nodes):
+        spec = g.spec_of(node, modules)
+        if spec is None or spec.lowering is None:
+            continue
+        node.replace_all_uses_with(spec.lowering(gm.graph, node))
+        gm.graph.erase_node(node)
+        lowered = True
+    if lowered:
+        gm.delete_all_unused_submodules()  # the nn.SiLU modules no node calls any more
 
 
 def _propagate_shapes(gm: fx.GraphModule, example_inputs: tuple) -> None:
