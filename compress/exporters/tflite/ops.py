@@ -37,6 +37,7 @@ from compress.exporters.tflite.ops_base import (
     _to_float32,
     _weighted_prologue,
     _weights,
+    conv1d_as_2d,
     last_axis_input,
 )
 from compress.exporters.tflite.ops_index import folds_into_conv
@@ -64,12 +65,8 @@ def conv2d(em: Emitter, node: fx.Node) -> None:
         raise ExportError(f"conv {node.name!r} uses padding_mode={mod.padding_mode!r}; TFLite pads with zeros only, "
                           "retrain with padding_mode='zeros'")
     one_d = isinstance(mod, nn.Conv1d)
-    if one_d:  # [N, C, L] → TFLite [N, L, C] → [N, 1, L, C]
-        x = em.to_perm(x, (0, 2, 1))
-        n, c, length = x.shape
-        x2 = em.tensor(f"{node.name}_as2d", (n, c, 1, length), L.NCHW_TO_NHWC, x.dtype, x.quant)
-        em.reshape(x.tensor, x2, (n, 1, length, c), x.is_int8)
-        x = x2
+    if one_d:
+        x = conv1d_as_2d(em, x, node.name)
         k, s, d = (1, mod.kernel_size[0]), (1, mod.stride[0]), (1, mod.dilation[0])
         p = None if isinstance(mod.padding, str) else (0, mod.padding[0])
     else:

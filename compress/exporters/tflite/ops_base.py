@@ -56,6 +56,15 @@ def _meta_shape(node: fx.Node) -> tuple[int, ...]:
     return tuple(int(d) for d in meta.shape)
 
 
+def conv1d_as_2d(em: Emitter, x: TValue, name: str) -> TValue:
+    """A Conv1d / ConvTranspose1d input ``[N, C, L]`` as TFLite's 2-D kernels take it: NHWC ``[N, 1, L, C]``."""
+    x = em.to_perm(x, (0, 2, 1))  # TFLite [N, L, C]
+    n, c, length = x.shape
+    x2 = em.tensor(f"{name}_as2d", (n, c, 1, length), L.NCHW_TO_NHWC, x.dtype, x.quant)
+    em.reshape(x.tensor, x2, (n, 1, length, c), x.is_int8)
+    return x2
+
+
 def int8_weight(weight, wq, where: str) -> tuple[np.ndarray, np.ndarray]:
     """(int8 codes, per-output-channel scale ``[C]``) of a weight under its frozen quantizer: the simulation's
     codes (:func:`compress.exporters.numerics.weight_codes`), a per-tensor scale repeated per channel."""

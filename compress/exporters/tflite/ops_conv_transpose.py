@@ -23,7 +23,7 @@ from compress.errors import ExportError
 from compress.exporters.numerics import bias_codes, weight_codes
 from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import ACT_CODE, Emitter, TValue
-from compress.exporters.tflite.ops_base import _finish, _int8_ready, _meta_shape, emits
+from compress.exporters.tflite.ops_base import _finish, _int8_ready, _meta_shape, conv1d_as_2d, emits
 from compress.exporters.tflite.ops_index import _slice
 from compress.exporters.tflite.schema import Options, QuantParams, TensorType
 from compress.layers.base import FusedActivation, QuantLayerMixin
@@ -35,12 +35,8 @@ def _geometry(em: Emitter, node: fx.Node, mod: nn.Module, x: TValue):
         raise ExportError(f"{node.name!r}: ConvTranspose with groups or dilation has no TFLite kernel "
                           "(TRANSPOSE_CONV); use groups=1, dilation=1")
     one_d = isinstance(mod, nn.ConvTranspose1d)
-    if one_d:  # [N, C, L] → TFLite [N, L, C] → [N, 1, L, C]
-        x = em.to_perm(x, (0, 2, 1))
-        n, c, length = x.shape
-        x2 = em.tensor(f"{node.name}_as2d", (n, c, 1, length), L.NCHW_TO_NHWC, x.dtype, x.quant)
-        em.reshape(x.tensor, x2, (n, 1, length, c), x.is_int8)
-        return x2, True, (1, mod.stride[0]), (0, mod.padding[0]), (0, mod.output_padding[0])
+    if one_d:
+        return conv1d_as_2d(em, x, node.name), True, (1, mod.stride[0]), (0, mod.padding[0]), (0, mod.output_padding[0])
     x = em.to_perm(x, L.NCHW_TO_NHWC)
     return x, False, L.pair(mod.stride), L.pair(mod.padding), L.pair(mod.output_padding)
 
