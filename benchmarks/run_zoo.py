@@ -505,19 +505,6 @@ def _load(report: dict, when: str) -> str:
 # ------------------------------------------------------------------------------------ main
 
 
-def extract_rev(rev: str, dest: Path) -> Path:
-    """``compress/`` at ``rev`` plus this checkout's tests/zoo in ``dest`` (as scripts/zoo_status.py does)."""
-    dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev, "compress"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    zoo = dest / "tests" / "zoo"
-    zoo.mkdir(parents=True)
-    for src in (REPO_ROOT / "tests" / "zoo").glob("*.py"):
-        (zoo / src.name).write_bytes(src.read_bytes())
-    return dest
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer rounds and runs")
@@ -557,7 +544,12 @@ def main(argv=None) -> int:
         return 0
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="zoo-bench-") as tmp:
-        root = extract_rev(args.rev, Path(tmp) / "src") if args.rev else REPO_ROOT
+        root = REPO_ROOT
+        if args.rev:
+            sys.path.insert(1, str(REPO_ROOT))  # this checkout's tests/zoo: the zoo a --rev package runs against
+            from tests.zoo.harness import extract_rev
+
+            root = extract_rev(args.rev, Path(tmp) / "src")
         # compress and tests.zoo from `root`, here and in every measurement child (they inherit sys.path).
         sys.path.insert(1, str(root))
         from compress.runtime import machine_description, machine_slug

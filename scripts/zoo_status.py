@@ -27,26 +27,13 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.zoo.harness import FORMATS, FormatResult, ZooRun, run_zoo_model  # noqa: E402
+from tests.zoo.harness import FORMATS, FormatResult, ZooRun, extract_rev, run_zoo_model  # noqa: E402
 from tests.zoo.train import ZOO, train_result  # noqa: E402
 
 # Issue 7's "Done when" thresholds, shown as ✓/✗ in the table (the tests in tests/zoo/test_zoo_pipeline.py
 # assert the same numbers).
 MAX_SIZE_RATIO = 0.30
 MAX_METRIC_DROP = 0.02
-
-
-def extract_rev(rev: str, dest: Path) -> Path:
-    """``compress/`` at ``rev`` plus this checkout's ``tests/zoo`` in ``dest`` (run from there)."""
-    dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev, "compress"], capture_output=True,
-                             check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    zoo = dest / "tests" / "zoo"
-    zoo.mkdir(parents=True)
-    for src in (REPO_ROOT / "tests" / "zoo").glob("*.py"):
-        (zoo / src.name).write_bytes(src.read_bytes())
-    return dest
 
 
 def _yes(flag: bool | None) -> str:

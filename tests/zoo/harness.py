@@ -91,6 +91,20 @@ class ZooRun:
 # ------------------------------------------------------------------------------------------- inputs / CLI
 
 
+def extract_rev(rev: str, dest: Path) -> Path:
+    """``compress/`` at ``rev`` plus this checkout's ``tests/zoo`` in ``dest``: run a zoo against an older
+    revision of the package (scripts/zoo_status.py and benchmarks/run_zoo.py ``--rev``)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", rev, "compress"], capture_output=True,
+                             check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    zoo = dest / "tests" / "zoo"
+    zoo.mkdir(parents=True)
+    for src in (REPO_ROOT / "tests" / "zoo").glob("*.py"):
+        (zoo / src.name).write_bytes(src.read_bytes())
+    return dest
+
+
 def write_npz(path: Path, split: Split, *, labels: bool) -> Path:
     """Save a split as the .npz the CLI reads. Labels go in only when they are one class index per sample.
 
