@@ -41,6 +41,7 @@ from compress.exporters.onnx.graph import (
     emitter,
     supported_ops,
 )
+from compress.exporters.onnx.ops_math import float_barrier
 from compress.exporters.onnx.ops_quant import is_quant_module, quant_output_op
 from compress.layers.activation import QuantOutputMixin
 from compress.layers.dynamic import layer_mode
@@ -243,16 +244,11 @@ def _named_field(ctx: ExportContext, node: fx.Node):
 
 
 def _float_input(ctx: ExportContext, value: TensorValue, proto, hint: str) -> str:
-    """The input name the subgraph reads; a dequantized input goes through a barrier when it feeds weights.
-
-    onnxruntime's WeightBiasQuantization (any optimization level) quantizes the float weights of a Conv /
-    ConvTranspose / Gemm whose input comes straight from a DequantizeLinear, to per-tensor int8: the op
-    would no longer run in float like the simulation. ``Max(x, x)`` (exact; not removed by onnxruntime)
-    makes the producer something other than a DequantizeLinear.
-    """
-    if value.qparams is None or not any(n.op_type in _WEIGHTED for n in proto.graph.node):
+    """The input name the subgraph reads: through :func:`~.ops_math.float_barrier` when the subgraph holds a
+    weighted op (Conv / ConvTranspose / Gemm) onnxruntime would otherwise quantize."""
+    if not any(n.op_type in _WEIGHTED for n in proto.graph.node):
         return value.name
-    return ctx.b.node("Max", [value.name, value.name], f"{hint}/float_barrier")
+    return float_barrier(ctx, value, hint)
 
 
 def _reason(exc: BaseException) -> str:

@@ -34,7 +34,8 @@ def _float_x(ctx: ExportContext, node: fx.Node) -> TensorValue:
 
 
 def float_barrier(ctx: ExportContext, x: TensorValue, hint: str) -> str:
-    """The input name a float-weighted op (ConvTranspose) reads: a dequantized input goes through ``Max(x, x)``.
+    """The input name a float-weighted op (Conv, ConvTranspose, Gemm, a float fallback subgraph) reads: a
+    dequantized input goes through ``Max(x, x)``.
 
     onnxruntime's WeightBiasQuantization quantizes the float weights of a Conv / ConvTranspose / Gemm whose
     input comes straight from a DequantizeLinear (per tensor int8): the op would no longer compute what the
