@@ -104,6 +104,7 @@ class TensorDef:
     dtype: TensorType
     buffer: int = 0
     quant: QuantParams | None = None
+    variable: bool = False  # state a stateful kernel reads and writes (UNIDIRECTIONAL_SEQUENCE_LSTM's h and c)
 
 
 @dataclass
@@ -294,6 +295,8 @@ class ModelWriter:
         tfl.TensorAddName(b, name)
         if q_off is not None:
             tfl.TensorAddQuantization(b, q_off)
+        if t.variable:
+            tfl.TensorAddIsVariable(b, True)
         return tfl.TensorEnd(b)
 
     def _quantization(self, b, q: QuantParams) -> int:
