@@ -1,10 +1,16 @@
 """Sensitivity analysis and mixed precision: which layers leave static int8 so the metric stays within budget.
 
 :func:`plan_layer_modes` measures, in the torch simulation, how much of the task metric each quantized layer
-costs, then moves the fewest layers up the precision ladder (static → dynamic → weight-only → float, also the
-latency prior: each rung is slower than the one before) until the metric of the whole model is within
-``max_drop`` percentage points of fp32. The result is a ``layer_modes`` table for :class:`QuantConfig` and a
-per-layer report.
+costs, then moves the fewest layers up the precision ladder (static → dynamic → weight-only → float: each rung
+is at least as accurate as the one before) until the metric of the whole model is within ``max_drop``
+percentage points of fp32. The result is a ``layer_modes`` table for :class:`QuantConfig` and a per-layer report.
+
+Which rung is cheapest is *measured* per layer (:mod:`compress.passes.layer_latency`: the layer alone at its real
+shapes, in the target runtime), because the prior "each rung is slower" is wrong where it matters (onnxruntime
+on x86 runs transformer linears faster dynamic than static). A layer's ladder keeps the rungs no more accurate
+rung beats on measured time (within ``TIE``), cheapest first; float stays last, as the fallback that gives up
+the int8 file size. ``--mode auto`` starts every layer on its cheapest rung. Without figures (``measure=False``,
+a failed or skipped measurement) a layer's ladder is the prior, and the report says so.
 
 How a layer's sensitivity is measured: both ways, in one model calibrated on float weights, with layers
 switched in place (a quant layer swapped for its float version, activation quantizers for identities):
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import operator
 import time
+from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
@@ -37,16 +44,22 @@ import torch
 from torch import fx, nn
 
 from compress.errors import ConfigError, ExportError
-from compress.layers.dynamic import supported_modes
 from compress.passes import graph as g
 from compress.passes.calibrate import _progress, calibrate, iter_inputs
+from compress.passes.layer_latency import (
+    LADDER,
+    LATENCY_HEADER,
+    RUNTIME_OF_FORMAT,
+    LatencyConfig,
+    LatencyTable,
+    ModeLadders,
+    latency_cell,
+    latency_note,
+)
 from compress.passes.metric import BUILTIN, load_metric_callable, resolve_metric
 from compress.passes.prepare import _set_module, prepare
 from compress.quant.config import QuantConfig, QuantMode, parse_mode
 from compress.quant.fake import Quantizer
-
-#: Modes in the order of the latency prior (fastest first); accuracy grows along it too.
-LADDER = (QuantMode.STATIC, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY, QuantMode.FLOAT)
 
 
 @dataclass(frozen=True)
@@ -57,13 +70,15 @@ class SensitivityConfig:
         max_drop: budget, in percentage points of the metric (accuracy 0.95 → 0.945 is 0.5).
         metric: ``None`` (accuracy with labels, else top-1 agreement or cosine with fp32), ``"accuracy"``,
             ``"agreement"``, ``"cosine"`` or ``"MODULE:CALLABLE"`` (see :mod:`compress.passes.metric`).
-        auto: ``--mode auto``: the base mode is chosen too, the first of static, dynamic, weight-only (the
-            latency prior) whose plan holds the budget. Without it the base is ``quant.mode``.
+        auto: ``--mode auto``: every layer starts on its fastest measured mode; when no plan from there holds
+            the budget, static is left out, then dynamic. Without it every layer starts in ``quant.mode``.
         max_samples: evaluation samples per measurement.
         modes: the modes the plan may use (``sensitivity_config`` leaves out dynamic for TFLite, which has no
             dynamic form here).
         max_exact: full prepare + calibrate confirmations at most (each costs about one ``compress quantize``
             calibration).
+        measure: time each layer's modes in the target runtime (``latency``); False: the latency prior.
+        latency: runtimes and bounds of that measurement (:class:`~compress.passes.layer_latency.LatencyConfig`).
 
     Example:
         >>> SensitivityConfig(max_drop=0.5).max_drop
@@ -76,6 +91,8 @@ class SensitivityConfig:
     max_samples: int = 512
     max_exact: int = 8
     modes: tuple[str, ...] = tuple(m.value for m in LADDER)
+    measure: bool = True
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
 
     def __post_init__(self):
         if not isinstance(self.max_drop, int | float) or not np.isfinite(self.max_drop) or self.max_drop < 0:
@@ -95,10 +112,14 @@ class LayerSensitivity:
     gain_pp: float | None  # metric recovered when only this layer goes back to float, in points
     mode: str
     reason: str
+    latency_ms: dict[str, dict[str, float]] = field(default_factory=dict)  # runtime -> mode -> measured median
 
     def to_dict(self) -> dict:
+        first = next(iter(self.latency_ms.values()), {})
         return {"layer": self.layer, "op": self.op, "drop_alone_pp": _rounded(self.drop_alone_pp),
-                "gain_pp": _rounded(self.gain_pp), "mode": self.mode, "reason": self.reason}
+                "gain_pp": _rounded(self.gain_pp), "mode": self.mode, "reason": self.reason,
+                "mode_ms": _ms(first.get(self.mode)),
+                "latency_ms": {rt: {m: _ms(v) for m, v in ms.items()} for rt, ms in self.latency_ms.items()}}
 
 
 @dataclass
@@ -117,6 +138,7 @@ class SensitivityResult:
     note: str = ""
     measurements: int = 0
     seconds: float = 0.0
+    latency: dict = field(default_factory=dict)  # how the ladders were ordered (LatencyTable.to_dict + "ladder")
 
     @property
     def within_budget(self) -> bool:
@@ -134,7 +156,8 @@ class SensitivityResult:
                 "drop_pp": round(_points(self.fp32 - self.planned), 4), "max_drop_pp": self.max_drop,
                 "within_budget": self.within_budget, "samples": self.samples, "mode": self.mode,
                 "layer_modes": dict(self.layer_modes), "note": self.note, "measurements": self.measurements,
-                "seconds": round(self.seconds, 2), "layers": [r.to_dict() for r in self.rows]}
+                "seconds": round(self.seconds, 2), "latency": dict(self.latency),
+                "layers": [r.to_dict() for r in self.rows]}
 
 
 def _points(fraction: float) -> float:
@@ -143,6 +166,10 @@ def _points(fraction: float) -> float:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)  # ns resolution: tiny layers run in a few µs
 
 
 def _outputs(model: nn.Module, data, batch_size: int) -> np.ndarray:
@@ -169,9 +196,6 @@ class _Switchboard:
         self._edges = {u: _edge_quantizers(prepared, modules, paths) for u, paths in self.units.items()}
         self._weight_quants = [f"{p}.{name}" for p in self._quant for name, q in modules[p].named_modules()
                                if isinstance(q, Quantizer) and q.from_tensor]
-
-    def quant_layer(self, unit: str) -> nn.Module:
-        return self._quant[self.units[unit][0]]
 
     def state(self, float_units=(), only: str | None = None):
         """Units in ``float_units`` run float; with ``only``, every other unit and activation grid is off too."""
@@ -242,16 +266,10 @@ def _edge_quantizers(gm: fx.GraphModule, modules: dict[str, nn.Module], paths: l
     return edges
 
 
-def _ladder(base: QuantMode, quant_class: type, allowed: set[QuantMode]) -> list[QuantMode]:
-    """Rungs above ``base`` a layer of ``quant_class`` can take, cheapest first (float always last)."""
-    available = set(supported_modes(quant_class)) & allowed
-    return [m for m in LADDER[LADDER.index(base) + 1:-1] if m in available] + [QuantMode.FLOAT]
-
-
 def plan_layer_modes(model: nn.Module, calib, evaluation, quant: QuantConfig | None = None,
                      config: SensitivityConfig | None = None, *, batch_size: int = 32,
                      max_calib_batches: int | None = None, table: bool = True,
-                     progress: bool = True) -> SensitivityResult:
+                     progress: bool = True, latency: LatencyTable | Mapping | None = None) -> SensitivityResult:
     """Measure each quantized layer's sensitivity and choose per-layer modes that keep ``max_drop``.
 
     Args:
@@ -259,12 +277,14 @@ def plan_layer_modes(model: nn.Module, calib, evaluation, quant: QuantConfig | N
         calib: calibration :class:`compress.io.Dataset` (as :func:`compress.pipeline.quantize_model` uses it).
         evaluation: the Dataset the metric is measured on (labels used by ``accuracy`` and custom metrics).
         quant: the base configuration (its ``mode`` is what layers start in; its ``layer_modes`` are kept).
-        config: budget, metric, ``auto`` and cost bounds. With ``auto`` the base mode itself is chosen too:
-            static first, then dynamic, then weight-only, the first whose plan holds the budget.
+        config: budget, metric, ``auto`` and cost bounds. With ``auto`` every layer starts on its fastest
+            measured mode; when no plan from there holds the budget, static is left out, then dynamic.
         batch_size, max_calib_batches: as in calibration.
         table: measure every layer even when the whole model is within budget (``inspect --sensitivity``);
             otherwise such a model costs one evaluation and its rows carry no figures.
         progress: a progress bar over the measurements.
+        latency: per-layer latency figures to order the ladders with instead of measuring them: a
+            :class:`~compress.passes.layer_latency.LatencyTable` or ``{unit: {mode: ms}}``.
 
     Returns:
         A :class:`SensitivityResult`; ``mode`` is the base mode and ``layer_modes`` holds only the layers moved
@@ -283,17 +303,24 @@ def plan_layer_modes(model: nn.Module, calib, evaluation, quant: QuantConfig | N
     quant = quant or QuantConfig()
     config = config or SensitivityConfig()
     search = _Search(model.cpu().eval(), calib, evaluation, config, batch_size, max_calib_batches, progress)
-    bases = [m for m in LADDER[:-1] if LADDER.index(m) >= LADDER.index(quant.mode) and m in search.allowed] \
-        if config.auto else [quant.mode]
+    net = prepare(search.model, calib.example(1), quant)  # the units, their classes and real input shapes
+    units = _units(net, dict(net.named_modules())) if isinstance(net, fx.GraphModule) else {}
+    costs = search.ladders = ModeLadders(net, units, calib.example(1), quant, search.allowed,
+                                         measure=config.measure, config=config.latency, given=latency)
+    starts = costs.starts() if config.auto else [(quant.mode, {})]
     best = None
-    for base in bases:
-        result = search.plan(replace(quant, mode=base), table)
+    for base, start in starts:
+        result = search.plan(replace(quant, mode=base, layer_modes={**quant.layer_modes, **start}), table, start)
         if best is None or result.planned > best.planned:
             best = result
         if result.within_budget:
             best = result
             break
     best.measurements, best.seconds = search.evaluations, time.perf_counter() - t_start
+    best.latency = costs.summary()
+    figures = costs.table.ms if costs.table is not None else {}
+    for row in best.rows:
+        row.latency_ms = figures.get(row.layer, {})
     return best
 
 
@@ -310,6 +337,7 @@ class _Search:
         self.fp32 = self.metric.score(self.reference, self.reference, self.subset)
         self.evaluations = 0
         self.exact = 0
+        self.ladders: ModeLadders | None = None
         self.allowed = {parse_mode(m) for m in config.modes}
 
     def score(self, net: nn.Module) -> float:
@@ -329,7 +357,8 @@ class _Search:
         self.exact += 1
         return self.score(self.build(quant, modes))
 
-    def plan(self, quant: QuantConfig, table: bool) -> SensitivityResult:
+    def plan(self, quant: QuantConfig, table: bool, start: dict[str, QuantMode]) -> SensitivityResult:
+        """The plan from ``quant`` (its ``layer_modes`` include ``start``, the layers auto put off the base)."""
         budget = self.config.max_drop
         base = quant.mode.value
         exact_model = self.build(quant, {})
@@ -341,7 +370,7 @@ class _Search:
 
         def result(planned, rows, modes, note=""):
             return SensitivityResult(self.metric.name, self.fp32, quantized, planned, budget, len(self.subset),
-                                     base, rows, {u: m.value for u, m in modes.items()}, note=note)
+                                     base, rows, {u: m.value for u, m in {**start, **modes}.items()}, note=note)
 
         def op(unit):
             return _op_name(self.model, unit, exact_model, exact_units[unit][0])
@@ -389,7 +418,7 @@ class _Search:
             modes[unit] = QuantMode.FLOAT
             planned = self.confirm(quant, modes)
         for unit in chosen:  # a cheaper rung than float when it holds the budget
-            for rung in _ladder(quant.mode_for(unit), type(board.quant_layer(unit)), self.allowed)[:-1]:
+            for rung in self.ladders.ladder(unit, quant.mode_for(unit))[:-1]:
                 if self.exact >= self.config.max_exact:
                     break
                 value = self.confirm(quant, {**modes, unit: rung})
@@ -448,11 +477,14 @@ def _op_name(model: nn.Module, unit: str, prepared: fx.GraphModule, path: str) -
 
 
 def sensitivity_config(max_drop: float | None, metric: str | None, *, auto: bool = False,
-                       formats: tuple[str, ...] = (), **kwargs) -> SensitivityConfig | None:
+                       formats: tuple[str, ...] = (), target: str = "x86", measure: bool = True,
+                       **kwargs) -> SensitivityConfig | None:
     """The :class:`SensitivityConfig` the CLI's ``--max-drop`` / ``--metric`` / ``--mode auto`` ask for, or None.
 
     ``--mode auto`` without ``--max-drop`` keeps 1 point. A custom metric is imported now, so a bad spec fails
     before any model is loaded. With ``"tflite"`` in ``formats`` the plan never uses dynamic (refused there).
+    Layers are timed in the runtimes of ``formats`` (the first orders the ladders), with ``target``'s ONNX
+    activation type; ``measure=False`` (``--no-measure``) orders them by the prior instead.
 
     Example:
         >>> sensitivity_config(None, None) is None, sensitivity_config(None, None, auto=True).max_drop
@@ -464,7 +496,11 @@ def sensitivity_config(max_drop: float | None, metric: str | None, *, auto: bool
         load_metric_callable(metric)
     if "tflite" in formats:
         kwargs.setdefault("modes", tuple(m.value for m in LADDER if m is not QuantMode.DYNAMIC))
-    return SensitivityConfig(max_drop=1.0 if max_drop is None else max_drop, metric=metric, auto=auto, **kwargs)
+    runtimes = tuple(RUNTIME_OF_FORMAT[f] for f in formats) or ("onnxruntime",)
+    kwargs.setdefault("latency", LatencyConfig(runtimes=runtimes, activation_dtype="int8" if target == "arm"
+                                               else "uint8"))
+    return SensitivityConfig(max_drop=1.0 if max_drop is None else max_drop, metric=metric, auto=auto,
+                             measure=measure, **kwargs)
 
 
 def render_sensitivity(section: dict):
@@ -475,17 +511,21 @@ def render_sensitivity(section: dict):
 
     table = Table(title=f"sensitivity ({section['metric']}, {section['samples']} samples; budget "
                         f"{section['max_drop_pp']:g} pp)", title_justify="left")
-    for col in ("layer", "op", "drop alone", "gain as float", "mode", "reason"):
+    latency = section.get("latency", {})
+    runtime = (latency.get("runtimes") or ["onnxruntime"])[0]
+    for col in ("layer", "op", "drop alone", "gain as float", "mode", f"{LATENCY_HEADER} ({runtime})", "reason"):
         table.add_column(col, justify="right" if col in ("drop alone", "gain as float") else "left")
     for row in section["layers"]:
         figures = ["–" if row[k] is None else f"{row[k]:.2f} pp" for k in ("drop_alone_pp", "gain_pp")]
         mode = row["mode"] if row["mode"] == section["mode"] else f"[yellow]{row['mode']}[/]"
-        table.add_row(row["layer"], row["op"], *figures, mode, row["reason"])
+        table.add_row(row["layer"], row["op"], *figures, mode, latency_cell(row, runtime), row["reason"])
     moved = ", ".join(f"{k}={v}" for k, v in section["layer_modes"].items()) or "none"
     notes = Text(f"{section['metric']}: fp32 {section['fp32']:.4f}, all {section['mode']} {section['quantized']:.4f}, "
                  f"planned {section['planned']:.4f} (drop {section['drop_pp']:.2f} pp, "
                  f"{'within' if section['within_budget'] else 'OVER'} budget) · base mode {section['mode']} · "
                  f"moved: {moved} · drop alone: only that layer quantized; gain as float: what the metric "
                  f"recovers with only that layer in float · {section['measurements']} evaluations, "
-                 f"{section['seconds']:.1f} s" + (f" · {section['note']}" if section["note"] else ""), style="dim")
+                 f"{section['seconds']:.1f} s" + (f" · {section['note']}" if section["note"] else "")
+                 + f" · {latency_note(latency)}", style="dim")
     return Group(table, notes)
+

@@ -17,6 +17,7 @@ from compress.io import Dataset
 from compress.passes import calibrate, prepare
 from compress.passes.metric import Metric, MetricKind, cosine, resolve_metric
 from compress.passes.sensitivity import SensitivityConfig, _units, plan_layer_modes, sensitivity_config
+from compress.quant.config import QuantConfig, QuantMode
 from tests.cli.sensitivity_net import NET_FILE, digits, trained_net
 
 
@@ -143,11 +144,82 @@ def test_auto_picks_dynamic_where_no_static_plan_holds():
                               progress=False)
     assert not static.within_budget and "every layer in float" in static.note
     assert "--mode auto" in static.warning()
-    auto = plan_layer_modes(net, calib, evaluation, config=SensitivityConfig(max_drop=1.0, auto=True), table=False,
-                            progress=False)
+    # measure=False: the latency prior (static < dynamic < weight-only); measured ladders are tested below
+    auto = plan_layer_modes(net, calib, evaluation, config=SensitivityConfig(max_drop=1.0, auto=True, measure=False),
+                            table=False, progress=False)
     assert auto.fp32 == pytest.approx(fp32) and 100 * (fp32 - static.quantized) > 20
     assert auto.mode == "dynamic" and auto.within_budget and 100 * (fp32 - auto.planned) <= 1.0
-    tflite = sensitivity_config(1.0, None, auto=True, formats=("onnx", "tflite"))  # no dynamic form in TFLite
-    assert "dynamic" not in tflite.modes
+    tflite = sensitivity_config(1.0, None, auto=True, formats=("onnx", "tflite"), measure=False)
+    assert "dynamic" not in tflite.modes and tflite.latency.runtimes == ("onnxruntime", "litert")
     without_dynamic = plan_layer_modes(net, calib, evaluation, config=tflite, table=False, progress=False)
     assert without_dynamic.mode == "weight-only" and without_dynamic.within_budget
+    assert auto.latency["ladder"] == "prior" and "measure=False" in auto.latency["note"]
+
+
+# Injected per-layer latency tables (ms): deterministic, so the planner's use of them is tested without timing.
+PRIOR_LIKE = {"static": 1.0, "dynamic": 2.0, "weight-only": 3.0, "float": 4.0}
+DYNAMIC_FASTEST = {"static": 3.0, "dynamic": 1.0, "weight-only": 2.5, "float": 0.5}
+WEIGHT_ONLY_FASTEST = {"static": 3.0, "dynamic": 2.0, "weight-only": 1.0, "float": 0.2}
+
+
+@pytest.mark.slow
+def test_auto_starts_each_layer_on_its_fastest_measured_mode(mlp_data):
+    # fc1 has to leave int8 whatever the table says (its weights round to zero in every int8 mode); fc2 and fc3
+    # are within budget in any mode, so they take the mode the table says is fastest. Float is faster still in
+    # the table, but it gives up the int8 size: it is never chosen for speed. The prior would give {fc1: float}.
+    net, calib, evaluation = mlp_data
+    table = {"fc1": PRIOR_LIKE, "fc2": DYNAMIC_FASTEST, "fc3": WEIGHT_ONLY_FASTEST}
+    result = plan_layer_modes(net, calib, evaluation, config=SensitivityConfig(max_drop=1.0, auto=True),
+                              table=False, progress=False, latency=table)
+    assert result.within_budget
+    assert result.mode == "static"  # one layer starts in each mode: the tier's mode breaks the tie
+    assert result.layer_modes == {"fc1": "float", "fc2": "dynamic", "fc3": "weight-only"}
+    rows = {r["layer"]: r for r in result.to_dict()["layers"]}
+    assert rows["fc2"]["mode_ms"] == 1.0 and rows["fc3"]["mode_ms"] == 1.0 and rows["fc1"]["mode_ms"] == 4.0
+    assert rows["fc2"]["latency_ms"] == {"onnxruntime": DYNAMIC_FASTEST}
+    assert result.latency["ladder"] == "measured" and result.latency["source"] == "injected"
+    # With one mode fastest for most layers, that mode is the base (the ops between layers follow it).
+    dynamic = plan_layer_modes(net, calib, evaluation, config=SensitivityConfig(max_drop=1.0, auto=True),
+                               table=False, progress=False,
+                               latency={"fc1": PRIOR_LIKE, "fc2": DYNAMIC_FASTEST, "fc3": DYNAMIC_FASTEST})
+    assert dynamic.mode == "dynamic" and dynamic.layer_modes == {"fc1": "float"}
+
+
+def test_ladders_follow_the_table_and_drop_slower_less_accurate_modes():
+    from compress.passes.layer_latency import ModeLadders
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(1, 8)
+    prepared = prepare(net, (x,))
+    units = _units(prepared, dict(prepared.named_modules()))
+    allowed = set(QuantMode)
+    table = {"0": {"static": 3.0, "dynamic": 1.0, "weight-only": 2.0, "float": 0.1},
+             "2": {"static": 1.0, "dynamic": 1.02, "weight-only": 5.0, "float": 9.0}}
+    ladders = ModeLadders(prepared, units, (x,), QuantConfig(), allowed, given=table)
+    # static is slower than dynamic (more accurate): it leaves the ladder; float stays last
+    assert ladders.ladder("0", QuantMode.STATIC) == [QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY, QuantMode.FLOAT]
+    assert ladders.starts()[0] == (QuantMode.DYNAMIC, {})
+    # dynamic within TIE (5 %) of static: the more accurate mode wins the tie
+    assert ladders.order("2", [QuantMode.STATIC, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY]) == \
+        [QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY]
+    prior = ModeLadders(prepared, units, (x,), QuantConfig(), allowed, measure=False)
+    assert prior.ladder("0", QuantMode.STATIC) == [QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY, QuantMode.FLOAT]
+    assert [b for b, _ in prior.starts()] == [QuantMode.STATIC, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY]
+    assert prior.summary()["ladder"] == "prior"
+
+
+def test_a_failed_measurement_falls_back_to_the_prior_and_says_why(mlp_data, monkeypatch):
+    import compress.passes.layer_latency as layer_latency
+
+    def broken(*args, **kwargs):
+        raise ImportError("onnxruntime is not installed")
+
+    monkeypatch.setattr(layer_latency, "measure_layer_latency", broken)
+    _, calib, evaluation = mlp_data
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    result = plan_layer_modes(net, calib, evaluation.take(64), config=SensitivityConfig(max_drop=100, auto=True),
+                              table=False, progress=False)
+    assert result.mode == "static" and result.layer_modes == {}
+    assert result.latency["ladder"] == "prior" and "onnxruntime is not installed" in result.latency["note"]
