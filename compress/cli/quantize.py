@@ -99,8 +99,9 @@ def _spec_files(spec: str | None) -> list[Path]:
 @click.option("--mode", type=click.Choice((*MODE_CHOICES, "auto")), default="static", show_default=True,
               help="static: int8 weights and calibrated int8 activations; dynamic: int8 weights, activations "
                    "quantized per call at run time (transformers, LSTMs); weight-only: int8 weights, float "
-                   "compute (smallest file at float accuracy); auto: the fastest of these per layer (latency "
-                   "prior static < dynamic < weight-only < float) that keeps --max-drop [default 1 point].")
+                   "compute (smallest file at float accuracy); auto: per layer, the fastest of these as timed "
+                   "alone at its real shapes in the target runtime (onnxruntime / LiteRT, cached) that keeps "
+                   "--max-drop [default 1 point]; float only where no int8 mode keeps it.")
 @click.option("--max-drop", "max_drop", type=click.FloatRange(min=0), default=None, metavar="POINTS",
               help="Budget in percentage points of the --metric vs fp32: each layer's sensitivity is measured and "
                    "the fewest layers leave --mode (for float, or dynamic / weight-only when that suffices); "
@@ -109,6 +110,9 @@ def _spec_files(spec: str | None) -> list[Path]:
               help="Metric of --max-drop / --mode auto: accuracy (needs labels), agreement (top-1 with fp32), "
                    "cosine (with fp32), or MODULE:CALLABLE called as fn(outputs, batch) -> float, higher is "
                    "better [default: accuracy with labels, else agreement for [N, C] outputs, else cosine].")
+@click.option("--no-measure", "no_measure", is_flag=True,
+              help="--mode auto / --max-drop: order each layer's modes by the latency prior static < dynamic < "
+                   "weight-only < float instead of timing them (at most about 20 s, cached per machine).")
 @click.option("--float-layer", "float_layers", multiple=True, metavar="NAME",
               help="Keep the layer (or every layer under the module) at this path in float; repeatable.")
 @click.option("--layer-mode", "layer_mode_pairs", multiple=True, metavar="NAME=MODE",
@@ -146,7 +150,7 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
                      layer_mode_pairs: tuple[str, ...], per_tensor: bool, observer: str, target: str,
                      formats: str, int8_io: bool, arch: str | None, trust_pickle: bool, force: bool,
                      batch_size: int | None, accept_degraded: bool, ptq: str, keep_unverified: bool,
-                     max_drop: float | None, metric: str | None) -> None:
+                     max_drop: float | None, metric: str | None, no_measure: bool) -> None:
     """Quantize MODEL to int8 ONNX (and TFLite), verify each file against the torch simulation, write a report.
 
     MODEL is a state dict (.pt/.pth/.safetensors, with --arch), a torch.export program (.pt2), or a pickled
@@ -156,6 +160,8 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     layer_modes = parse_layer_modes(layer_mode_pairs, float_layers)
     if metric is not None and max_drop is None and mode != "auto":
         raise ConfigError("--metric is the metric of --max-drop / --mode auto; add --max-drop POINTS (e.g. 1)")
+    if no_measure and max_drop is None and mode != "auto":
+        raise ConfigError("--no-measure applies to --mode auto / --max-drop; add --mode auto or --max-drop POINTS")
     if int8_io and "tflite" not in format_names:
         raise ConfigError("--int8-io applies to TFLite files; add --format tflite (or onnx,tflite)")
     if not qat:
@@ -174,7 +180,8 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     from compress.quant.spec import ObserverKind
 
     extra = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
-    extra["sensitivity"] = sensitivity_config(max_drop, metric, auto=mode == "auto", formats=format_names)
+    extra["sensitivity"] = sensitivity_config(max_drop, metric, auto=mode == "auto", formats=format_names,
+                                              target=target, measure=not no_measure)
     mode = "static" if mode == "auto" else mode  # auto starts from static; the plan moves layers off it
     options = QuantizeOptions(
         per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat,

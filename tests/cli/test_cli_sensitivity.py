@@ -89,10 +89,11 @@ def test_mode_auto_writes_a_dynamic_file_where_static_cannot_hold(cli, tmp_path)
     np.savez(tmp_path / "calib.npz", x=cx)
     np.savez(tmp_path / "eval.npz", x=x[1200:], y=y[1200:])
     result = cli("quantize", tmp_path / "model.pt", "--arch", ARCH, "--calib", tmp_path / "calib.npz", "--eval",
-                 tmp_path / "eval.npz", "--mode", "auto", "-o", tmp_path / "out")
+                 tmp_path / "eval.npz", "--mode", "auto", "--no-measure", "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["sensitivity"]["mode"] == "dynamic" and report["options"]["mode"] == "dynamic"
+    assert report["sensitivity"]["latency"]["ladder"] == "prior"  # --no-measure: the prior's next base, dynamic
     assert 100 * (report["sensitivity"]["fp32"] - report["sensitivity"]["quantized"]) <= 1.0
     fp32 = _fp32_accuracy(outlier=False)
     assert 100 * (fp32 - _onnx_accuracy(tmp_path / "out" / "model.onnx")) <= 1.0
