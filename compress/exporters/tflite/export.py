@@ -65,7 +65,7 @@ class Int8Kernels(str, Enum):
     """Which int8 kernels an int8 file asks LiteRT for.
 
     ``XNNPACK`` (default): int8 where XNNPACK (LiteRT's CPU delegate) has an int8 kernel; HARD_SWISH, GELU,
-    BATCH_MATMUL, SOFTMAX and a standalone RELU / RELU6 have none there, so they run in float between DEQUANTIZE and
+    SOFTMAX and a standalone RELU / RELU6 have none there, so they run in float between DEQUANTIZE and
     QUANTIZE and the whole graph stays one XNNPACK partition. Their int8 versions fall back to LiteRT's
     builtin kernels, one partition break each: a hard-swish CNN measured 2.4× *slower* in int8 than in
     float that way (benchmarks/results/*/tflite-latest.md). ``BUILTIN``: every op that has a TFLite int8
@@ -77,7 +77,9 @@ class Int8Kernels(str, Enum):
 
 
 #: The int8 TFLite ops the XNNPACK delegate of ai-edge-litert 2.3 rejects (measured op by op).
-XNNPACK_FLOAT_OPS = frozenset({"HARD_SWISH", "GELU", "BATCH_MATMUL", "RELU", "RELU6", "SOFTMAX"})
+#: (BATCH_MATMUL is not among them: XNNPACK runs it in int8 when the right operand's zero point is 0, which
+#: the exporter arranges exactly, see ``ops_shape.matmul``.)
+XNNPACK_FLOAT_OPS = frozenset({"HARD_SWISH", "GELU", "RELU", "RELU6", "SOFTMAX"})
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike,
     _propagate_shapes(gm, example_inputs)
     writer = ModelWriter(config.description)
     float_ops = XNNPACK_FLOAT_OPS if config.int8_kernels is Int8Kernels.XNNPACK else frozenset()
-    em = Emitter(gm, writer, quantized, float_ops)
+    em = Emitter(gm, writer, quantized, float_ops, xnnpack=config.int8_kernels is Int8Kernels.XNNPACK)
     inputs, outputs = _walk(em, gm, example_inputs, config)
     data = writer.serialize_view([v.tensor for v in inputs], [v.tensor for v in outputs])
     path = Path(path)

@@ -99,12 +99,14 @@ class Emitter:
     """Writes TFLite tensors and operators for the nodes of one fx graph."""
 
     def __init__(self, gm: fx.GraphModule, writer: ModelWriter, quantized: bool,
-                 float_ops: frozenset[str] = frozenset()):
+                 float_ops: frozenset[str] = frozenset(), xnnpack: bool = False):
         self.gm = gm
         self.w = writer
         self.quantized = quantized
         # TFLite ops written in float between DEQUANTIZE / QUANTIZE even when their inputs are int8.
         self.float_ops = float_ops
+        # Written for XNNPACK (Int8Kernels.XNNPACK): int8 ops take the forms its int8 kernels accept.
+        self.xnnpack = xnnpack
         self.modules = dict(gm.named_modules())
         self.values: dict[fx.Node, Any] = {}
         self.op_counts: dict[str, int] = {}

@@ -88,13 +88,24 @@ def getitem(em: Emitter, node: fx.Node) -> None:
 
 
 def matmul(em: Emitter, node: fx.Node) -> None:
+    """BATCH_MATMUL: int8 when both operands and the output are on int8 grids, else float.
+
+    XNNPACK (ai-edge-litert 2.3, measured) runs an int8 BATCH_MATMUL only when the right operand's zero point
+    is 0; with any other it falls back to LiteRT's builtin kernel, one partition break each. An activation
+    ``b`` (the keys and values of attention) is asymmetric, so for XNNPACK it is rewritten exactly as
+    :func:`_zero_point_free_rhs` says; ``Int8Kernels.BUILTIN`` files keep the plain op.
+    """
     a, b = (em.uncollapse(em.value(v)) for v in node.args[:2])
     adj_y = b.rank >= 2 and b.perm == L.identity(b.rank - 2) + (b.rank - 1, b.rank - 2)
     a = em.torch_order(a)
     b = b if adj_y else em.torch_order(b)
     plan = em.plan_output(node, fuse_act=False)
-    int8 = (em.quantized and plan.quant is not None and a.is_int8 and b.is_int8
-            and "BATCH_MATMUL" not in em.float_ops)
+    int8 = em.quantized and plan.quant is not None and a.is_int8 and b.is_int8
+    if int8 and em.xnnpack and b.quant.zero_point[0] != 0:
+        if b.quant.zero_point[0] == -128:  # -zb = 128 has no int8 code: one more split would be needed
+            int8 = False
+        else:
+            a, b = _zero_point_free_rhs(em, node, a, b)
     if not int8:
         a, b = em.to_float(a), em.to_float(b)
     out_shape = _meta_shape(node)
@@ -102,6 +113,37 @@ def matmul(em: Emitter, node: fx.Node) -> None:
     em.op("BATCH_MATMUL", [a.tensor, b.tensor], [out.tensor],
           Options("BatchMatMulOptions", {"AdjX": False, "AdjY": adj_y}), 2 if int8 else 1)
     _finish(em, node, out, plan)
+
+
+def _zero_point_free_rhs(em: Emitter, node: fx.Node, a: TValue, b: TValue) -> tuple[TValue, TValue]:
+    """Operands ``[a, a]`` and ``[lo; hi]`` (concatenated along the contracted axis) whose int8 product is
+    exactly ``a · b``, with ``lo`` and ``hi`` on ``b``'s scale and zero point 0.
+
+    ``Σ_k (a_k − za)(b_k − zb)`` is the int32 sum every int8 kernel accumulates. ``b_k − zb`` spans
+    ``[−128 − zb, 127 − zb]``, which int8 cannot hold, so it is split: ``lo = clamp(b − zb)`` (a QUANTIZE onto
+    ``(sb, 0)``: scale ratio 1, so no rounding) and ``hi = (b − zb) − lo`` (a SUB, exact for the same reason;
+    0 except at the clamped end, within ``[−zb, 0]`` or ``[0, −zb]``). Doubling the contracted axis gives the
+    same accumulator, so the op's single requantization onto the output grid is the only rounding, as in the
+    simulation. Cost: two CONCATENATIONs, a QUANTIZE and a SUB, all int8 inside the delegate.
+    """
+    zero = QuantParams.per_tensor(b.quant.scale[0], 0)
+    lo = em.like(b, f"{node.name}_rhs_lo", quant=zero)
+    em.op("QUANTIZE", [b.tensor], [lo.tensor], version=2)
+    hi = em.like(b, f"{node.name}_rhs_hi", quant=zero)
+    em.op("SUB", [b.tensor, lo.tensor], [hi.tensor], Options("SubOptions", {"FusedActivationFunction": 0}), 2)
+
+    def doubled(parts: list[TValue], torch_axis: int, name: str) -> TValue:
+        shape = list(parts[0].shape)
+        shape[torch_axis] *= 2
+        out = em.like(parts[0], name, shape=tuple(shape))
+        em.op("CONCATENATION", [p.tensor for p in parts], [out.tensor],
+              Options("ConcatenationOptions", {"Axis": L.axis_in(parts[0].perm, torch_axis),
+                                               "FusedActivationFunction": 0}), 2)
+        return out
+
+    rhs = doubled([lo, hi], b.rank - 2, f"{node.name}_rhs")  # k: rows of b (its last TFLite axis when adj_y)
+    lhs = doubled([a, a], a.rank - 1, f"{node.name}_lhs")
+    return lhs, rhs
 
 
 def layer_norm(em: Emitter, node: fx.Node) -> None:
