@@ -1,7 +1,10 @@
 """Int8 kernels for the unrolled QuantLSTM / QuantGRU in TFLite: every gate FULLY_CONNECTED reads the layer's
 int8 weight codes itself (dynamic range, per gate row), checked against numpy — the codes recomputed from the
 float weights, each FC's output against the exact float product within the error bound of quantizing its
-input per row — and the whole file against the torch simulation in LiteRT's default runtime."""
+input per row — and the whole file against the torch simulation in LiteRT's default runtime.
+
+The LSTM here reads its final state (``h_n``), which keeps it unrolled; an LSTM whose output sequence is all
+the graph reads is one fused op per layer (tests/exporters/test_tflite_lstm_fused.py)."""
 
 from __future__ import annotations
 
@@ -24,7 +27,9 @@ class Recurrent(nn.Module):
         self.fc = nn.Linear(12, 3)
 
     def forward(self, x):
-        out, _ = self.rnn(x)
+        out, state = self.rnn(x)
+        if isinstance(state, tuple):  # LSTM: reading the final cell state keeps it unrolled
+            return self.fc(out[:, -1] + state[1][-1])
         return self.fc(out[:, -1])
 
 

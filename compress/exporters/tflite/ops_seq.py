@@ -222,6 +222,104 @@ def _split(em: Emitter, v: TValue, n: int, name: str) -> list[TValue]:
     return parts
 
 
+# -- fused LSTM ---------------------------------------------------------------------------------------------
+#: UnidirectionalSequenceLSTMOptions.fused_activation_function: the cell-input / cell-output activation.
+_TANH = 4
+
+
+def _fusable_lstm(em: Emitter, mod: nn.Module, node: fx.Node, hx) -> bool:
+    """One UNIDIRECTIONAL_SEQUENCE_LSTM per layer is written when the op's single output (the hidden sequence)
+    is all the graph reads: no initial state and no final state (its kernel keeps h and c in variable tensors
+    and returns neither); those cases stay unrolled."""
+    return (isinstance(mod, nn.LSTM) and not mod.bidirectional and not getattr(mod, "proj_size", 0)
+            and hx is None and not _second_output_used(em, node))
+
+
+def _gate_matrices(em: Emitter, w: torch.Tensor, q: nn.Module | None, name: str) -> list[int]:
+    """The stacked torch weight ``[4H, in]`` (gates i, f, g, o) as the fused op's four ``[H, in]`` tensors.
+
+    Int8 (``q`` a frozen quantizer): LiteRT's hybrid LSTM kernel reads one scale per weight tensor
+    (``GetTensorScale`` in lstm_eval.cc; a per-channel table is not read), so each gate's block of the
+    simulation's weights (its per-row codes × scales) is re-coded on one symmetric scale, max |w| / 127, the
+    block's largest row scale: that row keeps its codes, the others round once more (≤ ½ of that scale).
+    """
+    if not isinstance(q, Quantizer):
+        return [em.const(f"{name}{k}", _np(block), TensorType.FLOAT32) for k, block in enumerate(w.chunk(4))]
+    from compress.exporters.numerics import WEIGHT_QMAX
+    from compress.exporters.tflite.schema import QuantParams
+
+    out = []
+    for k, block in enumerate(q(w).detach().double().cpu().numpy().reshape(4, -1, w.shape[1])):
+        scale = float(np.abs(block).max()) / WEIGHT_QMAX or 1.0
+        codes = np.clip(np.round(block / scale), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+        out.append(em.const(f"{name}{k}_int8", codes, TensorType.INT8, QuantParams.per_tensor(scale, 0)))
+    return out
+
+
+def _zeroed_states(em: Emitter, shape: tuple[int, ...], count: int, name: str) -> list[int]:
+    """``count`` variable state tensors, each written with zeros by one UNPACK at the start of every invoke.
+
+    The kernel reads h and c from variable tensors and leaves the last step's values in them; LiteRT zeroes
+    variables only in ``allocate_tensors``, so without this the second call would start from the first call's
+    final state (measured: outputs 0.35 apart on the same input)."""
+    zeros = em.const(f"{name}_zeros", np.zeros((count, *shape), np.float32), TensorType.FLOAT32)
+    states = []
+    for k in range(count):
+        t = em.tensor(f"{name}{k}", shape, L.identity(len(shape)), TensorType.FLOAT32).tensor
+        em.w.tensors[t].variable = True
+        states.append(t)
+    em.op("UNPACK", [zeros], states, Options("UnpackOptions", {"Num": count, "Axis": 0}))
+    return states
+
+
+def fused_lstm(em: Emitter, node: fx.Node) -> None:
+    """nn.LSTM / QuantLSTM as one UNIDIRECTIONAL_SEQUENCE_LSTM per layer (float, or hybrid: int8 gate weights
+    read by the kernel, float activations, version 3).
+
+    The hybrid kernel's arithmetic (TF lite/kernels/lstm_eval.cc, ``LstmStepHybrid``): at every step it
+    quantizes the step's input and the previous hidden state per batch row (asymmetric with
+    ``asymmetric_quantize_inputs``: scale (max − min) / 255 over the row with 0 in range, zero point rounded),
+    multiplies them with the int8 gate matrices in int32 and rescales by input scale × weight scale (one per
+    gate matrix), adds the float bias, applies sigmoid / tanh and updates the cell in float. The simulation
+    instead keeps the hidden state on a static int8 grid after every step (``hidden_quants``), and its gate
+    rows have their own scales (:func:`_gate_matrices`); the between-layer quantizers stay QUANTIZE →
+    DEQUANTIZE. Verification therefore checks each fused op against a numpy model of that arithmetic given the
+    op's own input (:func:`compress.exporters.tflite.verify.fused_lstm_reference`), and the layer's output
+    against the simulation with the recurrent tolerance (``RECURRENT_RTOL``), as for ONNX's LSTM.
+    """
+    from compress.layers.recurrent import QuantLSTM
+
+    mod = em.module(node)
+    quant = isinstance(mod, QuantLSTM) and em.quantized
+    x = em.to_float(em.torch_order(em.uncollapse(em.value(node.args[0]))))
+    time_major = not mod.batch_first
+    seq_shape = x.shape[:2]
+    bsz = seq_shape[1] if time_major else seq_shape[0]
+    hidden, name = mod.hidden_size, node.name
+    states = _zeroed_states(em, (bsz, hidden), 2 * mod.num_layers, f"{name}_state")
+    fields = {"FusedActivationFunction": _TANH, "CellClip": 0.0, "ProjClip": 0.0, "TimeMajor": time_major}
+    if quant:  # per-row zero points as well as scales, as the unrolled dynamic-range FCs had them
+        fields["AsymmetricQuantizeInputs"] = True
+    for layer in range(mod.num_layers):
+        sfx = f"_l{layer}"
+        if quant and layer > 0:
+            x = _fake_quant(em, x, mod.layer_input_quants[layer - 1], f"{name}{sfx}_in")
+        w_ih, w_hh = (_gate_matrices(em, getattr(mod, k + sfx), mod.weight_quants[k + sfx] if quant else None,
+                                     f"{name}{sfx}_{k}") for k in ("weight_ih", "weight_hh"))
+        # One bias per gate: the kernel adds it once, the layer's two biases summed (float, as the layer holds them).
+        bias = np.zeros(4 * hidden, np.float32)
+        if mod.bias:
+            bias = (_np(getattr(mod, "bias_ih" + sfx)) + _np(getattr(mod, "bias_hh" + sfx))).astype(np.float32)
+        biases = [em.const(f"{name}{sfx}_b{k}", b, TensorType.FLOAT32) for k, b in enumerate(bias.reshape(4, -1))]
+        out = em.tensor(f"{name}{sfx}_out", (*seq_shape, hidden), L.identity(3), TensorType.FLOAT32)
+        ins = [x.tensor, *w_ih, *w_hh, -1, -1, -1, *biases, -1, -1, states[2 * layer], states[2 * layer + 1],
+               -1, -1, -1, -1]
+        em.op("UNIDIRECTIONAL_SEQUENCE_LSTM", ins, [out.tensor],
+              Options("UnidirectionalSequenceLSTMOptions", fields), 3 if quant else 1)
+        x = out
+    em.bind(node, (x, None))
+
+
 def recurrent(em: Emitter, node: fx.Node) -> None:
     """nn.LSTM / nn.GRU (and QuantLSTM / QuantGRU) unrolled over time in float, with an initial state (``hx``) and
     the final state (``h_n`` / ``(h_n, c_n)``) when the graph uses them (an encoder feeding a decoder).
@@ -246,6 +344,8 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
         raise ExportError(f"{node.name!r}: {kind} with {problem} is not exported to TFLite; use a unidirectional "
                           f"{kind} and its output sequence")
     hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+    if _fusable_lstm(em, mod, node, hx):
+        return fused_lstm(em, node)
     hx = None if hx is None else em.value(hx)
     state0 = None if hx is None else [_state_rows(em, v, mod.num_layers, f"{node.name}_hx{i}")
                                       for i, v in enumerate(hx if isinstance(hx, tuple | list) else (hx,))]
