@@ -5,12 +5,26 @@ per channel; LiteRT computes it once, at allocation) feeds the float CONV_2D / D
 FULLY_CONNECTED; input, bias and arithmetic stay float. The float handlers write the layer (their layouts,
 padding, NHWC bookkeeping); only the weight constant they ask for is swapped for int8 codes + DEQUANTIZE.
 
-Not written yet (refused by name): weight-only LSTM / GRU / attention, and every dynamic layer.
-Dynamic: TFLite's dynamic-range (hybrid) kernels quantize their float input per batch row
-(``asymmetric_quantize_inputs``, rounding half away from zero, range in double) where onnxruntime's
-DynamicQuantizeLinear — and so the torch simulation — quantizes the whole tensor: a transformer's tokens
-would each get their own scale. A dynamic layer is refused by name rather than written in an arithmetic
-that differs from the simulation's.
+Dynamic: LiteRT's dynamic-range (hybrid) kernels — float input, int8 per-channel weight codes (the
+simulation's), float bias, float output; the kernel quantizes its input to int8 on every call.
+
+* Linear → FULLY_CONNECTED with ``asymmetric_quantize_inputs`` (version 12, as TF's op_version.cc numbers a
+  per-channel hybrid FC). The input is quantized *per row*: each token of a transformer gets its own scale and
+  zero point (rounding half away from zero, range in double), where onnxruntime's DynamicQuantizeLinear —
+  and so the torch simulation — quantizes the whole tensor to uint8, half to even. The file computes a
+  finer-grained arithmetic than the simulation (zoo bert: 1 % of the output's range per layer).
+* Conv2d / Conv1d → CONV_2D (version 5; 6 grouped) / DEPTHWISE_CONV_2D (version 6), the float handler's
+  layout and padding with the weight swapped for int8 codes. The input is quantized per *image* (batch
+  element), asymmetric: with the files' batch of 1 that is the simulation's per-tensor grid (measured
+  ≤ 3e-7 of the output's range, XNNPACK and LiteRT's builtin kernels alike). XNNPACK delegates the hybrid
+  CONV_2D; the hybrid DEPTHWISE_CONV_2D runs on LiteRT's builtin kernel (one more partition). Per-tensor
+  weights on a non-depthwise conv are refused: LiteRT's builtin kernel then takes its symmetric path (0.9 %
+  off) while XNNPACK stays asymmetric.
+
+:mod:`compress.exporters.tflite.verify_dynamic` checks each hybrid op against a numpy reference of LiteRT's
+arithmetic and reports its difference from the simulation as information.
+
+Not written (refused by name, with the fix): dynamic LSTM, weight-only LSTM / GRU / attention.
 """
 
 from __future__ import annotations
@@ -21,17 +35,21 @@ from torch import fx, nn
 from compress import ops
 from compress.errors import ExportError
 from compress.exporters.numerics import weight_codes
-from compress.exporters.tflite.graph import Emitter
+from compress.exporters.tflite import layout as L
+from compress.exporters.tflite.graph import ACT_CODE, Emitter
 from compress.exporters.tflite.ops import conv2d, linear
+from compress.exporters.tflite.ops_base import _finish, _float_params, _meta_shape, int8_weight
 from compress.exporters.tflite.ops_shape import embedding
-from compress.exporters.tflite.schema import QuantParams, TensorType
+from compress.exporters.tflite.schema import Options, QuantParams, TensorType
 from compress.layers.dynamic import layer_mode
 
 _DEQUANTIZE_PER_CHANNEL_VERSION = 5  # TF's op_version.cc: int8 input quantized per channel
+_HYBRID_FC_PER_CHANNEL_VERSION = 12  # TF's op_version.cc: float input, int8 weights quantized per channel
 
 
-def _dequantized_weight(em: Emitter, layer: nn.Module, name: str, laid_out: np.ndarray) -> int:
-    """int8 codes of ``laid_out`` (the float handler's weight array, already in TFLite layout) + DEQUANTIZE."""
+def _int8_weight(em: Emitter, layer: nn.Module, name: str, laid_out: np.ndarray) -> int:
+    """The int8 codes of ``laid_out`` (the float handler's weight array, already in TFLite layout, on the
+    layer's int8 grid) as a constant with per-channel scales."""
     _, scale, _ = weight_codes(layer.weight, layer.weight_quant, name)
     scale = np.asarray(scale, np.float32).reshape(-1)
     depthwise = isinstance(layer, nn.Conv1d | nn.Conv2d) and layer.groups == layer.in_channels > 1
@@ -43,34 +61,108 @@ def _dequantized_weight(em: Emitter, layer: nn.Module, name: str, laid_out: np.n
                                                             atol=0):
         raise ExportError(f"layer {name!r}: its weights are not on their int8 grid; run convert() before export")
     full = np.broadcast_to(scale, (laid_out.shape[axis],)) if scale.size == 1 else scale
-    q = em.const(f"{name}_int8", codes.astype(np.int8), TensorType.INT8, QuantParams.per_channel(full, 0, axis))
+    return em.const(f"{name}_int8", codes.astype(np.int8), TensorType.INT8, QuantParams.per_channel(full, 0, axis))
+
+
+def _dequantized_weight(em: Emitter, layer: nn.Module, name: str, laid_out: np.ndarray) -> int:
+    """int8 codes of ``laid_out`` + DEQUANTIZE to float (weight-only)."""
+    q = _int8_weight(em, layer, name, laid_out)
     out = em.w.add_tensor(name, laid_out.shape, TensorType.FLOAT32)
     em.op("DEQUANTIZE", [q], [out], version=_DEQUANTIZE_PER_CHANNEL_VERSION)
     return out
 
 
-def _weight_only(handler):
-    """``handler`` writing the layer in float, its weight constant replaced by int8 codes + DEQUANTIZE."""
+def _with_int8_weight(handler, weight, prefix: str, versions: dict[str, int] | None = None):
+    """``handler`` writing the layer in float, its weight constant replaced by ``weight(em, layer, name,
+    laid_out)`` (int8 codes, behind a DEQUANTIZE or read by a hybrid kernel); ``versions`` renumbers the
+    handler's operators (a hybrid kernel's version differs from the float one's)."""
 
     def emit(em: Emitter, node: fx.Node) -> None:
-        layer, weight_name, write_const = em.module(node), f"{node.name}_weight", em.const
+        layer, weight_name, write_const, write_op = em.module(node), f"{node.name}_weight", em.const, em.op
 
         def const(name, array, dtype, quant=None):
             if name == weight_name and dtype == TensorType.FLOAT32:
-                return _dequantized_weight(em, layer, name, np.asarray(array, np.float32))
+                return weight(em, layer, name, np.asarray(array, np.float32))
             return write_const(name, array, dtype, quant)
+
+        def op(op_name, inputs, outputs, options=None, version=1):
+            version = max(version, (versions or {}).get(op_name, version))
+            return write_op(op_name, inputs, outputs, options, version)
 
         # The float path of the handler: float input (an int8 one is dequantized), float bias (the layer has no
         # input scale), its output quantizer (if any) written by the quantizer node itself.
-        em.const, em.quantized = const, False
+        em.const, em.op, em.quantized = const, op, False
         try:
             handler(em, node)
         finally:
-            del em.const
+            del em.const, em.op
             em.quantized = True
 
-    emit.__name__ = f"weight_only_{handler.__name__}"
+    emit.__name__ = f"{prefix}_{handler.__name__}"
     return emit
+
+
+def _weight_only(handler):
+    """``handler`` writing the layer in float, its weight constant replaced by int8 codes + DEQUANTIZE."""
+    return _with_int8_weight(handler, _dequantized_weight, "weight_only")
+
+
+#: Hybrid convolutions: float input and output, int8 weights per output channel, as TF's op_version.cc numbers
+#: them (CONV_2D 5; 6, grouped, is what the float handler already writes; DEPTHWISE_CONV_2D 6).
+_HYBRID_CONV_VERSIONS = {"CONV_2D": 5, "DEPTHWISE_CONV_2D": 6}
+_hybrid_conv = _with_int8_weight(conv2d, _int8_weight, "dynamic", _HYBRID_CONV_VERSIONS)
+
+
+def dynamic_conv(em: Emitter, node: fx.Node) -> None:
+    """A dynamic-mode Conv1d / Conv2d as LiteRT's hybrid CONV_2D / DEPTHWISE_CONV_2D (see the module docstring).
+
+    Raises:
+        ExportError: per-tensor weights on a non-depthwise conv (LiteRT's builtin kernel then switches to
+            symmetric input quantization while XNNPACK stays asymmetric: the file would compute differently
+            on different devices).
+    """
+    layer = em.module(node)
+    _, scale, _ = weight_codes(layer.weight, layer.weight_quant, node.name)
+    depthwise = layer.groups == layer.in_channels > 1
+    if np.asarray(scale).size == 1 and not depthwise:
+        raise ExportError(f"layer {node.target!r} is a dynamic conv with one weight scale per tensor, which LiteRT's "
+                          "builtin CONV_2D quantizes symmetrically and XNNPACK asymmetrically; quantize its weights "
+                          f"per channel (drop --per-tensor), or --layer-mode {node.target}=weight-only")
+    _hybrid_conv(em, node)
+
+
+def dynamic_linear(em: Emitter, node: fx.Node) -> None:
+    """A dynamic-mode Linear as LiteRT's hybrid FULLY_CONNECTED (see the module docstring).
+
+    The input is float whatever precedes it (an int8 value is dequantized: the kernel quantizes it again, per
+    row); a ReLU / ReLU6 that follows is fused; a static quantizer that follows gets its QUANTIZE after the
+    float output.
+    """
+    mod = em.module(node)
+    x = em.to_float(em.value(node.args[0]))
+    _, _, act, last, absorbed = _float_params(em, node, mod)
+    plan = em.plan_output(last, act)
+    codes, w_scale = int8_weight(mod.weight, mod.weight_quant, node.name)
+    cols = x.col_perm  # after an NHWC flatten, TFLite column j holds torch feature cols[j]
+    if cols is not None:
+        codes = codes[:, cols]
+    else:
+        x = em.torch_order(x)
+    w_t = em.const(f"{node.name}_weight", np.ascontiguousarray(codes), TensorType.INT8,
+                   QuantParams.per_channel(w_scale, 0, 0))
+    bias = mod.quantized_bias()  # the float bias: a dynamic layer has no input scale, no int32 grid
+    bias = np.zeros(codes.shape[0], np.float32) if bias is None else bias.detach().float().cpu().numpy()
+    b_t = em.const(f"{node.name}_bias", bias, TensorType.FLOAT32)
+    out_shape = _meta_shape(last)
+    keep = len(out_shape) > 2
+    out = em.tensor(node.name, out_shape, L.identity(len(out_shape)), TensorType.FLOAT32)
+    # Asymmetric: per-row zero points as well as scales (the symmetric form wastes half the grid on a
+    # one-sided input such as a GELU's output).
+    em.op("FULLY_CONNECTED", [x.tensor, w_t, b_t], [out.tensor],
+          Options("FullyConnectedOptions", {"FusedActivationFunction": ACT_CODE[plan.act], "KeepNumDims": keep,
+                                            "AsymmetricQuantizeInputs": True}),
+          _HYBRID_FC_PER_CHANNEL_VERSION)
+    _finish(em, node, out, plan, absorbed)
 
 
 def _not_yet(em: Emitter, node: fx.Node) -> None:
@@ -83,8 +175,10 @@ def _not_yet(em: Emitter, node: fx.Node) -> None:
 ops.register_emitter("tflite", "linear", quantized=True, mode="weight-only")(_weight_only(linear))
 for _name in ("conv1d", "conv2d"):
     ops.register_emitter("tflite", _name, quantized=True, mode="weight-only")(_weight_only(conv2d))
-for _name in ("linear", "conv1d", "conv2d", "lstm"):
-    ops.register_emitter("tflite", _name, quantized=True, mode="dynamic")(_not_yet)
+ops.register_emitter("tflite", "linear", quantized=True, mode="dynamic")(dynamic_linear)
+for _name in ("conv1d", "conv2d"):
+    ops.register_emitter("tflite", _name, quantized=True, mode="dynamic")(dynamic_conv)
+ops.register_emitter("tflite", "lstm", quantized=True, mode="dynamic")(_not_yet)
 for _name in ("lstm", "gru", "multihead_attention"):  # their emitters read the static layer's quantizers
     ops.register_emitter("tflite", _name, quantized=True, mode="weight-only")(_not_yet)
 # A lookup's int8 table behind a dequantize is already its weight-only form (QuantEmbedding._MODES).

@@ -1,0 +1,385 @@
+"""Verification of TFLite dynamic-range (hybrid) ops: the rule, and a numpy reference of LiteRT's arithmetic.
+
+A dynamic-mode Linear is written as a hybrid FULLY_CONNECTED, a Conv as a hybrid CONV_2D / DEPTHWISE_CONV_2D
+(:mod:`compress.exporters.tflite.ops_dynamic`). LiteRT quantizes the FC's float input on every call *per row*
+(the conv's per image; asymmetric int8, rounding half away from zero), where the torch simulation copies
+onnxruntime's DynamicQuantizeLinear (uint8, one scale for the whole tensor, half to even). The two differ by
+the input-quantization granularity, so the file cannot be held to the simulation's float tolerance (1e-4).
+The rule, one for every hybrid op:
+
+* **op by op, against LiteRT's arithmetic.** The converted graph runs with each hybrid op's output replaced by
+  LiteRT's (the op-by-op machinery of :mod:`compress.exporters.verify_ops`), so every op sees the runtime's
+  inputs. At each dynamic layer, :func:`hybrid_linear_reference` / :func:`hybrid_conv_reference` compute in
+  numpy what LiteRT's kernel computes from that input with the *layer's* int8 codes, scales and float bias
+  (per-row / per-image asymmetric int8, exact integer accumulation, ``input scale × weight scale``, float
+  bias, fused activation). LiteRT's output passes when every element is within :data:`HYBRID_STEPS` input
+  steps of it: ``|diff| ≤ HYBRID_STEPS × input_scale × weight_scale[c] × max |codes[c]|`` + 1e-5 of the
+  output's range (float32 rounding). One step is what a single input code rounded the other way (a tie, or
+  the simulation's input differing from the runtime's in its last float bit) moves an output by; a wrong
+  weight, bias, layout or option moves it by far more. Measured: ≤ 1e-3 step (the reference reproduces the
+  kernel), so the bound is slack for input differences, not for the arithmetic.
+* every other op (float, or static int8 in a mixed model) keeps the usual rule given the same inputs;
+* the difference of each hybrid op from the *simulation* (per-tensor uint8) is reported as information
+  (``dynamic`` in the op-by-op report), as are the end-to-end figures.
+
+Example:
+    >>> x = np.array([[1.0, -2.0, 0.5]], np.float32)
+    >>> codes, scale = np.array([[127, 0, -127]], np.int8), np.array([0.01])
+    >>> y = hybrid_linear_reference(x, codes, scale, np.array([0.25], np.float32))
+    >>> bool(abs(y[0, 0] - (0.01 * 127 * (1.0 - 0.5) + 0.25)) < 0.01)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import fx, nn
+
+from compress.exporters.verify import VerifyConfig, as_batch
+from compress.exporters.verify_ops import (
+    WORST_LISTED,
+    LayerwiseParity,
+    OpParity,
+    Probe,
+    layerwise_parity,
+    torch_layouts,
+    user_source,
+)
+from compress.layers.base import FusedActivation, apply_fused
+from compress.quant.config import QuantMode
+
+_HYBRID_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
+#: Input steps a hybrid op's output may differ from the numpy reference by (see the module docstring).
+HYBRID_STEPS = 1.0
+# float32 accumulation order of the runtime's rescale: relative to the output's magnitude.
+_FLOAT_SLACK = 1e-5
+
+
+def asymmetric_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(int8 codes, float32 scale [rows], int32 zero point [rows]) of each row of ``x`` [rows, K], as
+    LiteRT's hybrid kernels quantize their input (``AsymmetricQuantizeFloats``): the range includes 0 and is
+    taken in double, the zero point is nudged onto [-128, 127] from the closer end, and the codes are
+    ``round_half_away(zero_point + x × (1 / scale))`` in float32. An all-zero row gets scale 1, codes 0.
+
+    Example:
+        >>> q, s, z = asymmetric_rows(np.array([[0.0, 1.0, 2.55]], np.float32))
+        >>> q.tolist(), round(float(s[0]), 6), z.tolist()
+        ([[-128, -28, 127]], 0.01, [-128])
+    """
+    x = np.asarray(x, np.float32)
+    lo = np.minimum(x.min(axis=1, initial=0.0), 0.0).astype(np.float64)
+    hi = np.maximum(x.max(axis=1, initial=0.0), 0.0).astype(np.float64)
+    flat = lo == hi
+    scale = np.where(flat, 1.0, (hi - lo) / 255.0)
+    from_min, from_max = -128.0 - lo / scale, 127.0 - hi / scale
+    use_min = (128.0 + np.abs(lo / scale)) < (127.0 + np.abs(hi / scale))
+    zp = np.where(use_min, from_min, from_max)
+    zp = np.where(zp <= -128, -128, np.where(zp >= 127, 127, _round_away(zp))).astype(np.int32)
+    zp[flat] = 0
+    scale32 = scale.astype(np.float32)
+    inv = (np.float32(1.0) / scale32).astype(np.float32)
+    codes = _round_away(zp[:, None].astype(np.float32) + x * inv[:, None])
+    codes = np.clip(codes, -128, 127).astype(np.int8)
+    codes[flat] = 0
+    return codes, scale32, zp
+
+
+def _round_away(v: np.ndarray) -> np.ndarray:
+    """Round half away from zero (C's ``round``; numpy's ``round`` is half to even)."""
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def hybrid_linear_reference(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None,
+                            act: FusedActivation = FusedActivation.NONE) -> np.ndarray:
+    """What LiteRT's hybrid FULLY_CONNECTED (asymmetric inputs, per-channel weights) computes, in numpy.
+
+    Args:
+        x: the float input ``[..., K]`` (each row over the last axis is quantized on its own).
+        codes: int8 weight codes ``[C, K]``; ``w_scale``: their scale per output channel (or one).
+        bias: float ``[C]`` or None; ``act``: the fused activation.
+
+    Returns:
+        float32 ``[..., C]``: ``(Σ q·w − zp·Σ w) × (row scale × w_scale[c]) + bias[c]``, then the activation.
+    """
+    x = np.asarray(x, np.float32)
+    rows = x.reshape(-1, x.shape[-1])
+    q, scale, zp = asymmetric_rows(rows)
+    w = np.asarray(codes, np.int64)
+    acc = q.astype(np.int64) @ w.T - zp[:, None].astype(np.int64) * w.sum(axis=1)[None, :]  # exact int32 math
+    w_scale = np.broadcast_to(np.asarray(w_scale, np.float32).reshape(-1), (w.shape[0],))
+    y = acc.astype(np.float32) * (scale[:, None] * w_scale[None, :]).astype(np.float32)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float32)[None, :]
+    y = apply_fused(torch.from_numpy(y), act).numpy()
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+def hybrid_step(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
+    """The output change one input code moves ``[..., C]``: row scale × weight scale[c] × max |codes[c]|."""
+    x = np.asarray(x, np.float32)
+    _, scale, _ = asymmetric_rows(x.reshape(-1, x.shape[-1]))
+    w = np.abs(np.asarray(codes, np.float64)).max(axis=1)
+    w_scale = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), w.shape)
+    step = scale.astype(np.float64)[:, None] * (w_scale * w)[None, :]
+    return step.reshape(*x.shape[:-1], w.shape[0])
+
+
+def hybrid_conv_reference(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None,
+                          layer: nn.Module, act: FusedActivation = FusedActivation.NONE) -> np.ndarray:
+    """What LiteRT's hybrid CONV_2D / DEPTHWISE_CONV_2D (per-channel weights) computes, in numpy / float64.
+
+    The float input ``x`` (torch layout ``[N, C, ...]``) is quantized *per image* (:func:`asymmetric_rows` of
+    each batch element as one row); the integer convolution of the codes minus the zero point (the padding is
+    then real 0, as the kernel pads with the zero point) is exact in float64; × image scale × weight scale[c],
+    + bias, activation. ``layer`` gives stride, padding, dilation and groups (a Conv1d or Conv2d).
+    """
+    import torch.nn.functional as F
+
+    x = np.asarray(x, np.float32)
+    q, scale, zp = asymmetric_rows(x.reshape(x.shape[0], -1))
+    centred = torch.from_numpy((q.astype(np.float64) - zp[:, None]).reshape(x.shape))
+    conv = F.conv1d if x.ndim == 3 else F.conv2d
+    acc = conv(centred, torch.from_numpy(np.asarray(codes, np.float64)), None, layer.stride, layer.padding,
+               layer.dilation, layer.groups).numpy()
+    per_channel = (1, -1) + (1,) * (x.ndim - 2)
+    w_scale = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), (acc.shape[1],))
+    y = acc * scale.astype(np.float64).reshape(-1, *(1,) * (x.ndim - 1)) * w_scale.reshape(per_channel)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64).reshape(per_channel)
+    return apply_fused(torch.from_numpy(y), act).numpy()
+
+
+def hybrid_conv_step(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarray, out_shape) -> np.ndarray:
+    """The output change one input code moves, ``out_shape``: image scale × weight scale[c] × max |codes[c]|."""
+    x = np.asarray(x, np.float32)
+    _, scale, _ = asymmetric_rows(x.reshape(x.shape[0], -1))
+    w = np.abs(np.asarray(codes, np.float64)).reshape(codes.shape[0], -1).max(axis=1)
+    w_scale = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), w.shape)
+    step = scale.astype(np.float64)[:, None] * (w_scale * w)[None, :]
+    return np.broadcast_to(step.reshape(step.shape + (1,) * (len(out_shape) - 2)), out_shape)
+
+
+@dataclass
+class HybridOpParity:
+    """One hybrid op over all verified samples: against the numpy reference of LiteRT's arithmetic (the
+    verdict) and against the torch simulation (information)."""
+
+    node: str
+    op: str
+    source: str
+    elements: int = 0
+    max_steps: float = 0.0  # largest |LiteRT − reference| in units of the one-input-code step
+    max_rel_diff: float = 0.0  # vs the reference, relative to its max magnitude
+    sim_max_rel_diff: float = 0.0  # vs the simulation (per-tensor uint8), information
+    passed: bool = True
+
+
+@dataclass
+class DynamicLayerwiseParity(LayerwiseParity):
+    """:class:`~compress.exporters.verify_ops.LayerwiseParity` with the hybrid ops' figures (``dynamic``)."""
+
+    dynamic: list[HybridOpParity] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["dynamic"] = [asdict(h) for h in self.dynamic]
+        return d
+
+
+def dynamic_layers(graph: fx.GraphModule) -> list[fx.Node]:
+    """The graph's call_module nodes whose layer runs in dynamic mode (hybrid ops in the file)."""
+    from compress.layers.dynamic import layer_mode
+
+    modules = dict(graph.named_modules())
+    return [n for n in graph.graph.nodes if n.op == "call_module"
+            and isinstance(modules.get(n.target), nn.Linear | nn.Conv1d | nn.Conv2d)
+            and layer_mode(modules[n.target]) is QuantMode.DYNAMIC]
+
+
+def _clamp_of(node: fx.Node, modules: dict) -> FusedActivation | None:
+    """RELU / RELU6 when ``node`` is a clamp the exporter fuses into the op before it (its sole input)."""
+    from compress import ops
+
+    spec = ops.lookup(node, modules)
+    name = getattr(spec, "name", None)
+    if name == "relu":
+        return FusedActivation.RELU
+    if name == "relu6":
+        return FusedActivation.RELU6
+    if name == "hardtanh":
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        bounds = (float(mod.min_val), float(mod.max_val)) if isinstance(mod, nn.Hardtanh) else \
+            tuple(float(a) for a in (list(node.args[1:3]) + [node.kwargs.get("min_val", -1.0),
+                                                             node.kwargs.get("max_val", 1.0)])[:2])
+        return FusedActivation.RELU6 if bounds == (0.0, 6.0) else None
+    return None
+
+
+@dataclass
+class _HybridSite:
+    """A dynamic layer as the file holds it: the fx node whose value LiteRT's tensor holds (the layer, or the
+    ReLU fused into it) and what the reference needs."""
+
+    layer: fx.Node
+    module: nn.Module
+    probe: fx.Node
+    key: int
+    codes: np.ndarray
+    w_scale: np.ndarray
+    bias: np.ndarray | None
+    act: FusedActivation
+    clamp: FusedActivation  # the part of ``act`` the graph applies after the layer (the simulation's output)
+    acc: HybridOpParity = None  # type: ignore[assignment]
+    ref_max: float = 0.0
+    max_abs: float = 0.0
+    sim_max: float = 0.0
+    sim_abs: float = 0.0
+
+    def reference(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(LiteRT's output by the numpy reference, the one-input-code step per element) for input ``x``."""
+        if isinstance(self.module, nn.Linear):
+            return (hybrid_linear_reference(x, self.codes, self.w_scale, self.bias, self.act),
+                    hybrid_step(x, self.codes, self.w_scale))
+        y = hybrid_conv_reference(x, self.codes, self.w_scale, self.bias, self.module, self.act)
+        return y, hybrid_conv_step(x, self.codes, self.w_scale, y.shape)
+
+
+def _sites(it, graph: fx.GraphModule) -> tuple[list[_HybridSite], dict[str, str]]:
+    """Each dynamic layer's hybrid op in the loaded interpreter: the float tensor named after the layer's fx
+    node, written by a FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D whose weight is int8 (a Conv1d's by the
+    RESHAPE after its 2-D conv, ``<node>_2d``)."""
+    from compress.exporters.numerics import weight_codes
+    from compress.exporters.tflite.graph import combine_act
+
+    modules = dict(graph.named_modules())
+    details = {int(t["index"]): t for t in it.get_tensor_details()}
+    hybrid: set[str] = set()
+    for o in it._get_ops_details():
+        if o["op_name"] in _HYBRID_OPS and len(o["inputs"]) > 1 and \
+                details[int(o["inputs"][1])]["dtype"] == np.int8 and details[int(o["inputs"][0])]["dtype"] == np.float32:
+            hybrid.update(details[int(t)]["name"] for t in o["outputs"])
+    by_name = {t["name"]: int(t["index"]) for t in details.values() if t["dtype"] == np.float32}
+    sites, missing = [], {}
+    for node in dynamic_layers(graph):
+        layer = modules[node.target]
+        users = list(node.users)
+        clamp = _clamp_of(users[0], modules) if len(users) == 1 else None
+        act = combine_act(getattr(layer, "activation", FusedActivation.NONE), clamp or FusedActivation.NONE)
+        key = by_name.get(node.name) if {node.name, f"{node.name}_2d"} & hybrid else None
+        if key is None:
+            missing[node.name] = "no hybrid FULLY_CONNECTED output named after it in the file"
+            continue
+        codes, scale, _ = weight_codes(layer.weight, layer.weight_quant, node.name)
+        bias = layer.quantized_bias()
+        sites.append(_HybridSite(node, layer, users[0] if clamp is not None else node, key, np.asarray(codes),
+                                 np.asarray(scale, np.float64).reshape(-1),
+                                 None if bias is None else bias.detach().float().numpy(), act,
+                                 clamp or FusedActivation.NONE))
+    return sites, missing
+
+
+def dynamic_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info=None, config=None,
+                      samples: int | None = None) -> DynamicLayerwiseParity:
+    """Op-by-op parity of a ``.tflite`` file with hybrid ops (the rule in the module docstring).
+
+    The int8 probes of a mixed model (static layers beside dynamic ones) are checked as
+    :func:`~compress.exporters.tflite.verify.tflite_layerwise` checks them; each dynamic layer's LiteRT output
+    is a float probe, substituted into the simulation and judged against :func:`hybrid_linear_reference`.
+    """
+    # verify.py calls this module: its names are imported here, at call time.
+    from compress.exporters.tflite.verify import (
+        LAYERWISE_SAMPLES,
+        _approximated,
+        load_interpreter,
+        run_tflite,
+        tflite_probes,
+    )
+
+    config = config or VerifyConfig()
+    limit = LAYERWISE_SAMPLES if samples is None else samples
+    it = load_interpreter(path, config.intra_op_threads, preserve_all_tensors=True)
+    probes, unprobed = tflite_probes(it, graph)
+    sites, missing = _sites(it, graph)
+    modules = dict(graph.named_modules())
+    for s in sites:
+        s.acc = HybridOpParity(s.probe.name, type(modules[s.layer.target]).__name__, user_source(s.layer))
+    probes = [p for p in probes if p.node not in {s.probe.name for s in sites}]
+    probes += [Probe(s.probe.name, s.key, None) for s in sites]
+    nhwc = bool(info.nhwc_input) if info is not None else False
+    last: dict = {}
+
+    def run(sample):
+        outputs = run_tflite(it, sample, nhwc)
+        last.clear()
+        last.update({p.key: it.get_tensor(p.key).copy() for p in probes})
+        return dict(last), outputs
+
+    def check(site: _HybridSite):
+        def hook(_module, args, output):
+            x = args[0].detach().float().numpy()
+            ref, unit = site.reference(x)
+            # A 4-D tensor with as many channels as rows and columns fits NCHW and NHWC: the closer one.
+            fits = torch_layouts(np.asarray(last[site.key], np.float32), ref.shape)
+            got = min(fits, key=lambda c: float(np.abs(c - ref).max()), default=None)
+            if got is None:
+                site.acc.passed = False
+                return
+            d = np.abs(got.astype(np.float64) - ref)
+            ref_max = float(np.abs(ref).max(initial=0.0))
+            unit = np.maximum(unit, 1e-30)
+            site.acc.elements += d.size
+            site.acc.max_steps = max(site.acc.max_steps, float((d / unit).max(initial=0.0)))
+            site.acc.passed &= bool(np.isfinite(d).all() and (d <= HYBRID_STEPS * unit + _FLOAT_SLACK * ref_max).all())
+            site.max_abs = max(site.max_abs, float(d.max(initial=0.0)))
+            site.ref_max = max(site.ref_max, ref_max)
+            sim = apply_fused(output.detach().float(), site.clamp).numpy()
+            site.sim_abs = max(site.sim_abs, float(np.abs(got - sim).max(initial=0.0)))
+            site.sim_max = max(site.sim_max, float(np.abs(sim).max(initial=0.0)))
+        return hook
+
+    def batches():
+        n = 0
+        for item in inputs:
+            batch = as_batch(item)
+            for i in range(batch[0].shape[0] if batch[0].ndim else 1):
+                if n >= limit:
+                    return
+                n += 1
+                yield tuple(x[i:i + 1] for x in batch)
+
+    handles = [modules[s.layer.target].register_forward_hook(check(s)) for s in sites]
+    try:
+        base = layerwise_parity(graph, run, batches(), probes, runtime="LiteRT", max_op_lsb=config.max_op_lsb,
+                                float_rtol=config.float_rtol, approximated=_approximated(graph, info),
+                                unchecked={**unprobed, **missing})
+    finally:
+        for h in handles:
+            h.remove()
+    return _merged(base, sites)
+
+
+def _rel(diff: float, magnitude: float) -> float:
+    return diff / magnitude if magnitude > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+def _merged(base: LayerwiseParity, sites: list[_HybridSite]) -> DynamicLayerwiseParity:
+    """``base`` with each hybrid probe judged by the reference of LiteRT's arithmetic instead of the
+    simulation (the simulation's figure kept as information in ``dynamic``)."""
+    hybrid = {s.probe.name for s in sites}
+    results: list[OpParity] = []
+    for s in sites:
+        s.acc.max_rel_diff = _rel(s.max_abs, s.ref_max)
+        s.acc.sim_max_rel_diff = _rel(s.sim_abs, s.sim_max)
+        s.acc.passed &= s.acc.elements > 0
+        results.append(OpParity(s.acc.node, s.acc.op, s.acc.source, s.acc.elements, max_rel_diff=s.acc.max_rel_diff,
+                                passed=s.acc.passed))
+    failures = [f for f in base.failures if f.node not in hybrid] + [r for r in results if not r.passed]
+    worst = sorted([w for w in base.worst if w.node not in hybrid] + results,
+                   key=lambda r: -(r.max_abs_lsb if r.max_abs_lsb is not None else r.max_rel_diff))
+    return DynamicLayerwiseParity(base.runtime, not failures and base.samples > 0, base.ops, base.samples,
+                                  base.max_op_lsb, failures, worst[:WORST_LISTED], base.unchecked,
+                                  base.instrumentation_changed_outputs, dynamic=[s.acc for s in sites])
