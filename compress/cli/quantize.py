@@ -26,6 +26,7 @@ OBSERVER_CHOICES = ("minmax", "moving_average", "percentile", "mse", "auto")
 PTQ_TECHNIQUES = {
     "cle": "cross-layer equalization of consecutive conv/linear weight ranges (depthwise nets)",
     "smoothquant": "move transformer activation outliers into the linears' weights (LayerNorm -> linear)",
+    "outliers": "report LayerNorm/GELU outlier channels, migrate LayerNorm ones into linears (auto if found)",
     "adaround": "learned up/down rounding of conv/linear weights on the calibration data",
     "bias-correction": "remove the mean output shift quantization causes, layer by layer",
 }

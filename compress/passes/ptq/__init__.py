@@ -2,6 +2,9 @@
 
 Before calibration (they change the float weights the ranges are then observed on):
 
+* :func:`suppress_outliers` (``outliers``) — find LayerNorm / GELU outlier channels, migrate the LayerNorm ones
+  into the reading linears (exact). Runs by itself on a static / dynamic model whose LayerNorm or GELU
+  outputs have outlier channels (``PTQConfig.auto_outliers``); report.json's ``ptq.outliers`` lists them.
 * :func:`cross_layer_equalize` (``cle``) — equalize per-channel weight ranges of consecutive layers.
 * :func:`smooth_quant` (``smoothquant``) — move transformer activation outliers into the linears' weights.
 
@@ -28,7 +31,9 @@ from compress.passes.ptq.auto_range import AutoRangeConfig, select_ranges
 from compress.passes.ptq.bias_correction import BiasCorrectionConfig, correct_bias
 from compress.passes.ptq.common import weight_layers
 from compress.passes.ptq.equalize import CLEConfig, cross_layer_equalize
+from compress.passes.ptq.outliers import OutlierConfig, render_outliers, suppress_outliers
 from compress.passes.ptq.smoothquant import SmoothQuantConfig, smooth_quant
+from compress.quant.config import QuantMode
 
 
 class Technique(str, Enum):
@@ -36,6 +41,7 @@ class Technique(str, Enum):
 
     CLE = "cle"
     SMOOTHQUANT = "smoothquant"
+    OUTLIERS = "outliers"
     ADAROUND = "adaround"
     BIAS_CORRECTION = "bias-correction"
 
@@ -55,6 +61,10 @@ class PTQConfig:
     adaround: AdaRoundConfig = field(default_factory=AdaRoundConfig)
     bias_correction: BiasCorrectionConfig = field(default_factory=BiasCorrectionConfig)
     auto_range: AutoRangeConfig = field(default_factory=AutoRangeConfig)
+    outliers: OutlierConfig = field(default_factory=OutlierConfig)
+    # The outlier migration is exact and a no-op without outliers, so it runs unasked on models whose
+    # activations are quantized (static / dynamic layers); naming ``outliers`` also reports clean models.
+    auto_outliers: bool = True
 
     def __post_init__(self):
         names = (self.techniques,) if isinstance(self.techniques, str) else tuple(self.techniques)
@@ -75,7 +85,8 @@ class PTQConfig:
 
 
 def apply_before_calibration(prepared: fx.GraphModule, calib, config: PTQConfig) -> dict:
-    """CLE, then SmoothQuant (those ``config`` names) on a prepared graph that has not been calibrated.
+    """Outlier migration, CLE, then SmoothQuant (those ``config`` names; outliers also unasked, see
+    :attr:`PTQConfig.auto_outliers`) on a prepared graph that has not been calibrated.
 
     Example:
         >>> import torch
@@ -87,11 +98,26 @@ def apply_before_calibration(prepared: fx.GraphModule, calib, config: PTQConfig)
         [['0', '2']]
     """
     done: dict = {}
+    asked = Technique.OUTLIERS in config
+    if asked or (config.auto_outliers and Technique.SMOOTHQUANT not in config and _quantizes_activations(prepared)):
+        found = suppress_outliers(prepared, calib, config.outliers)
+        if asked or found["sites"]:
+            done["outliers"] = found | {"auto": not asked}
     if Technique.CLE in config:
         done["cle"] = cross_layer_equalize(prepared, config.cle)
     if Technique.SMOOTHQUANT in config:
         done["smoothquant"] = smooth_quant(prepared, calib, config.smoothquant)
     return done
+
+
+def _quantizes_activations(prepared: fx.GraphModule) -> bool:
+    """Whether some layer of a prepared graph quantizes its input (static or dynamic): weight-only and float
+    layers compute on float activations, where moving range into the weights only costs weight precision."""
+    info = getattr(prepared, "compress_info", None)
+    if info is None:
+        return False
+    modes = set(info.layer_modes.values()) or {info.config.mode.value}
+    return bool(modes & {QuantMode.STATIC.value, QuantMode.DYNAMIC.value})
 
 
 def apply_after_calibration(prepared: fx.GraphModule, calib, config: PTQConfig, *, progress: bool = False) -> dict:
@@ -118,6 +144,7 @@ __all__ = [
     "AutoRangeConfig",
     "BiasCorrectionConfig",
     "CLEConfig",
+    "OutlierConfig",
     "PTQConfig",
     "SmoothQuantConfig",
     "Technique",
@@ -126,6 +153,8 @@ __all__ = [
     "apply_before_calibration",
     "correct_bias",
     "cross_layer_equalize",
+    "render_outliers",
     "select_ranges",
     "smooth_quant",
+    "suppress_outliers",
 ]
