@@ -209,6 +209,10 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
         from compress.passes.sensitivity import render_sensitivity
 
         console.print(render_sensitivity(report["sensitivity"]))
+    if report.get("ptq", {}).get("outliers", {}).get("sites"):
+        from compress.passes.ptq import render_outliers
+
+        console.print(render_outliers(report["ptq"]["outliers"]), highlight=False, soft_wrap=True)
     echo_warnings(report.get("warnings", []))
     written = ", ".join(f"{p.name} ({p.stat().st_size / 1024:.1f} kB)" for p in sorted(out.iterdir())
                         if p.is_file() and not p.name.startswith("."))

@@ -274,3 +274,34 @@ def test_zoo_bert_with_real_scale_outliers_through_the_default_pipeline(tmp_path
     without, _, _ = _int8_onnx(net, calib.inputs["input_ids"], tmp_path, auto=False)
     cos_off = _cosine(without(ids), ref)
     assert with_pass >= GOAL and cos_off < GOAL, (cos_off, with_pass)  # measured 0.978 / 0.9999
+
+
+NET_PY = """
+import torch
+from torch import nn
+
+
+def build():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32), nn.Linear(32, 4))
+    with torch.no_grad():
+        net[1].weight[[4, 20]] *= 60.0
+        net[2].weight[:, [4, 20]] /= 60.0
+    return net
+"""
+
+
+@pytest.mark.onnx
+def test_cli_prints_the_outlier_table(cli, tmp_path):
+    (tmp_path / "nets.py").write_text(NET_PY)
+    np.savez(tmp_path / "calib.npz", x=np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nets_for_cli", tmp_path / "nets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.save(module.build().state_dict(), tmp_path / "net.pt")
+    result = cli("quantize", "net.pt", "--arch", "nets.py:build", "--calib", "calib.npz", "-o", "out")
+    assert result.exit_code == 0, result.output
+    assert "outlier channels" in result.output and "2 of 32" in result.output and "migrated into 2" in result.output
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["ptq"]["outliers"]["sites"][0]["op"] == "_1"
