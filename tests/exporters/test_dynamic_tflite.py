@@ -210,6 +210,8 @@ def test_dynamic_tflite_verifies_against_litert_arithmetic_and_catches_a_wrong_s
     bad = verify_tflite(tmp_path / "bad.tflite", dyn, [x], info=info, graph=dyn)
     assert not bad.passed
     assert bad.layerwise["first_failure"]["node"] == "down"
+    steps = {h["node"]: h["max_steps"] for h in bad.layerwise["dynamic"]}
+    assert steps["down"] > 3 * HYBRID_STEPS and steps["head"] < 1e-2  # downstream sees LiteRT's (wrong) values
 
 
 def test_dynamic_conv_net_verifies_op_by_op(tmp_path):
