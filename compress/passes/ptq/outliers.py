@@ -17,10 +17,12 @@ activation maximum / weight-column maximum, clamped to ``[1, a_c / a_ref]`` (nev
 channels). An outlier channel whose weight column is already small (weights that compensate the large gain)
 is brought all the way down to the ordinary channels.
 
-Blocked, with the reason in the report: a LayerNorm whose output something other than a linear reads (the
-residual add of post-LN BERT: a scale cannot be undone inside an add that feeds the next LayerNorm's
-statistics), a LayerNorm without affine parameters, weights shared with calls outside the group, and every
-GELU (no per-channel scale passes through it; its outliers are reported only).
+When something besides linears reads the LayerNorm output (the residual add of post-LN BERT: a scale cannot
+be undone inside an add that feeds the next LayerNorm's statistics), the linears get a copy of the LayerNorm
+to migrate into (:attr:`OutlierConfig.copy`, SmoothQuant's copy) and the residual keeps the original, with its
+outliers. Blocked, with the reason in the report: a LayerNorm without affine parameters, indexing between a
+LayerNorm with other readers and its linears, weights shared with calls outside the group, and every GELU
+(no per-channel scale passes through it; its outliers are reported only).
 
 Softmax outputs need no pass: the op registry gives them the fixed [0, 1) grid (scale 1/256, zero point
 -128 in int8) that TFLite's int8 SOFTMAX requires.
@@ -37,6 +39,7 @@ from torch import fx, nn
 from compress.errors import ConfigError
 from compress.passes import graph as g
 from compress.passes.ptq.common import calib_batches, float_mode, require_graph
+from compress.passes.ptq.smoothquant import _fold
 from compress.quant.fake import Quantizer
 
 #: Ops whose per-channel statistics are measured (registry names).
@@ -56,6 +59,9 @@ class OutlierConfig:
             are 10-100x, so 6 separates the two.
         samples: calibration samples the ranges are measured on.
         migrate: apply the exact LayerNorm → linear migration (False: detect and report only).
+        copy: when something besides linears reads a LayerNorm's output (post-LN BERT's residual add), give
+            the linears a copy of the LayerNorm to migrate into; the residual keeps the original and its
+            outliers. False reports such a LayerNorm as blocked.
         max_scale: bound on each channel's factor.
 
     Example:
@@ -68,6 +74,7 @@ class OutlierConfig:
     k: float = 6.0
     samples: int = 256
     migrate: bool = True
+    copy: bool = True
     max_scale: float = 1e3
 
     def __post_init__(self):
@@ -124,7 +131,7 @@ def suppress_outliers(model: fx.GraphModule, calib, config: OutlierConfig | None
     ranks: dict[fx.Node, int] = {}
     ranges = channel_ranges(gm, nodes, calib_batches(calib, config.samples), ranks)
     modules = dict(gm.named_modules())
-    sites = []
+    sites, changed = [], False
     with torch.no_grad():
         for node in nodes:
             amax = ranges.get(node)
@@ -143,17 +150,28 @@ def suppress_outliers(model: fx.GraphModule, calib, config: OutlierConfig | None
             if not config.migrate:
                 site |= {"action": "detected", "reason": "migration off (OutlierConfig.migrate=False)"}
             else:
-                linears, reason = _migration_group(gm, node, modules, ranks)
+                linears, copied, reason = _migration_group(gm, node, modules, ranks, config.copy)
                 if reason is not None:
                     site |= {"action": "blocked", "reason": reason}
                 else:
                     s = _scales(amax, mask, linears, config.max_scale)
-                    _migrate(modules[node.target], linears, s)
+                    if copied:
+                        # smoothquant's home for it: a copy of the LayerNorm (with its own activation
+                        # quantizer) feeds the linears, the residual keeps the original and its outliers.
+                        _fold(gm, node, linears, modules, s, "layernorm_copy")
+                        modules, changed = dict(gm.named_modules()), True
+                    else:
+                        _migrate(modules[node.target], s)
+                    for lin in linears:
+                        modules[lin.target].weight.mul_(s)
                     after = amax / s
-                    site |= {"action": "migrated", "into": [lin.target for lin in linears],
+                    site |= {"action": "migrated", "copy": copied, "into": [lin.target for lin in linears],
                              "ratio_after": float(after.max() / after.median().clamp(min=1e-12)),
                              "scale_max": float(s.max())}
             sites.append(site)
+    if changed:
+        gm.graph.lint()
+        gm.recompile()
     return {"k": config.k, "sites": sites}
 
 
@@ -198,34 +216,48 @@ def _keeps_last_axis(node: fx.Node, modules, ranks: dict[fx.Node, int]) -> bool:
     return False
 
 
-def _migration_group(gm: fx.GraphModule, node: fx.Node, modules, ranks) -> tuple[list[fx.Node], str | None]:
-    """(the linear nodes reading ``node``'s value, None) when the migration is exact, else ([], why not)."""
+def _migration_group(gm: fx.GraphModule, node: fx.Node, modules, ranks,
+                     copy: bool) -> tuple[list[fx.Node], bool, str | None]:
+    """(the linear nodes reading ``node``'s value, whether they need a copy of the LayerNorm, None) when the
+    migration is exact, else ([], False, why not)."""
     if node.op != "call_module" or not isinstance(modules[node.target], nn.LayerNorm):
         what = "GELU" if g.spec_of(node, modules).name == "gelu" else "a functional layer_norm"
-        return [], f"no per-channel scale passes through {what}; the outliers stay in its int8 grid"
+        return [], False, f"no per-channel scale passes through {what}; the outliers stay in its int8 grid"
     ln = modules[node.target]
     if not ln.elementwise_affine or ln.weight is None or len(ln.normalized_shape) != 1:
-        return [], "the LayerNorm has no per-channel affine parameters to divide"
-    linears, pending = [], list(node.users)
+        return [], False, "the LayerNorm has no per-channel affine parameters to divide"
+    linears, others, direct = [], [], True
+    pending = [(u, True) for u in node.users]
     while pending:
-        user = pending.pop()
+        user, plain = pending.pop()
         if _keeps_last_axis(user, modules, ranks):
-            pending.extend(user.users)
+            # Only dropout / identity / quantizers may stand between a copy and the linears it feeds.
+            keep = plain and user.op == "call_module" and isinstance(modules[user.target], _PASS_MODULES)
+            pending.extend((u, keep) for u in user.users)
             continue
         mod = modules.get(user.target) if user.op == "call_module" else None
-        if not isinstance(mod, nn.Linear):
-            label = "the model output" if user.op == "output" else f"{user.name} ({g.node_label(user, modules)})"
-            return [], (f"{label} also reads the LayerNorm output (a residual branch or a non-linear "
-                        "consumer): the scale cannot be folded into it; --ptq smoothquant copies the LayerNorm "
-                        "for the linears instead")
-        linears.append(user)
+        if isinstance(mod, nn.Linear):
+            linears.append(user)
+            direct = direct and plain
+        else:
+            others.append(user)
     if not linears:
-        return [], "no linear reads the LayerNorm output"
+        return [], False, "no linear reads the LayerNorm output"
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
     linears.sort(key=order.__getitem__)
     if reason := _shared(gm, node, linears, modules):
-        return [], reason
-    return linears, None
+        return [], False, reason
+    if others:
+        first = min(others, key=order.__getitem__)
+        label = "the model output" if first.op == "output" else f"{first.name} ({g.node_label(first, modules)})"
+        why = (f"{label} also reads the LayerNorm output (a residual branch or a non-linear consumer): the scale "
+               "cannot be folded into it")
+        if not copy:
+            return [], False, why + "; OutlierConfig(copy=True) gives the linears a copy of the LayerNorm"
+        if not direct:
+            return [], False, why + ", and indexing between it and a linear leaves no place for a copy"
+        return linears, True, None
+    return linears, False, None
 
 
 def _shared(gm: fx.GraphModule, node: fx.Node, linears: list[fx.Node], modules) -> str | None:
@@ -254,13 +286,10 @@ def _scales(amax: torch.Tensor, mask: torch.Tensor, linears: list[fx.Node], max_
     return torch.where(mask, s, torch.ones_like(s))
 
 
-def _migrate(ln: nn.LayerNorm, linears: list[fx.Node], s: torch.Tensor) -> None:
+def _migrate(ln: nn.LayerNorm, s: torch.Tensor) -> None:
     ln.weight.div_(s)
     if ln.bias is not None:
         ln.bias.div_(s)
-    owner = linears[0].graph.owning_module
-    for n in linears:
-        owner.get_submodule(n.target).weight.mul_(s)
 
 
 def render_outliers(section: dict) -> str:
@@ -276,7 +305,8 @@ def render_outliers(section: dict) -> str:
     rows = [("op", "kind", "channels", "ratio", "action")]
     for s in section["sites"]:
         if s["action"] == "migrated":
-            action = f"migrated into {', '.join(s['into'])} (ratio {s['ratio_after']:.1f}x after)"
+            via = " via a LayerNorm copy (the residual keeps the original)" if s.get("copy") else ""
+            action = f"migrated into {', '.join(s['into'])}{via} (ratio {s['ratio_after']:.1f}x after)"
         else:
             action = f"{s['action']}: {s['reason']}"
         rows.append((s["op"], s["kind"], f"{s['outliers']} of {s['channels']}", f"{s['ratio']:.1f}x", action))

@@ -165,7 +165,7 @@ def test_migration_is_exact_and_equalizes_the_layernorm_outputs():
     assert suppress_outliers(gm, [ids])["sites"] == []  # idempotent: nothing left to find
 
 
-def test_a_layernorm_that_feeds_the_residual_is_blocked_and_left_unchanged():
+def test_a_layernorm_that_feeds_the_residual_is_blocked_or_copied_for_the_linears():
     from tests.zoo.models_seq import BertConfig, BertOutput
 
     torch.manual_seed(0)
@@ -186,10 +186,19 @@ def test_a_layernorm_that_feeds_the_residual_is_blocked_and_left_unchanged():
     x = (torch.randn(64, 8, 64), torch.randn(64, 8, 32))
     gm, _ = capture_graph(net, tuple(t[:1] for t in x))
     before = {k: v.clone() for k, v in gm.state_dict().items()}
-    (site,) = suppress_outliers(gm, [(x,)])["sites"]  # ((h, residual),): one batch of a two-input model
+    # ((h, residual),): one batch of a two-input model
+    (site,) = suppress_outliers(gm, [(x,)], OutlierConfig(copy=False))["sites"]
     assert site["action"] == "blocked" and site["outliers"] == 2 and site["module"] == "block.LayerNorm"
     assert "add" in site["reason"] and "residual" in site["reason"], site["reason"]
     assert all(torch.equal(before[k], v) for k, v in gm.state_dict().items())
+
+    (site,) = suppress_outliers(gm, [(x,)])["sites"]  # by default the linear reads a copy of the LayerNorm
+    assert site["action"] == "migrated" and site["copy"] and site["into"] == ["next"]
+    with torch.no_grad():
+        torch.testing.assert_close(gm(*x), net(*x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gm.get_submodule("block.LayerNorm").weight, net.block.LayerNorm.weight)
+    copies = [m for name, m in gm.named_modules() if isinstance(m, nn.LayerNorm) and name != "block.LayerNorm"]
+    assert len(copies) == 1 and copies[0].weight[[5, 9]].abs().max() < net.block.LayerNorm.weight[[5, 9]].abs().min()
 
 
 def test_gelu_outliers_are_reported_not_migrated():
@@ -305,3 +314,32 @@ def test_cli_prints_the_outlier_table(cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert "outlier channels" in result.output and "2 of 32" in result.output and "migrated into 2" in result.output
     assert json.loads((tmp_path / "out" / "report.json").read_text())["ptq"]["outliers"]["sites"][0]["op"] == "_1"
+
+
+class _ResidualLN(nn.Module):
+    """Post-LN: LayerNorm → (linear, residual add) twice, then a head; the first LayerNorm has outliers."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc0, self.ln1, self.fc1, self.ln2, self.head = (nn.Linear(16, 32), nn.LayerNorm(32),
+                                                             nn.Linear(32, 32), nn.LayerNorm(32), nn.Linear(32, 3))
+
+    def forward(self, x):
+        h = self.ln1(self.fc0(x))
+        return self.head(self.ln2(h + self.fc1(h)))
+
+
+@pytest.mark.onnx
+def test_the_layernorm_copy_exports_and_verifies_in_onnxruntime(tmp_path):
+    from compress.pipeline import QuantizeOptions, quantize_model
+
+    torch.manual_seed(0)
+    net = _ResidualLN().eval()
+    with torch.no_grad():
+        net.ln1.weight[[2, 11, 30]] *= 50
+    x = np.random.default_rng(0).standard_normal((128, 16)).astype(np.float32)
+    report = quantize_model(net, Dataset(x), tmp_path, QuantizeOptions(latency_runs=1), progress=False)
+    (site,) = report["ptq"]["outliers"]["sites"]
+    assert site["op"] == "ln1" and site["copy"] and site["into"] == ["fc1"]
+    assert report["formats"]["onnx"]["parity"]["passed"], report["formats"]["onnx"]["parity"]
+    assert report["formats"]["onnx"]["int8"]["top1_agreement"] >= 0.95
