@@ -158,7 +158,10 @@ def suppress_outliers(model: fx.GraphModule, calib, config: OutlierConfig | None
                     if copied:
                         # smoothquant's home for it: a copy of the LayerNorm (with its own activation
                         # quantizer) feeds the linears, the residual keeps the original and its outliers.
+                        quantized = any(g.is_quantizer(u, modules) for u in node.users)
                         _fold(gm, node, linears, modules, s, "layernorm_copy")
+                        if not quantized:
+                            _unquantize_input(gm, linears[0])
                         modules, changed = dict(gm.named_modules()), True
                     else:
                         _migrate(modules[node.target], s)
@@ -284,6 +287,16 @@ def _scales(amax: torch.Tensor, mask: torch.Tensor, linears: list[fx.Node], max_
     balance = torch.sqrt(full / (w / w_ref).clamp(min=1e-12))
     s = torch.minimum(balance, full).clamp(1.0, max_scale)
     return torch.where(mask, s, torch.ones_like(s))
+
+
+def _unquantize_input(gm: fx.GraphModule, linear: fx.Node) -> None:
+    """Remove the activation quantizer the copy was given when the original's output had none (dynamic or
+    weight-only linears read it in float; a calibrated grid there would quantize what the model does not)."""
+    feed = linear.args[0]
+    if feed.op == "call_module" and isinstance(gm.get_submodule(feed.target), Quantizer):
+        feed.replace_all_uses_with(feed.args[0])
+        gm.graph.erase_node(feed)
+        gm.delete_submodule(feed.target)
 
 
 def _migrate(ln: nn.LayerNorm, s: torch.Tensor) -> None:

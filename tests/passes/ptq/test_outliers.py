@@ -330,7 +330,8 @@ class _ResidualLN(nn.Module):
 
 
 @pytest.mark.onnx
-def test_the_layernorm_copy_exports_and_verifies_in_onnxruntime(tmp_path):
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_the_layernorm_copy_exports_and_verifies_in_onnxruntime(mode, tmp_path):
     from compress.pipeline import QuantizeOptions, quantize_model
 
     torch.manual_seed(0)
@@ -338,7 +339,12 @@ def test_the_layernorm_copy_exports_and_verifies_in_onnxruntime(tmp_path):
     with torch.no_grad():
         net.ln1.weight[[2, 11, 30]] *= 50
     x = np.random.default_rng(0).standard_normal((128, 16)).astype(np.float32)
-    report = quantize_model(net, Dataset(x), tmp_path, QuantizeOptions(latency_runs=1), progress=False)
+    prepared = prepare(net, torch.as_tensor(x[:1]), QuantConfig(mode=mode))
+    apply_before_calibration(prepared, [torch.as_tensor(x)], PTQConfig())
+    quantizers = [n.target for n in prepared.graph.nodes if n.op == "call_module" and "act_quant" in n.target]
+    # the copy is quantized where the original is (static), and not where dynamic linears read it in float
+    assert ("ln1_smoothed_act_quant" in quantizers) == (mode == "static"), quantizers
+    report = quantize_model(net, Dataset(x), tmp_path, QuantizeOptions(latency_runs=1, mode=mode), progress=False)
     (site,) = report["ptq"]["outliers"]["sites"]
     assert site["op"] == "ln1" and site["copy"] and site["into"] == ["fc1"]
     assert report["formats"]["onnx"]["parity"]["passed"], report["formats"]["onnx"]["parity"]
