@@ -3,9 +3,10 @@
 Weight-only (int8 weights + DEQUANTIZE, float compute). Oracle: the float model with its weights snapped to the
 int8 per-channel grid in numpy, run by torch's float ops (independent of the exporter and of the quant layers).
 
-Dynamic Linear (hybrid FULLY_CONNECTED). Oracle: numpy integer math of LiteRT's hybrid kernel on weight codes
-computed here from the float weights (per-row asymmetric int8 input, int32 accumulation, scale product,
-float bias), fed the same input LiteRT was fed. Dynamic convolutions are refused by name.
+Dynamic Linear / Conv (hybrid FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D). Oracle: numpy integer math of
+LiteRT's hybrid kernels on weight codes computed here from the float weights (per-row / per-image asymmetric
+int8 input, exact integer accumulation, scale product, float bias), fed the same input LiteRT was fed, on
+XNNPACK and on LiteRT's builtin kernels. Per-tensor dynamic convs and dynamic LSTMs are refused by name.
 """
 
 from __future__ import annotations
