@@ -13,7 +13,11 @@ For each model of tests/zoo (trained and cached by tests/zoo/train.py):
   weights, MinMax, after ``quant_pre_process``), calibrated on the same inputs as the CLI; its metric and size.
 * latency at 1 thread, batch 1: fp32 ONNX, ours, peer, fp32 TFLite, our int8 TFLite; one fresh process per
   measurement (compress.runtime.run_isolated), contenders alternated round by round (compare_interleaved),
-  ratios paired within each round, ± half their range (the noise estimate).
+  ratios paired within each round, ± half their range (the noise estimate). Then the three ONNX files again at
+  each larger ``--batches`` size (default 8; the TFLite files have batch 1 fixed): a small model's int8/fp32
+  ratio differs between batch 1 (per-node overheads) and batch 8 (the kernels). Where ours/fp32 > 1, both
+  files are profiled in onnxruntime (per-node kernel time, zoo_latency.py) and the nodes that make the
+  difference are named in the notes.
 * capture time: ``compress.capture.capture`` (torch.export + raising) in a fresh process, first call and again.
 
 A model that fails anywhere stays in the table with its first error line. See benchmarks/README.md.
@@ -39,15 +43,21 @@ HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
 SCHEMA_VERSION = 1
 
-# Contender names (the Comparison's keys) and what they are.
-FP32, OURS, PEER, FP32_TFL, OURS_TFL = "fp32_onnx", "ours_onnx", "peer_onnx", "fp32_tflite", "ours_tflite"
-LABELS = {FP32: "fp32 ONNX (written by the pipeline)", OURS: "ours int8 ONNX (compress quantize)",
-          PEER: "onnxruntime quantize_static (QDQ u8s8, per-channel)", FP32_TFL: "fp32 TFLite (pipeline)",
-          OURS_TFL: "ours int8 TFLite (compress quantize)"}
-RATIOS = ((OURS, FP32), (PEER, FP32), (OURS, PEER), (OURS_TFL, FP32_TFL))
-PEER_SETTINGS = "QDQ, per_channel=True, activations QUInt8, weights QInt8, MinMax, after quant_pre_process"
-
 _T0 = time.perf_counter()
+sys.path.insert(0, str(HERE))  # zoo_latency, here and in the measurement children
+from zoo_latency import measure_profile, profile_cause, tile_batch  # noqa: E402, F401 (children: run_zoo:...)
+from zoo_report import (  # noqa: E402
+    FP32,
+    FP32_TFL,
+    OURS,
+    OURS_TFL,
+    PEER,
+    PEER_SETTINGS,
+    RATIOS,
+    goal_verdict,
+    latencies,
+    render_markdown,
+)
 
 
 def log(msg: str) -> None:
@@ -130,9 +140,9 @@ def measure_capture(name: str, repeats: int = 2) -> dict:
 # ------------------------------------------------------------------------------------ building / judging
 
 
-def onnx_feeds(path: Path, split) -> dict:
-    """The split's inputs as ``{onnx input name: array}`` with the file's dtypes, at the file's batch (1 when
-    dynamic): the same name-or-order rule as tests/zoo/harness.run_onnx."""
+def onnx_feeds(path: Path, split, batch: int = 1) -> dict:
+    """The split's inputs as ``{onnx input name: array}`` with the file's dtypes, at the file's batch (``batch``
+    when dynamic): the same name-or-order rule as tests/zoo/harness.run_onnx."""
     import numpy as np
     import onnxruntime as ort
 
@@ -141,10 +151,18 @@ def onnx_feeds(path: Path, split) -> dict:
     dtypes = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32,
               "tensor(bool)": np.bool_, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}
     ins = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
-    batch = ins[0].shape[0] if isinstance(ins[0].shape[0], int) else 1
+    batch = ins[0].shape[0] if isinstance(ins[0].shape[0], int) else batch
     arrays = _feeds([i.name for i in ins], split)
-    return {i.name: np.ascontiguousarray(a[:batch].astype(dtypes.get(i.type, a.dtype)))
-            for i, a in zip(ins, arrays, strict=True)}
+    return tile_batch({i.name: a.astype(dtypes.get(i.type, a.dtype)) for i, a in zip(ins, arrays, strict=True)},
+                      batch)
+
+
+def fixed_batch(path: Path) -> int | None:
+    """The batch an ONNX file's first input fixes (None when dynamic)."""
+    import onnxruntime as ort
+
+    dim = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) else None
 
 
 def tflite_feeds(path: Path, split) -> dict:
@@ -344,162 +362,76 @@ def bench_model(name: str, args, root: Path) -> dict:
                 log(f"   {num}/{den} = {r['median']['ratio']:.3f} ± {r['median']['noise']:.3f}; by minima "
                     f"{r['min']['ratio']:.3f} ± {r['min']['noise']:.3f}")
         res["latency"] = {"comparison": comp.to_dict(), "ratios": ratios}
+    res["latency_batches"] = {}
+    onnx_files = [k for k in (FP32, OURS, PEER) if k in files and any(c.name == k for c in runnable)]
+    for batch in (b for b in args.batches if b > 1):
+        res["latency_batches"][str(batch)] = _batch_latency(name, files, onnx_files, batch, test, feeds_dir,
+                                                            common, args)
+    res["causes"] = _miss_causes(res, files, test, feeds_dir, args)
     res["seconds"] = time.perf_counter() - t0
     return res
 
 
-# ------------------------------------------------------------------------------------ table
+def _batch_latency(name: str, files: dict, keys: list[str], batch: int, test, feeds_dir: Path, common: dict,
+                   args) -> dict:
+    """The ONNX contenders interleaved at ``batch`` (dynamic-batch files only), paired ratios as at batch 1."""
+    import numpy as np
+
+    from compress.runtime import Contender, compare_interleaved
+
+    fixed = [k for k in keys if fixed_batch(files[k]) is not None]
+    keys = [k for k in keys if k not in fixed]
+    out: dict = {"batch": batch, "fixed_batch_skipped": fixed}
+    if OURS not in keys or FP32 not in keys:
+        out["error"] = f"ours and fp32 ONNX need a dynamic batch to run at batch {batch}"
+        return out
+    contenders = []
+    for key in keys:
+        npz = feeds_dir / f"{key}_b{batch}.npz"
+        np.savez(npz, **onnx_feeds(files[key], test, batch))
+        contenders.append(Contender(key, "measure_onnx", {"path": str(files[key]), "inputs": str(npz), **common,
+                                                          "batch": batch}))
+    log(f"== {name}: latency, 1 thread, batch {batch}, {args.rounds} interleaved rounds of {keys}")
+    try:
+        comp = compare_interleaved(contenders, rounds=args.rounds,
+                                   progress=lambda d, t, n: log(f"    [{d}/{t}] {n}") if args.verbose else None)
+    except Exception as exc:  # noqa: BLE001 - the batch-1 figures stand
+        out["error"] = first_line(exc)
+        return out
+    ratios = {}
+    for num, den in RATIOS:
+        if num in keys and den in keys:
+            ratios[f"{num}/{den}"] = {"median": comp.ratio(num, den).to_dict(),
+                                      "min": comp.ratio(num, den, statistic="min").to_dict()}
+            r = ratios[f"{num}/{den}"]
+            log(f"   b{batch} {num}/{den} = {r['median']['ratio']:.3f} ± {r['median']['noise']:.3f}")
+    out.update(comparison=comp.to_dict(), ratios=ratios)
+    return out
 
 
-def goal_verdict(ratio: dict | None, limit: float = 1.0) -> dict | None:
-    """PASS when the paired median ratio is ≤ limit; ``within_noise`` when the rounds' range straddles it."""
-    if not ratio:
-        return None
-    r = ratio["median"]
-    return {"status": "PASS" if r["ratio"] <= limit else "MISS", "within_noise": r["low"] <= limit <= r["high"],
-            "ratio": r["ratio"], "noise": r["noise"], "limit": limit}
+def _miss_causes(res: dict, files: dict, test, feeds_dir: Path, args) -> dict:
+    """{batch: one line from both files' onnxruntime profiles} for each batch where ours/fp32 > 1."""
+    import numpy as np
 
+    from compress.runtime import run_isolated
 
-def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _num(x, fmt=".3f") -> str:
-    return "–" if x is None else format(x, fmt)
-
-
-def _ratio_cell(r: dict | None) -> str:
-    if not r:
-        return "–"
-    return f"{r['median']['ratio']:.2f} ± {r['median']['noise']:.2f} (min {r['min']['ratio']:.2f})"
-
-
-def _size_cell(res: dict, num: str, den: str) -> str:
-    b = res.get("bytes", {})
-    return f"{100 * b[num] / b[den]:.0f} %" if num in b and den in b and b[den] else "–"
-
-
-def _metric(res: dict, fmt: str, kind: str):
-    f = (res.get("cli") or {}).get("formats", {}).get(fmt) or {}
-    return f.get(f"{kind}_metric")
-
-
-def _coverage(res: dict, fmt: str) -> str:
-    f = (res.get("cli") or {}).get("formats", {}).get(fmt) or {}
-    c = f.get("coverage")
-    return "–" if not c else f"{c['int8']}/{c['total']}"
-
-
-def _status(res: dict) -> str:
-    cli = res.get("cli") or {}
-    fm = cli.get("formats", {})
-    parts = []
-    for fmt in ("onnx", "tflite"):
-        f = fm.get(fmt) or {}
-        if f.get("written"):
-            parts.append(f"{fmt}: " + ("✓ verified" if f.get("verified") else "written, not verified"))
-        else:
-            ours = OURS if fmt == "onnx" else OURS_TFL
-            parts.append(f"{fmt}: ✗" + (" (files written, CLI failed)" if ours in res.get("bytes", {}) else ""))
-    return " · ".join(parts)
-
-
-def render_markdown(report: dict) -> str:
-    m = report["machine"]
-    cpu, v, git, cfg = m["cpu"], m["versions"], m.get("git") or {}, report["config"]
-    lines = [
-        f"# Zoo benchmark: {report['machine_slug']}", "",
-        f"{report['date']}{' (quick run)' if report['quick'] else ''} · compress from {report['source']} · "
-        f"benchmark commit `{(git.get('commit') or '?')[:10]}`{' (dirty tree)' if git.get('dirty') else ''} · "
-        f"`python benchmarks/run_zoo.py{' --quick' if report['quick'] else ''}`", "",
-        f"**Machine**: {cpu['model']} ({cpu['arch']}), {cpu['logical_cores']} logical cores; ISA: "
-        f"{', '.join(cpu['isa']) or 'unknown'}; {m['os']['platform']}; Python {m['python']['version']}; "
-        f"torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, ai-edge-litert {v.get('ai-edge-litert')}.", "",
-        "Each zoo model (tests/zoo, trained and cached) goes through `compress quantize --format onnx,tflite` in "
-        "its own process, as scripts/zoo_status.py runs it; the peer is onnxruntime's `quantize_static` "
-        f"({PEER_SETTINGS}) on the fp32 ONNX the pipeline wrote, calibrated on the same {report['calib_samples']} "
-        "inputs. Metrics on the test split (≤ 400 samples) in onnxruntime / LiteRT.", "",
-        "Latency: batch 1, 1 thread, one session per fresh process, contenders alternated round by round "
-        f"({cfg['rounds']} rounds; per process ≥ {cfg['runs']} timed runs and ≥ {cfg['seconds']} s of them, after "
-        f"{cfg['warmup']} warm-up runs). Ratios are paired "
-        "within each round: median over rounds ± half their range (the noise estimate; a ratio within it of 1 is "
-        "no difference), with the ratio of per-round minima beside it. < 1 means faster.", "",
-        f"Load average (1, 5, 15 min) at start {_load(report, 'start')}, at end {_load(report, 'end')}: other "
-        "processes on this 2-core machine are the main source of noise.", "",
-        "## Quality, size, capture", "",
-        "| model | params | files (CLI) | metric | fp32 → ours ONNX · peer | fp32 → ours TFLite | size vs fp32: ours "
-        "ONNX · peer · ours TFLite | int8 conv/linear/matmul ONNX · TFLite · peer | capture s (first · again) "
-        "| first error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, res in report["models"].items():
-        cap = res.get("capture_time")
-        peer = res.get("peer") or {}
-        pc = peer.get("coverage")
-        err = (res.get("cli") or {}).get("first_error") or next(iter(res["errors"].values()), "")
-        lines.append("| " + " | ".join(_cell(c) for c in [
-            name, f"{res.get('parameters', 0) / 1e3:.0f}k" if res.get("parameters") else "–", _status(res),
-            res["metric"],
-            f"{_num(_metric(res, 'onnx', 'fp32'))} → {_num(_metric(res, 'onnx', 'int8'))} · "
-            f"{_num(peer.get('metric'))}",
-            f"{_num(_metric(res, 'tflite', 'fp32'))} → {_num(_metric(res, 'tflite', 'int8'))}",
-            f"{_size_cell(res, OURS, FP32)} · {_size_cell(res, PEER, FP32)} · {_size_cell(res, OURS_TFL, FP32_TFL)}",
-            f"{_coverage(res, 'onnx')} · {_coverage(res, 'tflite')} · " + ("–" if not pc else f"{pc['int8']}/{pc['total']}"),
-            "–" if not cap else " · ".join(f"{s:.2f}" for s in cap["seconds"]),
-            err]) + " |")
-    lines += ["", "## Latency (1 thread, batch 1)", "",
-              "| model | fp32 ONNX ms | ours ms | peer ms | ours/fp32 | peer/fp32 | ours/peer | TFLite fp32 ms | "
-              "TFLite int8 ms | TFLite int8/fp32 | int8 ONNX no slower than fp32 |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, res in report["models"].items():
-        lat = res.get("latency") or {}
-        comps = (lat.get("comparison") or {}).get("contenders", {})
-        ratios = lat.get("ratios", {})
-
-        def ms(key, comps=comps):
-            c = comps.get(key)
-            return "–" if not c else f"{c['pooled']['median'] * 1e3:.3f}"
-
-        g = res.get("goal")
-        verdict = "–" if not g else (f"**{g['status']}**" + (" (within noise)" if g["within_noise"] else ""))
-        lines.append("| " + " | ".join(_cell(c) for c in [
-            name, ms(FP32), ms(OURS), ms(PEER), _ratio_cell(ratios.get(f"{OURS}/{FP32}")),
-            _ratio_cell(ratios.get(f"{PEER}/{FP32}")), _ratio_cell(ratios.get(f"{OURS}/{PEER}")), ms(FP32_TFL),
-            ms(OURS_TFL), _ratio_cell(ratios.get(f"{OURS_TFL}/{FP32_TFL}")), verdict]) + " |")
-    cap = report.get("largest_model_capture")
-    lines += ["", "ms: median over all timed runs of all rounds. Sizes: file bytes (ONNX external data included). "
-              "int8 coverage counts conv / linear / matmul ops that run an int8 kernel (tests/zoo/harness.py). "
-              "Capture: `compress.capture.capture` (torch.export, batch dynamic, + raising to torch layers) of "
-              "the first calibration sample, first call in a fresh process (torch.export's one-time set-up "
-              "included) and a second call.", ""]
-    if cap:
-        lines += [f"Largest zoo model: **{cap['model']}** ({cap['parameters']} parameters): capture "
-                  f"{cap['first_s']:.2f} s first call, {cap['again_s']:.2f} s again."]
-        slow = report.get("slowest_capture")
-        if slow and slow["model"] != cap["model"]:
-            lines[-1] += (f" Slowest capture: **{slow['model']}** ({slow['parameters']} parameters), "
-                          f"{slow['first_s']:.2f} s first call, {slow['again_s']:.2f} s again.")
-        lines.append("")
-    other = [(n, f"CLI --format {fmt} alone", f["error"]) for n, r in report["models"].items()
-             for fmt, f in ((r.get("cli") or {}).get("formats") or {}).items()
-             if f.get("error") and f["error"] != (r.get("cli") or {}).get("first_error")]
-    other += [(n, k, e) for n, r in report["models"].items() for k, e in r["errors"].items()]
-    other += [(n, "peer (note)", note) for n, r in report["models"].items() for note in (r.get("peer") or {}).get("notes", [])]
-    if other:
-        lines += ["Other errors and notes (a contender or figure missing from the tables says why here):", ""]
-        lines += [f"* {n}, {k}: `{_cell(e)}`" for n, k, e in other]
-        lines.append("")
-    done = [g for g in (r.get("goal") for r in report["models"].values()) if g]
-    lines += [f"int8 ONNX no slower than fp32 ONNX (paired median ratio ≤ 1.0): "
-              f"{sum(g['status'] == 'PASS' for g in done)} PASS of {len(done)} measured, "
-              f"{sum(g['within_noise'] for g in done)} of them within noise; {len(report['models']) - len(done)} "
-              f"model(s) without both files.", ""]
-    return "\n".join(lines)
-
-
-def _load(report: dict, when: str) -> str:
-    la = (report.get("load_average") or {}).get(when)
-    return "unknown" if not la else " / ".join(f"{x:.2f}" for x in la)
+    causes = {}
+    for batch, lat in latencies(res).items():
+        r = lat["ratios"].get(f"{OURS}/{FP32}")
+        if not r or r["median"]["ratio"] <= 1.0:
+            continue
+        try:
+            prof = {}
+            for key in (OURS, FP32):
+                npz = feeds_dir / f"{key}_profile_b{batch}.npz"
+                np.savez(npz, **onnx_feeds(files[key], test, batch))
+                prof[key] = run_isolated("run_zoo:measure_profile", {"path": str(files[key]), "inputs": str(npz)},
+                                         timeout=args.timeout)
+            causes[str(batch)] = profile_cause(prof[OURS], prof[FP32])
+        except Exception as exc:  # noqa: BLE001 - the ratio stands without its cause
+            causes[str(batch)] = f"profile failed: {first_line(str(exc))}"
+        log(f"   b{batch} MISS: {causes[str(batch)]}")
+    return causes
 
 
 # ------------------------------------------------------------------------------------ main
@@ -515,6 +447,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help="untimed warm-up runs per process (default 10; quick 5)")
     p.add_argument("--seconds", type=float, help="and at least this much timed wall time per process "
                    "(default 0.3; quick 0.2)")
+    p.add_argument("--batches", default="1,8", help="batch sizes the ONNX files are timed at, comma-separated "
+                   "(batch 1 always; TFLite at batch 1 only) [1,8]")
     p.add_argument("--timeout", type=float, default=420, help="seconds per CLI run / measurement process [420]")
     p.add_argument("--no-split", action="store_true", help="when the joint onnx,tflite run fails, do not re-run "
                    "each format alone (faster; the table then has the joint run's error only)")
@@ -530,6 +464,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.seconds = a.seconds if a.seconds is not None else (0.2 if a.quick else 0.3)
     if a.rounds < 1 or a.runs < 1 or a.warmup < 0:
         p.error("--rounds and --runs must be ≥ 1, --warmup ≥ 0")
+    try:
+        a.batches = sorted({1, *(int(b) for b in a.batches.split(",") if b.strip())})
+    except ValueError:
+        p.error(f"--batches takes comma-separated integers, e.g. 1,8; got {a.batches!r}")
+    if a.batches[0] < 1:
+        p.error("--batches must be ≥ 1")
     return a
 
 
@@ -581,8 +521,9 @@ def main(argv=None) -> int:
             except Exception as exc:  # noqa: BLE001 - never lose the other models' figures
                 traceback.print_exc(file=sys.stderr)
                 models[name] = {"name": name, "metric": ZOO[name].metric, "errors": {"benchmark": first_line(exc)}}
-            r = models[name].get("latency", {}).get("ratios", {}).get(f"{OURS}/{FP32}")
-            models[name]["goal"] = goal_verdict(r)
+            models[name]["goal"] = goal_verdict(models[name].get("latency", {}).get("ratios", {}).get(f"{OURS}/{FP32}"))
+            models[name]["goals"] = {str(b): goal_verdict(lat["ratios"].get(f"{OURS}/{FP32}"))
+                                     for b, lat in latencies(models[name]).items()}
         load_end = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     largest = slowest = None
@@ -597,7 +538,7 @@ def main(argv=None) -> int:
     report = {"schema_version": SCHEMA_VERSION, "date": dt.date.today().isoformat(), "quick": args.quick,
               "machine_slug": slug, "machine": machine, "source": source, "rev": args.rev,
               "config": {"rounds": args.rounds, "runs": args.runs, "seconds": args.seconds, "warmup": args.warmup,
-                         "threads": 1, "batch": 1,
+                         "threads": 1, "batch": 1, "batches": args.batches,
                          "models": names, "timeout_s": args.timeout,
                          "split_on_failure": not args.no_split},
               "calib_samples": CALIB_SAMPLES, "peer_settings": PEER_SETTINGS, "models": models,
