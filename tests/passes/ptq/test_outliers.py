@@ -349,3 +349,24 @@ def test_the_layernorm_copy_exports_and_verifies_in_onnxruntime(mode, tmp_path):
     assert site["op"] == "ln1" and site["copy"] and site["into"] == ["fc1"]
     assert report["formats"]["onnx"]["parity"]["passed"], report["formats"]["onnx"]["parity"]
     assert report["formats"]["onnx"]["int8"]["top1_agreement"] >= 0.95
+
+
+def test_a_linear_shared_with_another_input_blocks_the_migration():
+    class Shared(nn.Module):  # one linear applied to the LayerNorm output and to the raw input
+        def __init__(self):
+            super().__init__()
+            self.ln, self.fc = nn.LayerNorm(16), nn.Linear(16, 16)
+
+        def forward(self, x):
+            return self.fc(self.ln(x)) + self.fc(x)
+
+    torch.manual_seed(0)
+    net = Shared().eval()
+    with torch.no_grad():
+        net.ln.weight[[1, 8]] *= 40
+    x = torch.randn(64, 16)
+    prepared = prepare(net, x[:1])  # prepare gives each call its own module, sharing the parameters
+    (site,) = apply_before_calibration(prepared, [x], PTQConfig())["outliers"]["sites"]
+    assert site["action"] == "blocked" and "shares its weights" in site["reason"], site
+    with torch.no_grad():
+        torch.testing.assert_close(prepared.get_submodule("fc").weight, net.fc.weight)
