@@ -439,8 +439,16 @@ class ModeLadders:
         self.allowed = allowed
 
     def candidates(self, unit: str) -> list[QuantMode]:
-        """The quantized modes the unit's layer implements and the plan may use, least accurate first."""
-        return self._candidates.get(unit, [])
+        """The quantized modes the unit's layer implements and the plan may use, least accurate first. For a
+        TFLite file also one LiteRT's exporter wrote for it (dynamic is refused for some layers, e.g. LSTM);
+        without a LiteRT figure for the layer, dynamic is left out."""
+        modes = self._candidates.get(unit, [])
+        if "litert" not in self.config.runtimes:
+            return modes
+        written = self.measured().ms.get(unit, {}).get("litert")
+        if written is None:
+            return [m for m in modes if m is not QuantMode.DYNAMIC]
+        return [m for m in modes if m.value in written]
 
     def measured(self) -> LatencyTable:
         if self.table is None:

@@ -482,7 +482,8 @@ def sensitivity_config(max_drop: float | None, metric: str | None, *, auto: bool
     """The :class:`SensitivityConfig` the CLI's ``--max-drop`` / ``--metric`` / ``--mode auto`` ask for, or None.
 
     ``--mode auto`` without ``--max-drop`` keeps 1 point. A custom metric is imported now, so a bad spec fails
-    before any model is loaded. With ``"tflite"`` in ``formats`` the plan never uses dynamic (refused there).
+    before any model is loaded. With ``"tflite"`` in ``formats`` a layer is dynamic only where LiteRT's exporter
+    wrote (and timed) its dynamic form; without measuring, the plan then never uses dynamic.
     Layers are timed in the runtimes of ``formats`` (the first orders the ladders), with ``target``'s ONNX
     activation type; ``measure=False`` (``--no-measure``) orders them by the prior instead.
 
@@ -494,7 +495,7 @@ def sensitivity_config(max_drop: float | None, metric: str | None, *, auto: bool
         return None
     if metric is not None and metric not in BUILTIN:
         load_metric_callable(metric)
-    if "tflite" in formats:
+    if "tflite" in formats and not measure:
         kwargs.setdefault("modes", tuple(m.value for m in LADDER if m is not QuantMode.DYNAMIC))
     runtimes = tuple(RUNTIME_OF_FORMAT[f] for f in formats) or ("onnxruntime",)
     kwargs.setdefault("latency", LatencyConfig(runtimes=runtimes, activation_dtype="int8" if target == "arm"

@@ -209,6 +209,31 @@ def test_ladders_follow_the_table_and_drop_slower_less_accurate_modes():
     assert prior.summary()["ladder"] == "prior"
 
 
+def test_for_tflite_a_layer_is_dynamic_only_where_litert_was_written_dynamic():
+    from compress.passes.layer_latency import LatencyConfig, LatencyTable, ModeLadders
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(1, 8)
+    prepared = prepare(net, (x,))
+    units = _units(prepared, dict(prepared.named_modules()))
+    fast_dynamic = {"static": 3.0, "dynamic": 1.0, "weight-only": 2.0, "float": 0.5}
+    no_dynamic = {m: v for m, v in fast_dynamic.items() if m != "dynamic"}  # the TFLite exporter refused it
+    table = LatencyTable(("onnxruntime", "litert"), {"0": {"onnxruntime": fast_dynamic, "litert": no_dynamic},
+                                                    "2": {"onnxruntime": fast_dynamic, "litert": fast_dynamic}},
+                         source="injected")
+    both = LatencyConfig(runtimes=("onnxruntime", "litert"))
+    ladders = ModeLadders(prepared, units, (x,), QuantConfig(), set(QuantMode), config=both, given=table)
+    assert ladders.candidates("0") == [QuantMode.STATIC, QuantMode.WEIGHT_ONLY]
+    assert ladders.candidates("2") == [QuantMode.STATIC, QuantMode.DYNAMIC, QuantMode.WEIGHT_ONLY]
+    base, start = ladders.starts()[0]
+    assert {"0": start.get("0", base), "2": start.get("2", base)} == {"0": QuantMode.WEIGHT_ONLY,
+                                                                      "2": QuantMode.DYNAMIC}
+    assert "dynamic" in sensitivity_config(1.0, None, formats=("onnx", "tflite")).modes  # measured: per layer
+    unmeasured = ModeLadders(prepared, units, (x,), QuantConfig(), set(QuantMode), measure=False, config=both)
+    assert QuantMode.DYNAMIC not in unmeasured.candidates("2")
+
+
 def test_a_failed_measurement_falls_back_to_the_prior_and_says_why(mlp_data, monkeypatch):
     import compress.passes.layer_latency as layer_latency
 
