@@ -215,6 +215,33 @@ def test_dynamic_tflite_verifies_against_litert_arithmetic_and_catches_a_wrong_s
     assert steps["down"] > 3 * HYBRID_STEPS and steps["head"] < 1e-2  # downstream sees LiteRT's (wrong) values
 
 
+def test_mixed_static_and_dynamic_layers_verify_and_a_float_dynamic_layer_fails(tmp_path, monkeypatch):
+    from compress.exporters.tflite import export_tflite, ops_dynamic
+    from compress.exporters.tflite.verify import verify_tflite
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(6, 5, 12)
+    prepared = prepare(model, x[:1], QuantConfig(mode="static", layer_modes={"2": "dynamic"}))
+    calibrate(prepared, [x], progress=False)
+    mixed = convert(prepared)
+    info = export_tflite(mixed, (x[:1],), tmp_path / "mixed.tflite")
+    report = verify_tflite(tmp_path / "mixed.tflite", mixed, [x], info=info, graph=mixed)
+    assert report.passed, report.summary()
+    assert len(report.layerwise["dynamic"]) == 1 and report.layerwise["dynamic"][0]["passed"]
+    assert report.layerwise["ops"] > 1  # the static layers' int8 probes are checked too
+
+    # A dynamic layer written as a float FC (weight-only form) has no hybrid op: verification must not pass it.
+    from compress import ops
+    from compress.ops.spec import Emitter
+
+    spec = ops.get("linear")
+    monkeypatch.setitem(spec.emitters, ("tflite", "dynamic"), Emitter(ops_dynamic._weight_only(ops_dynamic.linear), True))
+    export_tflite(mixed, (x[:1],), tmp_path / "float.tflite")
+    bad = verify_tflite(tmp_path / "float.tflite", mixed, [x], info=info, graph=mixed)
+    assert not bad.passed and "not found" in bad.layerwise["first_failure"]["op"]
+
+
 def test_dynamic_conv_net_verifies_op_by_op(tmp_path):
     """Conv (ReLU fused) → depthwise → NHWC flatten → Linear: the dense layer's weight columns are permuted in
     the file, the verification reads it in torch's order."""

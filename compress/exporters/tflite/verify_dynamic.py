@@ -250,37 +250,43 @@ class _HybridSite:
         return y, hybrid_conv_step(x, self.codes, self.w_scale, y.shape)
 
 
-def _sites(it, graph: fx.GraphModule) -> tuple[list[_HybridSite], dict[str, str]]:
+def _sites(it, graph: fx.GraphModule) -> tuple[list[_HybridSite], dict[str, tuple[str, str]]]:
     """Each dynamic layer's hybrid op in the loaded interpreter: the float tensor named after the layer's fx
-    node, written by a FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D whose weight is int8 (a Conv1d's by the
-    RESHAPE after its 2-D conv, ``<node>_2d``)."""
+    node, written by a FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D whose weight is int8, or by the RESHAPE
+    that takes a Conv1d's 2-D conv output back to ``[N, L, C]``; and the layers with none (they fail)."""
     from compress.exporters.numerics import weight_codes
     from compress.exporters.tflite.graph import combine_act
 
     modules = dict(graph.named_modules())
     details = {int(t["index"]): t for t in it.get_tensor_details()}
-    hybrid: dict[str, int] = {}  # output tensor name -> input tensor index
-    for o in it._get_ops_details():
-        if o["op_name"] in _HYBRID_OPS and len(o["inputs"]) > 1 and \
-                details[int(o["inputs"][1])]["dtype"] == np.int8 and details[int(o["inputs"][0])]["dtype"] == np.float32:
-            hybrid.update({details[int(t)]["name"]: int(o["inputs"][0]) for t in o["outputs"]})
-    by_name = {t["name"]: int(t["index"]) for t in details.values() if t["dtype"] == np.float32}
+    producer = {int(t): o for o in it._get_ops_details() if o["op_name"] != "DELEGATE" for t in o["outputs"]}
+
+    def hybrid_input(tensor: int) -> int | None:
+        """The input tensor of the hybrid op that writes ``tensor`` (through one RESHAPE), else None."""
+        op = producer.get(tensor)
+        if op is not None and op["op_name"] == "RESHAPE":
+            op = producer.get(int(op["inputs"][0]))
+        if op is None or op["op_name"] not in _HYBRID_OPS or len(op["inputs"]) < 2:
+            return None
+        x, w = (details[int(i)] for i in op["inputs"][:2])
+        return int(x["index"]) if x["dtype"] == np.float32 and w["dtype"] == np.int8 else None
+
+    by_name = {t["name"]: int(t["index"]) for t in details.values() if t["dtype"] == np.float32 and t["name"]}
     sites, missing = [], {}
     for node in dynamic_layers(graph):
         layer = modules[node.target]
         users = list(node.users)
         clamp = _clamp_of(users[0], modules) if len(users) == 1 else None
         act = combine_act(getattr(layer, "activation", FusedActivation.NONE), clamp or FusedActivation.NONE)
-        op_out = next((n for n in (node.name, f"{node.name}_2d") if n in hybrid), None)
-        key = by_name.get(node.name) if op_out is not None else None
-        if key is None:
-            missing[node.name] = "no hybrid FULLY_CONNECTED output named after it in the file"
+        key = by_name.get(node.name)
+        input_key = None if key is None else hybrid_input(key)
+        if input_key is None:
+            missing[node.name] = (node.target, "no float tensor named after it written by a hybrid op in the file")
             continue
         codes, scale, _ = weight_codes(layer.weight, layer.weight_quant, node.name)
         bias = layer.quantized_bias()
-        sites.append(_HybridSite(node, layer, users[0] if clamp is not None else node, key, hybrid[op_out],
-                                 np.asarray(codes),
-                                 np.asarray(scale, np.float64).reshape(-1),
+        sites.append(_HybridSite(node, layer, users[0] if clamp is not None else node, key, input_key,
+                                 np.asarray(codes), np.asarray(scale, np.float64).reshape(-1),
                                  None if bias is None else bias.detach().float().numpy(), act,
                                  clamp or FusedActivation.NONE))
     return sites, missing
@@ -361,11 +367,11 @@ def dynamic_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info=Non
     try:
         base = layerwise_parity(graph, run, batches(), probes, runtime="LiteRT", max_op_lsb=config.max_op_lsb,
                                 float_rtol=config.float_rtol, approximated=_approximated(graph, info),
-                                unchecked={**unprobed, **missing})
+                                unchecked=unprobed)
     finally:
         for h in handles:
             h.remove()
-    return _merged(base, sites)
+    return _merged(base, sites, missing, modules)
 
 
 def _runtime_input(runtime: np.ndarray, sim: np.ndarray) -> np.ndarray:
@@ -383,11 +389,14 @@ def _rel(diff: float, magnitude: float) -> float:
     return diff / magnitude if magnitude > 0 else (0.0 if diff == 0 else float("inf"))
 
 
-def _merged(base: LayerwiseParity, sites: list[_HybridSite]) -> DynamicLayerwiseParity:
+def _merged(base: LayerwiseParity, sites: list[_HybridSite], missing: dict[str, tuple[str, str]],
+            modules: dict) -> DynamicLayerwiseParity:
     """``base`` with each hybrid probe judged by the reference of LiteRT's arithmetic instead of the
-    simulation (the simulation's figure kept as information in ``dynamic``)."""
+    simulation (the simulation's figure kept as information in ``dynamic``). A dynamic layer whose hybrid op
+    was not found fails: it would otherwise pass unchecked."""
     hybrid = {s.probe.name for s in sites}
-    results: list[OpParity] = []
+    results = [OpParity(name, f"{type(modules[target]).__name__}, not found: {why}", "",
+                        max_rel_diff=float("inf"), passed=False) for name, (target, why) in missing.items()]
     for s in sites:
         s.acc.max_rel_diff = _rel(s.max_abs, s.ref_max)
         s.acc.sim_max_rel_diff = _rel(s.sim_abs, s.sim_max)
@@ -397,6 +406,6 @@ def _merged(base: LayerwiseParity, sites: list[_HybridSite]) -> DynamicLayerwise
     failures = [f for f in base.failures if f.node not in hybrid] + [r for r in results if not r.passed]
     worst = sorted([w for w in base.worst if w.node not in hybrid] + results,
                    key=lambda r: -(r.max_abs_lsb if r.max_abs_lsb is not None else r.max_rel_diff))
-    return DynamicLayerwiseParity(base.runtime, not failures and base.samples > 0, base.ops, base.samples,
+    return DynamicLayerwiseParity(base.runtime, not failures and base.samples > 0, base.ops + len(missing), base.samples,
                                   base.max_op_lsb, failures, worst[:WORST_LISTED], base.unchecked,
                                   base.instrumentation_changed_outputs, dynamic=[s.acc for s in sites])
