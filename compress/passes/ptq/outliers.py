@@ -110,7 +110,8 @@ def suppress_outliers(model: fx.GraphModule, calib, config: OutlierConfig | None
     Returns:
         ``{"k": ..., "sites": [...]}``: one entry per LayerNorm / GELU output with outlier channels: ``op``
         (node), ``kind``, ``module``, ``channels``, ``outliers`` (how many), ``indices``, ``ratio`` (max over
-        median channel range), and ``action``: ``"migrated"`` (with ``into``, ``ratio_after``, ``scale_max``)
+        median channel range), and ``action``: ``"migrated"`` (with ``into``, ``copy``: whether the linears
+        read a copy of the LayerNorm, ``ratio_after``, ``scale_max``)
         or ``"blocked"`` / ``"detected"`` (with ``reason``).
 
     Example:
