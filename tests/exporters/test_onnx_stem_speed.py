@@ -2,7 +2,10 @@
 (``ops_quant.narrow_conv_input``): strided Slices of the uint8 codes, one per kernel tap, concatenated on the
 channel axis. The rewrite must be exact: onnxruntime's outputs equal, bit for bit, those of the file written
 with the rewrite switched off (the plain QDQ conv), the int8 kernels still run (QLinearConv in onnxruntime's
-optimized graph), and the file stays within the simulation's tolerance (verify_onnx, op by op)."""
+optimized graph), and the file stays within the simulation's tolerance (verify_onnx).
+
+Likewise a conv's kernel taps that read only padding at every output position are cropped
+(``ops_quant.crop_padding_taps``), bit-identically."""
 
 from __future__ import annotations
 
@@ -144,3 +147,47 @@ def test_int8_activations_keep_the_plain_stem(tmp_path):
     assert {a.name: list(a.ints) for a in stem.attribute}["kernel_shape"] == [3, 3]
     _session(path, opt)
     assert "QLinearConv" in [n.op_type for n in onnx.load(str(opt)).graph.node]
+
+
+class Tail(nn.Module):
+    """A ResNet's last stage on a 32 × 32 image: 3 × 3 / stride 2 / pad 1 over 2 × 2, then 3 × 3 / pad 1 over
+    1 × 1 (only taps that read padding dropped: [2, 2] and [1, 1]); a 3 × 3 / pad 1 over 4 × 4 keeps all."""
+
+    def __init__(self):
+        super().__init__()
+        self.keep = nn.Conv2d(8, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.last = nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.keep(x))
+        y = torch.relu(self.down(y[..., :2, :2]))
+        return self.last(y).flatten(1)
+
+
+def test_taps_reading_only_padding_are_cropped_bit_identically(tmp_path, monkeypatch):
+    import onnx
+
+    torch.manual_seed(0)
+    model = Tail().eval()
+    x = torch.randn(8, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+    q = convert(calibrate(prepare(model, (x[:1],)), [x], progress=False))
+    info = export_onnx(q, (x[:1],), tmp_path / "new.onnx")
+    with monkeypatch.context() as m:
+        m.setattr(ops_quant, "CROP_PADDING_TAPS", False)
+        export_onnx(q, (x[:1],), tmp_path / "plain.onnx")
+    kernels = {}
+    for t in ("new", "plain"):
+        convs = [n for n in onnx.load(str(tmp_path / f"{t}.onnx")).graph.node if n.op_type == "Conv"]
+        kernels[t] = [({a.name: list(a.ints) for a in c.attribute}["kernel_shape"],
+                       {a.name: list(a.ints) for a in c.attribute}["pads"]) for c in convs]
+    assert kernels["plain"] == [([3, 3], [1, 1, 1, 1])] * 3
+    assert kernels["new"] == [([3, 3], [1, 1, 1, 1]), ([2, 2], [0, 0, 0, 0]), ([1, 1], [0, 0, 0, 0])]
+    assert (tmp_path / "new.onnx").stat().st_size < (tmp_path / "plain.onnx").stat().st_size
+    sessions = [_session(tmp_path / f"{t}.onnx", tmp_path / f"{t}.opt.onnx") for t in ("new", "plain")]
+    xs = torch.randn(5, 8, 4, 4, generator=torch.Generator().manual_seed(2)).numpy()
+    got, want = (s.run(None, {s.get_inputs()[0].name: xs})[0] for s in sessions)
+    assert np.array_equal(got, want), np.abs(got - want).max()
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "new.opt.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 3 and "Conv" not in ops, ops
+    assert verify_onnx(tmp_path / "new.onnx", q, [x[:4]], info=info).passed
