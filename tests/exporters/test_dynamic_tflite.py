@@ -92,6 +92,48 @@ def test_weight_only_tflite_matches_snapped_float_model_in_litert(tmp_path):
         np.testing.assert_allclose(got, expected[i:i + 1], atol=2e-5, rtol=1e-4)
 
 
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.attn(x, x, x, need_weights=False)[0])
+
+
+def _snap_rows(w: torch.Tensor) -> torch.Tensor:
+    """Each row of a 2-D weight on its symmetric int8 grid (numpy)."""
+    a = w.detach().numpy().astype(np.float64)
+    scale = (np.abs(a).max(axis=1, keepdims=True) / 127).astype(np.float32).astype(np.float64)
+    return torch.from_numpy((np.round(a / scale) * scale).astype(np.float32))
+
+
+def test_weight_only_attention_stores_int8_projections_and_matches_snapped_float_in_litert(tmp_path):
+    from compress.exporters.tflite import export_tflite
+    from compress.exporters.tflite.verify import load_interpreter, run_tflite
+
+    torch.manual_seed(4)
+    model = _Attention().eval()
+    x = torch.randn(4, 6, 16)
+    wo = _converted("weight-only", model, x)
+    info = export_tflite(wo, (x[:1],), tmp_path / "wo.tflite")
+    assert info.op_counts["DEQUANTIZE"] == 5  # q, k, v, output projection, fc
+    it = load_interpreter(tmp_path / "wo.tflite", 1)
+    square = [t["dtype"] for t in it.get_tensor_details() if tuple(t["shape"]) == (16, 16)]
+    assert square.count(np.int8) == 4  # the projections' stored weights are int8 (their DEQUANTIZE outputs float)
+    with torch.no_grad():
+        snapped = _Attention().eval()
+        snapped.load_state_dict(model.state_dict())
+        snapped.attn.in_proj_weight.copy_(torch.cat([_snap_rows(w) for w in model.attn.in_proj_weight.chunk(3)]))
+        snapped.attn.out_proj.weight.copy_(_snap_rows(model.attn.out_proj.weight))
+        snapped.fc.weight.copy_(_snap_rows(model.fc.weight))
+        expected = snapped(x).numpy()
+    for i in range(len(x)):
+        got = run_tflite(it, (x[i:i + 1].numpy(),))[0]
+        np.testing.assert_allclose(got, expected[i:i + 1], atol=2e-5, rtol=1e-4)
+
+
 # -- dynamic: the numpy oracle of LiteRT's hybrid FULLY_CONNECTED, written here from the kernel's definition --
 def _oracle_codes(weight: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-output-channel int8 codes and scales of a float weight (numpy, float32 scale)."""

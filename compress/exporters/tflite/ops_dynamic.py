@@ -24,7 +24,10 @@ simulation's), float bias, float output; the kernel quantizes its input to int8 
 :mod:`compress.exporters.tflite.verify_dynamic` checks each hybrid op against a numpy reference of LiteRT's
 arithmetic and reports its difference from the simulation as information.
 
-Not written (refused by name, with the fix): dynamic LSTM, weight-only LSTM / GRU / attention.
+Weight-only ``nn.MultiheadAttention`` (also what ``--mode dynamic`` gives attention, as in ONNX): the
+attention handler's float decomposition with its four projection weights as int8 codes + DEQUANTIZE.
+
+Not written (refused by name, with the fix): dynamic LSTM, weight-only LSTM / GRU.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import ACT_CODE, Emitter
 from compress.exporters.tflite.ops import conv2d, linear
 from compress.exporters.tflite.ops_base import _finish, _float_params, _meta_shape, int8_weight
+from compress.exporters.tflite.ops_seq import multihead_attention
 from compress.exporters.tflite.ops_shape import embedding
 from compress.exporters.tflite.schema import Options, QuantParams, TensorType
 from compress.layers.dynamic import layer_mode
@@ -47,13 +51,11 @@ _DEQUANTIZE_PER_CHANNEL_VERSION = 5  # TF's op_version.cc: int8 input quantized 
 _HYBRID_FC_PER_CHANNEL_VERSION = 12  # TF's op_version.cc: float input, int8 weights quantized per channel
 
 
-def _int8_weight(em: Emitter, layer: nn.Module, name: str, laid_out: np.ndarray) -> int:
-    """The int8 codes of ``laid_out`` (the float handler's weight array, already in TFLite layout, on the
-    layer's int8 grid) as a constant with per-channel scales."""
-    _, scale, _ = weight_codes(layer.weight, layer.weight_quant, name)
+def _int8_const(em: Emitter, weight, quantizer, name: str, laid_out: np.ndarray, axis: int) -> int:
+    """The int8 codes of ``laid_out`` (the float handler's weight array, already in TFLite layout, on the grid
+    of ``quantizer``, channels on ``axis``) as a constant with per-channel scales."""
+    _, scale, _ = weight_codes(weight, quantizer, name)
     scale = np.asarray(scale, np.float32).reshape(-1)
-    depthwise = isinstance(layer, nn.Conv1d | nn.Conv2d) and layer.groups == layer.in_channels > 1
-    axis = laid_out.ndim - 1 if depthwise else 0  # 1HWO for depthwise, OHWI / [out, in] otherwise
     shape = [1] * laid_out.ndim
     shape[axis] = -1
     codes = np.round(laid_out.astype(np.float64) / scale.astype(np.float64).reshape(shape))
@@ -64,12 +66,22 @@ def _int8_weight(em: Emitter, layer: nn.Module, name: str, laid_out: np.ndarray)
     return em.const(f"{name}_int8", codes.astype(np.int8), TensorType.INT8, QuantParams.per_channel(full, 0, axis))
 
 
-def _dequantized_weight(em: Emitter, layer: nn.Module, name: str, laid_out: np.ndarray) -> int:
-    """int8 codes of ``laid_out`` + DEQUANTIZE to float (weight-only)."""
-    q = _int8_weight(em, layer, name, laid_out)
-    out = em.w.add_tensor(name, laid_out.shape, TensorType.FLOAT32)
+def _int8_weight(em: Emitter, layer: nn.Module, name: str, laid_out: np.ndarray) -> int:
+    """:func:`_int8_const` of a conv / linear layer's weight (a depthwise filter is 1HWO: channels last)."""
+    depthwise = isinstance(layer, nn.Conv1d | nn.Conv2d) and layer.groups == layer.in_channels > 1
+    axis = laid_out.ndim - 1 if depthwise else 0  # 1HWO for depthwise, OHWI / [out, in] otherwise
+    return _int8_const(em, layer.weight, layer.weight_quant, name, laid_out, axis)
+
+
+def _dequantized(em: Emitter, q: int, name: str, shape) -> int:
+    out = em.w.add_tensor(name, shape, TensorType.FLOAT32)
     em.op("DEQUANTIZE", [q], [out], version=_DEQUANTIZE_PER_CHANNEL_VERSION)
     return out
+
+
+def _dequantized_weight(em: Emitter, layer: nn.Module, name: str, laid_out: np.ndarray) -> int:
+    """int8 codes of ``laid_out`` + DEQUANTIZE to float (weight-only)."""
+    return _dequantized(em, _int8_weight(em, layer, name, laid_out), name, laid_out.shape)
 
 
 def _with_int8_weight(handler, weight, prefix: str, versions: dict[str, int] | None = None):
@@ -165,6 +177,40 @@ def dynamic_linear(em: Emitter, node: fx.Node) -> None:
     _finish(em, node, out, plan, absorbed)
 
 
+def weight_only_attention(em: Emitter, node: fx.Node) -> None:
+    """``nn.MultiheadAttention`` in weight-only mode: the attention handler's float decomposition (a weight-only
+    layer has no activation quantizer, so it writes no QUANTIZE → DEQUANTIZE), its q / k / v / output
+    projection weights stored as int8 codes + DEQUANTIZE (per output channel, as the simulation holds them).
+
+    Raises:
+        ExportError: the handler asked for other weight constants than the four projections (a renamed
+            constant would otherwise be stored in float without a word).
+    """
+    mod = em.module(node)
+    # The simulation's q / k / v weights (on their grid already: their codes are the same) with their quantizers.
+    wanted = {f"{node.name}_{p}_weight": (w, mod.weight_quants[n])
+              for p, (n, w) in zip("qkv", mod.quantized_weights().items(), strict=True)}
+    wanted[f"{node.name}_out_weight"] = (mod.out_proj.weight, mod.out_proj.weight_quant)
+    write_const, written = em.const, set()
+
+    def const(name, array, dtype, quant=None):
+        if name in wanted and dtype == TensorType.FLOAT32:
+            written.add(name)
+            laid_out = np.asarray(array, np.float32)
+            return _dequantized(em, _int8_const(em, *wanted[name], name, laid_out, 0), name, laid_out.shape)
+        return write_const(name, array, dtype, quant)
+
+    em.const = const
+    try:
+        multihead_attention(em, node)
+    finally:
+        del em.const
+    if written != set(wanted):
+        raise ExportError(f"layer {node.target!r}: the attention handler wrote no {sorted(set(wanted) - written)}; "
+                          "the weight-only form cannot store them as int8 (report this), or --layer-mode "
+                          f"{node.target}=static")
+
+
 def _not_yet(em: Emitter, node: fx.Node) -> None:
     mode = layer_mode(em.module(node)).value
     raise ExportError(f"layer {node.target!r} is in {mode} mode, which the TFLite exporter does not write for "
@@ -179,7 +225,8 @@ ops.register_emitter("tflite", "linear", quantized=True, mode="dynamic")(dynamic
 for _name in ("conv1d", "conv2d"):
     ops.register_emitter("tflite", _name, quantized=True, mode="dynamic")(dynamic_conv)
 ops.register_emitter("tflite", "lstm", quantized=True, mode="dynamic")(_not_yet)
-for _name in ("lstm", "gru", "multihead_attention"):  # their emitters read the static layer's quantizers
+for _name in ("lstm", "gru"):  # their emitters read the static layer's quantizers
     ops.register_emitter("tflite", _name, quantized=True, mode="weight-only")(_not_yet)
+ops.register_emitter("tflite", "multihead_attention", quantized=True, mode="weight-only")(weight_only_attention)
 # A lookup's int8 table behind a dequantize is already its weight-only form (QuantEmbedding._MODES).
 ops.register_emitter("tflite", "embedding", quantized=True, mode="weight-only")(embedding)
