@@ -38,6 +38,9 @@ class ExportInfo:
         node_count: operators in the graph.
         float_fallbacks: ops written as float subgraphs because the format has no emitter for them
             (``"flip (aten.flip)"``); reported in ``float_ops``.
+        probe_values: fx node name → the value in the file that holds its int8 output (ONNX: the name of
+            its QuantizeLinear's output), what op-by-op verification compares; the file's own value names
+            are short and say nothing of the model.
         seconds: how long the export took.
         opset, activation_dtype: ONNX only (the pinned opset; uint8 / int8 activation storage).
         schema_version, int8_io, nhwc_input, inputs, outputs: TFLite only (flatbuffer schema; int8 graph
@@ -56,6 +59,7 @@ class ExportInfo:
     node_count: int = 0
     float_fallbacks: list[str] = field(default_factory=list)
     approximations: list[str] = field(default_factory=list)
+    probe_values: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     # -- ONNX only
     opset: int | None = None

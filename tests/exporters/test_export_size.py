@@ -5,6 +5,10 @@ A recurrent module called at every step of an unrolled decoder gets its own copy
 GRU, TFLite's dynamic-range FULLY_CONNECTED), so the file stores them once, as the layer holds them, instead
 of one copy per call snapped to that call's grid (34 kB of the zoo GRU seq2seq's ONNX file). Each file is
 still verified op by op against the simulation in its runtime.
+
+Value names: the exporter names values with one or two characters (``OnnxExportConfig.readable_names`` keeps the
+model's), because a readable name is written at every use: 34 kB of the zoo BERT's 164 kB int8 file, where its
+weights are 104 kB. Both files of a pair are written the same way, so the ratio compares like with like.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import torch
 from torch import nn
 
 from compress.passes import calibrate, convert, prepare
+
+MAX_SIZE_RATIO = 0.30  # issue 7
 
 STEPS, WIDTH, HIDDEN = 5, 16, 8
 
@@ -88,3 +94,30 @@ def test_tflite_gru_called_at_every_step_stores_each_bias_once(decoder, tmp_path
     assert sorted(map(tuple, gate_rows)) == sorted(map(tuple, want))
     report = verify_tflite(path, qmodel, [calib[:8].numpy()], info=info, graph=qmodel)
     assert report.passed, report.summary()
+
+
+def _zoo_onnx_sizes(name: str, tmp_path) -> tuple[int, int]:
+    """(int8, fp32) bytes of zoo model ``name``'s ONNX files, written as ``compress quantize`` writes them."""
+    from compress.exporters import export_onnx
+    from tests.zoo.train import trained
+
+    model, calib, _ = trained(name)
+    example = calib.tensors(0, 1)
+    prepared = prepare(model, example)
+    calibrate(prepared, [calib.tensors(i, i + 32) for i in range(0, len(calib), 32)], progress=False)
+    int8 = export_onnx(convert(prepared), example, tmp_path / f"{name}.onnx")
+    fp32 = export_onnx(model, example, tmp_path / f"{name}_fp32.onnx")
+    return int8.bytes, fp32.bytes
+
+
+@pytest.mark.onnx
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [
+    pytest.param("bert", marks=pytest.mark.xfail(strict=True, reason=(
+        "30.2 %: 1 kB over; the position-embedding lookup over the position_ids buffer is folded into a float "
+        "[1, 16, 64] constant (4 kB) by capture, so it is not quantized like the word embedding"))),
+    "gru_seq2seq",
+])
+def test_zoo_int8_onnx_is_at_most_30_percent_of_fp32(name, tmp_path):
+    int8, fp32 = _zoo_onnx_sizes(name, tmp_path)
+    assert int8 <= MAX_SIZE_RATIO * fp32, f"{name}: int8 {int8} B is {100 * int8 / fp32:.1f} % of fp32 {fp32} B"

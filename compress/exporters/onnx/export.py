@@ -76,6 +76,10 @@ class OnnxExportConfig:
         activation_dtype: uint8 (x86, default) or int8 (ARM) activations.
         dynamic_batch: make dimension 0 of inputs (and the dims that follow it) symbolic.
         input_names / output_names: graph names; default: the forward's argument names / ``output[_i]``.
+        readable_names: name every value and node after the model (``layer1.conv/Conv``, for reading the
+            graph in Netron). By default only the graph's inputs and outputs keep names; the other values get
+            one or two characters and nodes none, which makes a small int8 file about a fifth smaller (BERT-
+            shaped encoder: 164 → 130 kB); op-by-op verification and its messages name the model's ops either way.
 
     Example:
         >>> OnnxExportConfig(opset=13, activation_dtype="int8").activation_dtype
@@ -87,6 +91,7 @@ class OnnxExportConfig:
     dynamic_batch: bool = True
     input_names: tuple[str, ...] | None = None
     output_names: tuple[str, ...] | None = None
+    readable_names: bool = False
 
     def __post_init__(self):
         if isinstance(self.opset, bool) or not isinstance(self.opset, int) or not MIN_OPSET <= self.opset <= MAX_OPSET:
@@ -103,6 +108,8 @@ class OnnxExportConfig:
                 if len(set(names)) != len(names):
                     raise ConfigError(f"{what} must be distinct, got {names!r}")
                 object.__setattr__(self, what, tuple(names))
+        if not isinstance(self.readable_names, bool):
+            raise ConfigError(f"readable_names must be True or False, got {self.readable_names!r}")
 
 
 #: The ONNX exporter's name for :class:`~compress.exporters.info.ExportInfo` (one type for both formats; the
@@ -408,6 +415,13 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
         else:
             ctx.env[node] = _emit(ctx, node)
 
+    # Where the file holds each fx node's int8 output (the probes of op-by-op verification), named before
+    # the values get their short names.
+    fx_names = {n.name for n in gm.graph.nodes}
+    probes = {fx: value for fx, value in builder.quantized_outputs.items() if fx in fx_names}
+    if not config.readable_names:
+        renamed_to = builder.shorten_names({v.name for v in graph_inputs} | {v.name for v in graph_outputs})
+        probes = {fx: renamed_to.get(value, value) for fx, value in probes.items()}
     graph = helper.make_graph(builder.nodes, type(gm).__name__, graph_inputs, graph_outputs, builder.initializers)
     opsets = [helper.make_opsetid("", config.opset)]
     # Pin both the opset and the IR version; make_model alone would pick the newest the onnx package knows.
@@ -433,7 +447,7 @@ def _build(onnx, gm: fx.GraphModule, example_inputs: tuple, config: OnnxExportCo
                       output_names=[o.name for o in graph_outputs],
                       output_tolerances=_output_tolerances(gm, ctx.approximate, leaves),
                       approximations=[f"{n.name}: {why}" for n, why in ctx.approximate.items()],
-                      float_fallbacks=list(ctx.float_fallbacks))
+                      float_fallbacks=list(ctx.float_fallbacks), probe_values=probes)
     return proto, info
 
 

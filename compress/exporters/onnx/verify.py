@@ -3,8 +3,9 @@
 :func:`verify_onnx` checks the file with ``onnx.checker``, runs it in onnxruntime (CPU, one intra-op thread
 by default) and hands the outputs to the shared comparison (:mod:`compress.exporters.verify`). Given the
 converted graph (``graph=``), it also verifies op by op (:mod:`compress.exporters.verify_ops`): a copy of
-the model lists every ``<fx node>/QuantizeLinear`` value the exporter wrote as a graph output, so each
-op's int8 output in onnxruntime is compared with the simulation of that op fed onnxruntime's own inputs.
+the model lists as graph outputs the QuantizeLinear value of every fx node the export recorded
+(``ExportInfo.probe_values``), so each op's int8 output in onnxruntime is compared with the simulation of
+that op fed onnxruntime's own inputs.
 """
 
 from __future__ import annotations
@@ -101,26 +102,37 @@ def verify_onnx(path, reference: Callable | nn.Module, inputs: Iterable, *, info
                          layerwise=layerwise)
 
 
-def onnx_probes(model, graph: fx.GraphModule) -> tuple[list[Probe], dict[str, str]]:
+def onnx_probes(model, graph: fx.GraphModule, values: dict[str, str] | None = None
+                ) -> tuple[list[Probe], dict[str, str]]:
     """The int8 values of ``model`` (an ``onnx.ModelProto``) that hold an fx node's output, and the fx nodes
     on an int8 grid that have none (a quantizer on its input's grid writes no QuantizeLinear of its own).
 
-    The exporter names a node's QuantizeLinear output ``<fx node>/QuantizeLinear``.
+    ``values``: fx node name → the QuantizeLinear output holding it, as the export recorded it
+    (``ExportInfo.probe_values``: the file's value names are short and say nothing of the model). Without
+    it (an ExportInfo made by hand), a value named ``<fx node>/QuantizeLinear`` (``readable_names=True``) is
+    that node's.
     """
     numpy_helper = require("onnx", "onnx").numpy_helper
     consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     names = {n.name for n in graph.graph.nodes}
+    quantizes = {n.output[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    if not values:
+        suffix = "/QuantizeLinear"
+        values = {}
+        for out in quantizes:
+            if out.endswith(suffix):
+                values.setdefault(out[:-len(suffix)], out)
     probes, seen = [], set()
-    for node in model.graph.node:
-        if node.op_type != "QuantizeLinear" or not node.output[0].endswith("/QuantizeLinear"):
+    for fx_name, key in values.items():
+        node = quantizes.get(key)
+        if node is None or fx_name not in names:
             continue
-        fx_name = node.output[0][:-len("/QuantizeLinear")]
         scale = consts.get(node.input[1])
         zero = consts.get(node.input[2]) if len(node.input) > 2 else np.zeros((), np.uint8)
-        if fx_name not in names or fx_name in seen or scale is None or zero is None or scale.size != 1:
+        if scale is None or zero is None or scale.size != 1:
             continue
         seen.add(fx_name)
-        probes.append(Probe(fx_name, node.output[0], float(scale.reshape(())), int(zero.reshape(()))))
+        probes.append(Probe(fx_name, key, float(scale.reshape(())), int(zero.reshape(()))))
     modules = dict(graph.named_modules())
     unprobed = {n.name: "no QuantizeLinear of its own in the file (on its input's grid)" for n in graph.graph.nodes
                 if n.op == "call_module" and type(modules.get(n.target)).__name__ == "Quantizer" and n.name not in seen}
@@ -147,7 +159,7 @@ def onnx_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info: OnnxE
     onnx = require("onnx", "onnx")
     ort = require("onnxruntime", "onnx")
     model = onnx.load(str(path))
-    probes, unprobed = onnx_probes(model, graph)
+    probes, unprobed = onnx_probes(model, graph, getattr(info, "probe_values", None))
     finals = [o.name for o in model.graph.output]
     # A QuantizeLinear output has its zero point's type (uint8 or int8 storage).
     zero_types = {t.name: t.data_type for t in model.graph.initializer}
