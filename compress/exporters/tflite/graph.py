@@ -136,8 +136,8 @@ class Emitter:
         return self.const(name, np.asarray(values, np.int32), TensorType.INT32)
 
     def op(self, op_name: str, inputs, outputs, options: Options | None = None, version: int = 1) -> None:
-        self.w.add_operator(op_name, inputs, outputs, options, version)
-        self.op_counts[op_name] = self.op_counts.get(op_name, 0) + 1
+        if self.w.add_operator(op_name, inputs, outputs, options, version):  # False: a repeat, not written
+            self.op_counts[op_name] = self.op_counts.get(op_name, 0) + 1
 
     # -- values of fx arguments -----------------------------------------------------------------------
     def value(self, arg):

@@ -8,16 +8,22 @@ Conventions that follow what TF's converter writes (LiteRT relies on some of the
 
 * buffer 0 is the empty sentinel; every tensor without data points at it; identical constants (same dtype,
   shape and bytes) share one buffer, so shared weights are stored once;
-* buffer payloads are aligned to 16 bytes (kernels and XNNPACK read weights in place);
+* buffer payloads are aligned to 16 bytes (kernels and XNNPACK read weights in place), those under 64 bytes
+  to 8 (their int32 / int64 elements);
 * an operator code carries both ``builtin_code`` and ``deprecated_builtin_code`` (the latter saturates at
   127, ``PLACEHOLDER_FOR_GREATER_OP_CODES``, for the codes added after the int8 field ran out);
-* an operator code's version is the highest version any of its operators needs (see ``tflite_ops.op_version``).
+* an operator code's version is the highest version any of its operators needs (see ``tflite_ops.op_version``);
+* with ``keep_name``, only the tensors it accepts (and the subgraph's inputs and outputs) carry their name:
+  the exporter keeps the names verification reads (a tensor named after the fx node whose value it holds)
+  and drops the rest (constants, layout and domain copies, a decomposition's steps), which LiteRT reads as
+  ``""``. Zoo bert's int8 file carried 4,913 name characters (3 % of it) for 196 tensors.
 
 The heavy packages are imported when a writer is created, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -31,6 +37,7 @@ FILE_IDENTIFIER = b"TFL3"
 # Codes above this did not fit the original int8 ``deprecated_builtin_code`` field.
 _PLACEHOLDER_FOR_GREATER_OP_CODES = 127
 _BUFFER_ALIGNMENT = 16
+_SMALL_BUFFER = 64  # bytes; smaller payloads are aligned to 8 only
 
 
 class TensorType(IntEnum):
@@ -115,6 +122,12 @@ class OperatorDef:
     options: Options | None = None
 
 
+def _options_key(options: Options | None) -> tuple | None:
+    if options is None:
+        return None
+    return options.name, tuple((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in options.fields.items())
+
+
 class ModelWriter:
     """Accumulates one subgraph and writes it as a ``.tflite`` flatbuffer.
 
@@ -123,14 +136,16 @@ class ModelWriter:
         >>> x = w.add_tensor("x", (1, 4), TensorType.FLOAT32)
         >>> y = w.add_tensor("y", (1, 4), TensorType.FLOAT32)
         >>> w.add_operator("RELU", [x], [y])
+        True
         >>> w.serialize([x], [y])[4:8]
         b'TFL3'
     """
 
-    def __init__(self, description: str = "compress"):
+    def __init__(self, description: str = "compress", keep_name: Callable[[str], bool] | None = None):
         self._tflite = require("tflite", "tflite")
         self._flatbuffers = require("flatbuffers", "tflite")
         self.description = description
+        self.keep_name = keep_name  # None: every tensor keeps its name
         self.buffers: list[bytes] = [b""]  # buffer 0: the empty sentinel
         self.tensors: list[TensorDef] = []
         self.operators: list[OperatorDef] = []
@@ -139,6 +154,8 @@ class ModelWriter:
         self._names: set[str] = set()
         self._buffer_index: dict[tuple, int] = {}  # (dtype, shape, bytes) → buffer: each payload stored once
         self._constant_index: dict[tuple, int] = {}  # (buffer, shape, dtype, quant) → constant tensor
+        self._operator_index: dict[tuple, int] = {}  # an operator's identity → its position (repeats are skipped)
+        self._alias: dict[int, int] = {}  # output of a skipped repeat → the earlier operator's output
 
     # -- building --------------------------------------------------------------------------------------
     def builtin_code(self, op_name: str) -> int:
@@ -174,16 +191,42 @@ class ModelWriter:
         return len(self.tensors) - 1
 
     def add_operator(self, op_name: str, inputs, outputs, options: Options | None = None,
-                     version: int = 1) -> None:
-        """Append an operator; ``-1`` in ``inputs`` marks an omitted optional input."""
+                     version: int = 1) -> bool:
+        """Append an operator (False: it repeated an earlier one); ``-1`` in ``inputs`` marks an omitted optional
+        input.
+
+        An operator equal to one already written (same code, version, inputs and options, outputs of the same
+        shape, type and grid) is not written again: its outputs become aliases of the earlier ones, and later
+        operators read those. Kernels are deterministic, so the values are the same bits; a decoder unrolled
+        over time dequantized its embedding table once per step, and a value packed for two consumers was
+        packed and quantized twice (zoo gru_seq2seq). Always written: operators touching variable tensors, and
+        those with an output that keeps its name (see ``keep_name``: verification reads that node's value there).
+        """
+        inputs = tuple(self._alias.get(int(i), int(i)) for i in inputs)
+        outputs = tuple(int(o) for o in outputs)
         code = self.builtin_code(op_name)
+        key = None
+        if outputs and not any(self.tensors[t].variable for t in (*inputs, *outputs) if t >= 0):
+            key = (code, version, inputs, _options_key(options),
+                   tuple((self.tensors[o].shape, self.tensors[o].dtype, self.tensors[o].quant) for o in outputs))
+            earlier = self._operator_index.get(key)
+            # An output that keeps its name is what verification finds a node's value by: written anyway.
+            if earlier is not None and not any(self._named(self.tensors[o]) for o in outputs):
+                self._alias.update(zip(outputs, self.operators[earlier].outputs, strict=True))
+                return False
         if code not in self._opcode_index:
             self._opcode_index[code] = len(self.opcodes)
             self.opcodes.append([code, version])
         idx = self._opcode_index[code]
         self.opcodes[idx][1] = max(self.opcodes[idx][1], version)
-        self.operators.append(OperatorDef(idx, tuple(int(i) for i in inputs), tuple(int(o) for o in outputs),
-                                          options))
+        if key is not None:
+            self._operator_index[key] = len(self.operators)
+        self.operators.append(OperatorDef(idx, inputs, outputs, options))
+        return True
+
+    def resolve(self, tensor: int) -> int:
+        """The tensor that holds ``tensor``'s value in the file (itself, unless its operator was a repeat)."""
+        return self._alias.get(int(tensor), int(tensor))
 
     def _unique(self, name: str) -> str:
         base, i = name or "t", 1
@@ -206,6 +249,15 @@ class ModelWriter:
         size = sum(len(x) + _BUFFER_ALIGNMENT + 16 for x in self.buffers)
         size += 512 * (len(self.tensors) + len(self.operators)) + (1 << 16)
         b = self._flatbuffers.Builder(size)
+        # Only tensors some operator or the signature uses are written (a skipped repeat's outputs are not),
+        # and only buffers those tensors use; indices are renumbered densely.
+        inputs, outputs = [self.resolve(i) for i in inputs], [self.resolve(o) for o in outputs]
+        used = {*inputs, *outputs, *(t for op in self.operators for t in (*op.inputs, *op.outputs) if t >= 0)}
+        live = [i for i in range(len(self.tensors)) if i in used]
+        t_index = {t: k for k, t in enumerate(live)}
+        t_index[-1] = -1
+        live_buffers = sorted({0, *(self.tensors[t].buffer for t in live)})
+        b_index = {old: k for k, old in enumerate(live_buffers)}
         # Identical vectors and quantization tables are written once and referenced by every tensor that has
         # them (flatbuffers allows shared objects): the all-zero zero-point vector of a per-channel weight and
         # its bias (8 bytes per channel each), equal shapes, equal activation grids. EfficientNet-Lite's int8
@@ -213,14 +265,16 @@ class ModelWriter:
         self._shared: dict[tuple, int] = {}
         # Large payloads first: flatbuffers writes back to front, and this keeps them 16-byte aligned.
         buffer_offsets = []
-        for data in self.buffers:
+        for data in (self.buffers[i] for i in live_buffers):
             data_off = self._bytes_vector(b, data) if data else None
             tfl.BufferStart(b)
             if data_off is not None:
                 tfl.BufferAddData(b, data_off)
             buffer_offsets.append(tfl.BufferEnd(b))
-        tensor_offsets = [self._tensor(b, t) for t in self.tensors]
-        op_offsets = [self._operator(b, op) for op in self.operators]
+        edges = {*inputs, *outputs}
+        tensor_offsets = [self._tensor(b, self.tensors[i], b_index[self.tensors[i].buffer],
+                                       i in edges or self._named(self.tensors[i])) for i in live]
+        op_offsets = [self._operator(b, op, t_index) for op in self.operators]
         code_offsets = []
         for code, version in self.opcodes:
             tfl.OperatorCodeStart(b)
@@ -231,8 +285,8 @@ class ModelWriter:
 
         tensors_vec = self._offset_vector(b, tfl.SubGraphStartTensorsVector, tensor_offsets)
         ops_vec = self._offset_vector(b, tfl.SubGraphStartOperatorsVector, op_offsets)
-        in_vec = self._int_vector(b, tfl.SubGraphStartInputsVector, inputs)
-        out_vec = self._int_vector(b, tfl.SubGraphStartOutputsVector, outputs)
+        in_vec = self._int_vector(b, tfl.SubGraphStartInputsVector, [t_index[i] for i in inputs])
+        out_vec = self._int_vector(b, tfl.SubGraphStartOutputsVector, [t_index[o] for o in outputs])
         sg_name = b.CreateString("main")
         tfl.SubGraphStart(b)
         tfl.SubGraphAddTensors(b, tensors_vec)
@@ -258,7 +312,9 @@ class ModelWriter:
 
     @staticmethod
     def _bytes_vector(b, data: bytes) -> int:
-        b.StartVector(1, len(data), _BUFFER_ALIGNMENT)
+        # Weights are aligned for kernels that read them in place; a small constant (a shape, an axis, a perm,
+        # a slice's bounds: dozens in an unrolled decoder) only needs its elements' alignment (≤ 8 bytes).
+        b.StartVector(1, len(data), _BUFFER_ALIGNMENT if len(data) >= _SMALL_BUFFER else 8)
         b.head -= len(data)
         b.Bytes[b.head:b.head + len(data)] = data
         return b.EndVector()
@@ -283,16 +339,20 @@ class ModelWriter:
             self._shared[key] = build()
         return self._shared[key]
 
-    def _tensor(self, b, t: TensorDef) -> int:
+    def _named(self, t: TensorDef) -> bool:
+        return self.keep_name is None or (not t.buffer and self.keep_name(t.name))
+
+    def _tensor(self, b, t: TensorDef, buffer: int, named: bool = True) -> int:
         tfl = self._tflite
         q_off = self._once(("quant", t.quant), lambda: self._quantization(b, t.quant)) if t.quant is not None else None
-        name = b.CreateString(t.name)
+        name = b.CreateString(t.name) if named and t.name else None
         shape = self._once(("shape", t.shape), lambda: self._int_vector(b, tfl.TensorStartShapeVector, t.shape))
         tfl.TensorStart(b)
         tfl.TensorAddShape(b, shape)
         tfl.TensorAddType(b, int(t.dtype))
-        tfl.TensorAddBuffer(b, t.buffer)
-        tfl.TensorAddName(b, name)
+        tfl.TensorAddBuffer(b, buffer)
+        if name is not None:
+            tfl.TensorAddName(b, name)
         if q_off is not None:
             tfl.TensorAddQuantization(b, q_off)
         if t.variable:
@@ -309,16 +369,15 @@ class ModelWriter:
         tfl.QuantizationParametersAddQuantizedDimension(b, q.axis)
         return tfl.QuantizationParametersEnd(b)
 
-    def _operator(self, b, op: OperatorDef) -> int:
+    def _operator(self, b, op: OperatorDef, t_index: dict[int, int]) -> int:
         tfl = self._tflite
         opt_type, opt_off = 0, None
         if op.options is not None:
             opt_type = getattr(tfl.BuiltinOptions, op.options.name)
-            key = ("options", op.options.name, tuple((k, tuple(v) if isinstance(v, list | tuple) else v)
-                                                     for k, v in op.options.fields.items()))
+            key = ("options", _options_key(op.options))
             opt_off = self._once(key, lambda: self._options(b, op.options))
-        ins = self._int_vector(b, tfl.OperatorStartInputsVector, op.inputs)
-        outs = self._int_vector(b, tfl.OperatorStartOutputsVector, op.outputs)
+        ins = self._int_vector(b, tfl.OperatorStartInputsVector, [t_index[i] for i in op.inputs])
+        outs = self._int_vector(b, tfl.OperatorStartOutputsVector, [t_index[o] for o in op.outputs])
         tfl.OperatorStart(b)
         tfl.OperatorAddOpcodeIndex(b, op.opcode_index)
         tfl.OperatorAddInputs(b, ins)
