@@ -210,5 +210,7 @@ def test_derived_student_with_a_feature_loss_exports_without_its_adapter(run, wo
     assert not [k for k in state if "adapter" in k]  # the 8 → 16 channel adapter was for training only
     import onnx
 
-    names = {t.name for t in onnx.load(str(out / "student_fp32.onnx")).graph.initializer}
-    assert not [n for n in names if "adapter" in n]
+    # By size, not name (the exporter shortens names): an adapter's weights would exceed the student's own.
+    stored = sum(int(np.prod(t.dims)) for t in onnx.load(str(out / "student_fp32.onnx")).graph.initializer
+                 if len(t.dims) >= 2)
+    assert stored <= sum(v.numel() for k, v in state.items() if v.dim() >= 2)
