@@ -54,14 +54,21 @@ def test_gate_fcs_read_the_layers_int8_codes(cell, tmp_path):
     produced = {int(t) for o in it._get_ops_details() for t in o["outputs"]}
     fcs = _fc_ops(it)
     steps, layers = xs[0].shape[1], 2
-    assert len(fcs) == layers * steps + 1  # per layer: one input projection, steps − 1 hidden ones; the head
+    # Row blocks one FC computes: an LSTM's four gates; a GRU's r, z and, apart, n.
+    hidden = q.rnn.hidden_size
+    blocks = [slice(0, 4 * hidden)] if cell is nn.LSTM else [slice(0, 2 * hidden), slice(2 * hidden, 3 * hidden)]
+    # per layer and block: one input projection, steps − 1 hidden ones; then the head
+    assert len(fcs) == layers * steps * len(blocks) + 1
     expected = {}
     for layer in range(layers):
         for kind in ("ih", "hh"):
             name = f"weight_{kind}_l{layer}"
             w = getattr(q.rnn, name).detach().double().numpy()
             s = q.rnn.weight_quants[name].scale.detach().double().numpy().reshape(-1)
-            expected[w.shape] = expected.get(w.shape, []) + [(np.clip(np.round(w / s[:, None]), -127, 127), s)]
+            codes = np.clip(np.round(w / s[:, None]), -127, 127)
+            for r in blocks:
+                shape = codes[r].shape
+                expected[shape] = expected.get(shape, []) + [(codes[r], s[r])]
     for op in fcs[:-1]:
         wd = details[int(op["inputs"][1])]
         assert wd["dtype"] == np.int8 and wd["index"] not in produced  # a constant, not a DEQUANTIZE output

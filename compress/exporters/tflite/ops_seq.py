@@ -149,7 +149,7 @@ ops.register_emitter("tflite", "multihead_attention")(multihead_attention)
 
 
 # -- LSTM ---------------------------------------------------------------------------------------------------
-def _weight(em: Emitter, w: torch.Tensor, q: nn.Module | None, name: str) -> int:
+def _weight(em: Emitter, w: torch.Tensor, q: nn.Module | None, name: str, rows: slice = slice(None)) -> int:
     """A float weight tensor, or for an int8 layer its int8 codes per gate row (the simulation's), read by the
     FULLY_CONNECTED itself: TFLite's dynamic-range (hybrid) kernel — int8 × int8 products, the float input
     quantized per batch row (scale and zero point) on each call, float out. A constant DEQUANTIZE in front of
@@ -158,14 +158,16 @@ def _weight(em: Emitter, w: torch.Tensor, q: nn.Module | None, name: str) -> int
 
     Why not the int8-output FULLY_CONNECTED: the simulation keeps the gate pre-activations in float (as int8
     runtimes keep them in int16 or float); an int8 output grid there would round each of them to 1/255 of
-    its range, several hidden-state LSBs, and the file would no longer compute what the simulation does."""
+    its range, several hidden-state LSBs, and the file would no longer compute what the simulation does.
+
+    ``rows``: the gate rows this FC computes (a GRU's r, z block and its n block are two FCs)."""
     if not isinstance(q, Quantizer):
-        return em.const(name, _np(w), TensorType.FLOAT32)
+        return em.const(name, _np(w)[rows], TensorType.FLOAT32)
     from compress.exporters.tflite.ops_base import int8_weight
     from compress.exporters.tflite.schema import QuantParams
 
     codes, s = int8_weight(w, q, name)
-    return em.const(f"{name}_int8", codes, TensorType.INT8, QuantParams.per_channel(s, 0, 0))
+    return em.const(f"{name}_int8", codes[rows], TensorType.INT8, QuantParams.per_channel(s[rows], 0, 0))
 
 
 def _fc(em: Emitter, x: TValue, w_t: int, b: np.ndarray, out_shape, name: str, hybrid: bool) -> TValue:
@@ -189,9 +191,9 @@ def _elementwise(em: Emitter, op: str, ins: list[TValue], name: str) -> TValue:
     return out
 
 
-def _lstm_cell(em: Emitter, step: TValue, h, c, hidden_proj: TValue, name: str):
-    """One LSTM step on the input projection ``step`` [B, 4H]: gates i, f, g, o (torch's order)."""
-    gates = _elementwise(em, "ADD", [step, hidden_proj], f"{name}_gates")
+def _lstm_cell(em: Emitter, step: list[TValue], h, c, hidden_proj: list[TValue], name: str):
+    """One LSTM step on the input projection ``step`` ([B, 4H], one block): gates i, f, g, o (torch's order)."""
+    gates = _elementwise(em, "ADD", [step[0], hidden_proj[0]], f"{name}_gates")
     i, f, g, o = _split(em, gates, 4, name)
     i, f, o = (_elementwise(em, "LOGISTIC", [v], f"{name}_{k}_sig") for v, k in ((i, "i"), (f, "f"), (o, "o")))
     ig = _elementwise(em, "MUL", [i, _elementwise(em, "TANH", [g], f"{name}_g_tanh")], f"{name}_ig")
@@ -199,19 +201,21 @@ def _lstm_cell(em: Emitter, step: TValue, h, c, hidden_proj: TValue, name: str):
     return _elementwise(em, "MUL", [o, _elementwise(em, "TANH", [c], f"{name}_tc")], f"{name}_h"), c
 
 
-def _gru_cell(em: Emitter, step: TValue, h, c, hidden_proj: TValue, name: str):
-    """One GRU step: r, z, n (torch's order); h' = (1 − z)·n + z·h as the simulation writes it."""
-    x_r, x_z, x_n = _split(em, step, 3, f"{name}_x")
-    h_r, h_z, h_n = _split(em, hidden_proj, 3, f"{name}_h")
-    r = _elementwise(em, "LOGISTIC", [_elementwise(em, "ADD", [x_r, h_r], f"{name}_r_pre")], f"{name}_r")
-    z = _elementwise(em, "LOGISTIC", [_elementwise(em, "ADD", [x_z, h_z], f"{name}_z_pre")], f"{name}_z")
-    rn = _elementwise(em, "MUL", [r, h_n], f"{name}_rn")
-    n = _elementwise(em, "TANH", [_elementwise(em, "ADD", [x_n, rn], f"{name}_n_pre")], f"{name}_n")
-    one = em.const_value(1.0, z, f"{name}_one")
-    keep = _elementwise(em, "MUL", [_elementwise(em, "SUB", [one, z], f"{name}_1mz"), n], f"{name}_zn")
-    if h is None:
-        return keep, None
-    return _elementwise(em, "ADD", [keep, _elementwise(em, "MUL", [z, h], f"{name}_zh")], f"{name}_h"), None
+def _gru_cell(em: Emitter, step: list[TValue], h, c, hidden_proj: list[TValue], name: str):
+    """One GRU step on the projections' two blocks, r and z ``[B, 2H]`` and n ``[B, H]`` (torch's gate order r,
+    z, n, each block its own FC): r, z from one ADD, LOGISTIC and SPLIT; h' = n + z·(h − n), the simulation's
+    (1 − z)·n + z·h with one operator less (equal up to float32 rounding, before the hidden-state quantizer).
+    11 operators and 14 tensors a step where one FC per projection and three-way SPLITs took 13 and 19."""
+    (x_rz, x_n), (h_rz, h_n) = step, hidden_proj
+    sig = _elementwise(em, "LOGISTIC", [_elementwise(em, "ADD", [x_rz, h_rz], f"{name}_rz_pre")], f"{name}_rz")
+    r, z = _split(em, sig, 2, f"{name}_rz")
+    n = _elementwise(em, "TANH", [_elementwise(em, "ADD", [x_n, _elementwise(em, "MUL", [r, h_n], f"{name}_rn")],
+                                               f"{name}_n_pre")], f"{name}_n")
+    if h is None:  # zero initial state: h' = (1 − z)·n
+        one = em.const_value(1.0, z, f"{name}_one")
+        return _elementwise(em, "MUL", [_elementwise(em, "SUB", [one, z], f"{name}_1mz"), n], f"{name}_zn"), None
+    delta = _elementwise(em, "MUL", [z, _elementwise(em, "SUB", [h, n], f"{name}_hmn")], f"{name}_zd")
+    return _elementwise(em, "ADD", [n, delta], f"{name}_h"), None
 
 
 def _split(em: Emitter, v: TValue, n: int, name: str) -> list[TValue]:
@@ -355,10 +359,14 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
     # step's rows one plain 2-D STRIDED_SLICE, which XNNPACK runs (a slice of [B, T, ·] needed a shrink mask,
     # and the 50 of them in a 2-layer, 25-step LSTM each fell back to LiteRT's builtin kernel).
     x = em.to_float(em.uncollapse(em.value(node.args[0])))
-    x = em.to_perm(x, (1, 0, 2)) if mod.batch_first else em.torch_order(x)
-    steps, bsz = L.permute_shape(x.shape, x.perm)[:2]
+    steps, bsz = (x.shape[1], x.shape[0]) if mod.batch_first else x.shape[:2]
+    # [B, T, I] and [T, B, I] hold the same bytes when B or T is 1 (a decoder step): no TRANSPOSE then.
+    x = em.to_perm(x, (1, 0, 2)) if mod.batch_first and min(steps, bsz) > 1 else em.torch_order(x)
     hidden, name = mod.hidden_size, node.name
     width = n_gates * hidden
+    # The gate blocks one FC computes each: an LSTM's four gates together; a GRU's r, z apart from n (the cell
+    # needs n's hidden projection on its own: two FCs instead of three-way SPLITs of both projections).
+    blocks = [slice(0, width)] if is_lstm else [slice(0, 2 * hidden), slice(2 * hidden, width)]
     finals = []
     for layer in range(mod.num_layers):
         sfx = f"_l{layer}"
@@ -367,15 +375,16 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
         hq = mod.hidden_quants[layer] if quant else None
         wq_ih = mod.weight_quants["weight_ih" + sfx] if quant else None
         wq_hh = mod.weight_quants["weight_hh" + sfx] if quant else None
-        w_ih = _weight(em, getattr(mod, "weight_ih" + sfx), wq_ih, f"{name}{sfx}_w_ih")
-        w_hh = _weight(em, getattr(mod, "weight_hh" + sfx), wq_hh, f"{name}{sfx}_w_hh")
+        w_ih = [_weight(em, getattr(mod, "weight_ih" + sfx), wq_ih, f"{name}{sfx}_w_ih", r) for r in blocks]
+        w_hh = [_weight(em, getattr(mod, "weight_hh" + sfx), wq_hh, f"{name}{sfx}_w_hh", r) for r in blocks]
         # The biases as the layer holds them (float): the FCs add them in float, and a module called N times
         # (a decoder step) then stores one copy (the simulation's int32-grid snapping of each call's bias moves a
         # gate input by at most half of input/hidden scale × weight scale; per call they were 28 kB of the zoo
         # GRU seq2seq's file, 3 % of its fp32 size).
         b_ih, b_hh = (_np(getattr(mod, b + sfx)) if mod.bias else None for b in ("bias_ih", "bias_hh"))
         b_ih, b_hh = (np.zeros(width) if b is None else b for b in (b_ih, b_hh))
-        gates_x = _fc(em, x, w_ih, b_ih, (steps * bsz, width), f"{name}{sfx}_gx", quant)
+        gates_x = [_fc(em, x, w, b_ih[r], (steps * bsz, r.stop - r.start), f"{name}{sfx}_gx{k}", quant)
+                   for k, (w, r) in enumerate(zip(w_ih, blocks, strict=True))]
         h = c = None
         if state0 is not None:  # the given initial state, its h on the hidden-state grid as the simulation has it
             h = _fake_quant(em, state0[0][layer], hq, f"{name}{sfx}_h0")
@@ -383,27 +392,63 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
         outs = []
         for t in range(steps):
             tag = f"{name}{sfx}_t{t}"
-            step = em.tensor(f"{tag}_gx", (bsz, width), (0, 1), TensorType.FLOAT32)
-            ins = [gates_x.tensor] + [em.int32_const(f"{tag}_{k}", v) for k, v in
-                                       (("begin", [t * bsz, 0]), ("end", [(t + 1) * bsz, width]), ("strides", [1, 1]))]
-            em.op("STRIDED_SLICE", ins, [step.tensor], Options("StridedSliceOptions"))
+            step = [g if steps == 1 else _step_rows(em, g, t, bsz, f"{tag}_{k}") for k, g in enumerate(gates_x)]
             if h is None:  # zero initial state: the hidden projection is its bias
-                hidden_proj = em.const_value(b_hh, step, f"{tag}_bhh")
+                hidden_proj = [em.const_value(b_hh[r], v, f"{tag}_bhh{k}")
+                               for k, (r, v) in enumerate(zip(blocks, step, strict=True))]
             else:
-                hidden_proj = _fc(em, h, w_hh, b_hh, (bsz, width), f"{tag}_gh", quant)
+                hidden_proj = [_fc(em, h, w, b_hh[r], (bsz, r.stop - r.start), f"{tag}_gh{k}", quant)
+                               for k, (w, r) in enumerate(zip(w_hh, blocks, strict=True))]
             h, c = cell(em, step, h, c, hidden_proj, tag)
             h = _fake_quant(em, h, hq, f"{tag}_h")
             outs.append(h)
         finals.append((h, c))
-        x = em.tensor(f"{name}{sfx}_out", (steps, bsz, hidden), L.identity(3), TensorType.FLOAT32)  # [T, B, H]
-        em.op("PACK", [v.tensor for v in outs], [x.tensor], Options("PackOptions", {"ValuesCount": steps, "Axis": 0}))
-    if mod.batch_first:  # torch's [B, T, H] is the file's [T, B, H]
-        x = TValue(x.tensor, (bsz, steps, hidden), x.dtype, (1, 0, 2))
+        x = _sequence(em, outs, mod, node, last=layer == mod.num_layers - 1, name=f"{name}{sfx}_out")
     state_n = None
+    same_bytes = x is not None and mod.num_layers == 1 and steps == 1 and (bsz == 1 or not mod.batch_first)
     if _second_output_used(em, node):  # h_n (and c_n): the last step of each layer, stacked [layers, B, H]
-        parts = [_stack(em, [f[k] for f in finals], f"{name}_{kind.lower()}_state{k}") for k in range(2 if is_lstm else 1)]
+        parts = [_stack(em, [f[k] for f in finals], f"{name}_{kind.lower()}_state{k}") for k in range(2 if is_lstm else 1)
+                 if not (k == 0 and same_bytes)]
+        if same_bytes:  # one layer, one step: h_n [1, B, H] is the output sequence's tensor (one PACK, not two)
+            parts.insert(0, TValue(x.tensor, (1, bsz, hidden), x.dtype, L.identity(3)))
         state_n = tuple(parts) if is_lstm else parts[0]
     em.bind(node, (x, state_n))
+
+
+def _sequence(em: Emitter, outs: list[TValue], mod: nn.Module, node: fx.Node, *, last: bool, name: str):
+    """The steps' hidden states as one sequence: PACK [T, B, H] (time-major, what the next layer's input
+    projection reads), or for the last layer of a batch_first module PACK along axis 1, torch's [B, T, H]
+    with no TRANSPOSE after it; None when nothing reads the last layer's sequence (a seq2seq encoder whose
+    final state is all the decoder takes)."""
+    if last and not _first_output_used(em, node):
+        return None
+    steps, (bsz, hidden) = len(outs), outs[0].shape
+    axis = 1 if last and mod.batch_first else 0
+    shape = (bsz, steps, hidden) if axis else (steps, bsz, hidden)
+    x = em.tensor(name, shape, L.identity(3), TensorType.FLOAT32)
+    em.op("PACK", [v.tensor for v in outs], [x.tensor], Options("PackOptions", {"ValuesCount": steps, "Axis": axis}))
+    return x
+
+
+def _first_output_used(em: Emitter, node: fx.Node) -> bool:
+    """Whether the output sequence (``node[0]``) feeds anything (quantizers nothing reads do not count)."""
+
+    def used(n: fx.Node) -> bool:
+        return any(not em.is_quantizer(u) or used(u) for u in n.users)
+
+    return any(not (u.op == "call_function" and u.target is operator.getitem) or (u.args[1] == 0 and used(u))
+               for u in node.users)
+
+
+def _step_rows(em: Emitter, gates_x: TValue, t: int, bsz: int, tag: str) -> TValue:
+    """Step ``t``'s rows of the time-major input projection ``[T·B, gates]``: a 2-D SLICE, which XNNPACK runs.
+    SLICE (begin, size) rather than STRIDED_SLICE (begin, end, strides): a step's begin is shared by the
+    projections of every gate block and the size by every step, 2 of 6 constants (a 6-step GRU: 8 instead of 24)."""
+    width = gates_x.shape[1]
+    step = em.tensor(f"{tag}_gx", (bsz, width), (0, 1), TensorType.FLOAT32)
+    ins = [gates_x.tensor, em.int32_const(f"{tag}_begin", [t * bsz, 0]), em.int32_const(f"{tag}_size", [bsz, width])]
+    em.op("SLICE", ins, [step.tensor], Options("SliceOptions"))
+    return step
 
 
 def _state_rows(em: Emitter, v: TValue, layers: int, name: str) -> list[TValue]:
