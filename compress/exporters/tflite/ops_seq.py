@@ -1,5 +1,6 @@
-"""TFLite handlers for sequence layers: ``nn.MultiheadAttention`` as a decomposition, ``nn.LSTM`` / ``nn.GRU``
-unrolled over time (float and int8).
+"""TFLite handlers for sequence layers: ``nn.MultiheadAttention`` as a decomposition, ``nn.LSTM`` as one fused
+UNIDIRECTIONAL_SEQUENCE_LSTM per layer (:func:`fused_lstm`; unrolled when an initial or final state is involved),
+``nn.GRU`` unrolled over time (float and int8).
 
 Attention is written as FULLY_CONNECTED projections, BATCH_MATMUL, SOFTMAX and RESHAPE / TRANSPOSE between the
 ``[B, S, E]`` and ``[B, H, S, Dh]`` layouts, in float. For a converted ``QuantMultiheadAttention`` the weights
@@ -306,7 +307,7 @@ def fused_lstm(em: Emitter, node: fx.Node) -> None:
         fields["AsymmetricQuantizeInputs"] = True
     for layer in range(mod.num_layers):
         sfx = f"_l{layer}"
-        if quant and layer > 0:
+        if quant and layer > 0 and len(mod.layer_input_quants):  # none in weight-only / dynamic layers
             x = _fake_quant(em, x, mod.layer_input_quants[layer - 1], f"{name}{sfx}_in")
         w_ih, w_hh = (_gate_matrices(em, getattr(mod, k + sfx), mod.weight_quants[k + sfx] if quant else None,
                                      f"{name}{sfx}_{k}") for k in ("weight_ih", "weight_hh"))
@@ -370,9 +371,9 @@ def recurrent(em: Emitter, node: fx.Node) -> None:
     finals = []
     for layer in range(mod.num_layers):
         sfx = f"_l{layer}"
-        if quant and layer > 0:
+        if quant and layer > 0 and len(mod.layer_input_quants):  # none in weight-only / dynamic layers
             x = _fake_quant(em, x, mod.layer_input_quants[layer - 1], f"{name}{sfx}_in")
-        hq = mod.hidden_quants[layer] if quant else None
+        hq = mod.hidden_quants[layer] if quant and len(mod.hidden_quants) else None
         wq_ih = mod.weight_quants["weight_ih" + sfx] if quant else None
         wq_hh = mod.weight_quants["weight_hh" + sfx] if quant else None
         w_ih = [_weight(em, getattr(mod, "weight_ih" + sfx), wq_ih, f"{name}{sfx}_w_ih", r) for r in blocks]
