@@ -84,6 +84,24 @@ def test_wrong_weight_scale_fails_naming_the_layer(bert_dynamic, tmp_path, monke
     assert steps["encoder_layer_0_output_dense"] <= 1.0 and steps["classifier"] <= 1.0
 
 
+def test_wrong_weight_only_scale_fails_naming_the_embedding(bert_dynamic, tmp_path, monkeypatch):
+    from compress.exporters.onnx import ops_quant
+
+    q, example, batches = bert_dynamic
+    real = ops_quant.weight_codes
+
+    def wrong(layer, weight, where):  # the weight-only embedding's scale 2 % off
+        codes, scale, axis = real(layer, weight, where)
+        return codes, scale * (1.02 if where == "embeddings_word_embeddings" else 1.0), axis
+
+    monkeypatch.setattr(ops_quant, "weight_codes", wrong)
+    info = export_onnx(q, example, tmp_path / "bad.onnx")
+    report = verify_onnx(tmp_path / "bad.onnx", q, batches[:1], info=info, graph=q)
+    assert not report.passed
+    assert report.layerwise["first_failure"]["node"] == "embeddings_word_embeddings"
+    assert "weight-only" in report.layerwise["first_failure"]["op"]
+
+
 def _oracle_linear(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Written from the ONNX operator definitions alone: symmetric int8 weight rows, DynamicQuantizeLinear's
     uint8 grid, the integer product, the float rescale (float64 here)."""
