@@ -16,22 +16,14 @@ import pytest
 from .harness import FORMATS, ZooRun, run_zoo_model
 from .train import ZOO
 
-PASSING = {"efficient_lite", "resnet", "shape_checked", "unet"}
+PASSING = {"audio_lstm", "efficient_lite", "gru_seq2seq", "resnet", "shape_checked", "unet"}
 
-#: Model → why it does not pass yet: the first error line of scripts/zoo_status.py (working tree on f7e56e2,
-#: 2026-12-01 21:56 UTC), shortened. Update the reason when it changes; move the model to PASSING when it passes.
+#: Model → why it does not pass yet: the first error line of scripts/zoo_status.py (working tree on 1093b30,
+#: 2026-12-02 04:50 UTC), shortened. Update the reason when it changes; move the model to PASSING when it passes.
 PENDING = {
-    "bert": "both files written and verified op by op, accuracy 0.983 = fp32 in both; size 37 % (ONNX, 164 kB: "
-            "104 kB int8 weights + ~37 kB of Q/DQ nodes and names + 17 kB float scales / biases / LayerNorm / "
-            "position table) / 33 % (TFLite, 145 kB: ~33 kB of tensor / operator tables) > 30 %; TFLite 14/18 "
-            "int8 (the attention BATCH_MATMULs run float) (zoo_status, 00:47 UTC)",
-    "bert_two_input": "same as bert (written, verified, 0.983 = fp32; 37 % / 33 %; TFLite 14/18 int8)",
-    "audio_lstm": "tflite: 53/53 int8 (dynamic-range FCs), verified, but 38 % of fp32: the 25-step unrolling writes "
-                  "~100 KB of operator/tensor tables beside 129 KB of int8 weights (needs a fused LSTM op or WHILE); "
-                  "ONNX passes (29 %, 5/5 int8)",
-    "gru_seq2seq": "onnx: written, verified op by op, token accuracy 0.942 vs fp32 0.941, but 33 % of fp32 (274 kB: "
-                   "206 kB weights, ~60 kB of Q/DQ nodes and names for the 12 unrolled steps); tflite: 42/42 int8, "
-                   "verified, 32 % of fp32 (272 kB: 66 kB of unrolled operator / tensor tables) (00:42 UTC)",
+    "bert": "both files written and verified op by op, accuracy 0.983 = fp32 in both, 18/18 int8 in both; ONNX "
+            "30.2 % of fp32 (129,793 B; the folded position table is a 4 kB float constant)",
+    "bert_two_input": "same as bert (written, verified, 0.983 = fp32; ONNX 30.2 %)",
 }
 
 MAX_SIZE_RATIO = 0.30
