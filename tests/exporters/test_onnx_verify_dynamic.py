@@ -176,3 +176,31 @@ def test_dynamic_layer_written_as_float_fails_as_not_found(tmp_path, monkeypatch
     assert not report.passed
     assert report.layerwise["first_failure"]["node"] == "_0"
     assert "not found" in report.layerwise["first_failure"]["op"]
+
+
+class _ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, stride=2, groups=2)
+        self.c3 = nn.Conv1d(8, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.c2(torch.relu(self.c1(x)))
+        y = self.c3(y.flatten(2))
+        return self.fc(y.mean(-1))
+
+
+def test_dynamic_conv_net_verifies_op_by_op_and_finds_every_conv(tmp_path):
+    torch.manual_seed(2)
+    model = _ConvNet().eval()
+    x = torch.randn(4, 3, 9, 9)
+    q = convert(prepare(model, (x[:1],), QuantConfig(mode=QuantMode.DYNAMIC)))
+    info = export_onnx(q, (x[:1],), tmp_path / "conv.onnx")
+    assert info.op_histogram.get("ConvInteger") == 3
+    report = verify_onnx(tmp_path / "conv.onnx", q, [x.numpy()], info=info, graph=q)
+    assert report.passed, report.summary()
+    dynamic = {d["node"]: d for d in report.layerwise["dynamic"]}
+    assert {"c1", "c2", "c3", "fc"} <= set(dynamic)
+    assert all(d["passed"] and d["elements"] and d["max_steps"] <= DYNAMIC_STEPS for d in dynamic.values())
