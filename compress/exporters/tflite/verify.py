@@ -26,6 +26,7 @@ from torch import fx, nn
 
 from compress.errors import DataError, VerificationError, require
 from compress.exporters.tflite.export import TFLiteExportInfo
+from compress.exporters.tflite.hybrid import quantize_rows
 from compress.exporters.verify import (
     ParityReport,
     VerifyConfig,
@@ -352,46 +353,6 @@ def _approximated(graph: fx.GraphModule, info) -> dict[str, float]:
 FUSED_LSTM_CLOSE = 1e-4
 FUSED_LSTM_MIN_CLOSE_FRACTION = 0.98
 FUSED_LSTM_ATOL = 2e-2
-
-
-def _round_away(v: np.ndarray) -> np.ndarray:
-    """TfLiteRound: halves away from zero (numpy's round is half to even)."""
-    return np.sign(v) * np.floor(np.abs(v) + 0.5)
-
-
-def quantize_rows(x: np.ndarray, asymmetric: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(int8 codes, scale, zero point) per row of a float ``[N, K]`` batch, as TFLite's hybrid kernels quantize
-    their float input on every call (tensor_utils ``BatchQuantizeFloats``).
-
-    Asymmetric: the row's range with 0 in it over 255 steps, the zero point taken from the end with the smaller
-    error and rounded; symmetric: max |x| / 127, zero point 0. An all-zero row gets scale 1 and codes 0. The
-    code is the zero point plus x · (1 / scale) rounded half away from zero, in float32: what LiteRT 2.3's x86
-    kernel reproduces (on the zoo audio LSTM, 40 of 48 layer runs bit-exact; rounding zero point + x · (1 /
-    scale) as one float32 sum, as TF's portable code reads, or rounding halves to even: 7 to 16 of 48).
-
-    Example:
-        >>> codes, scale, zp = quantize_rows(np.array([[0.0, 1.0, -0.5]], np.float32), asymmetric=True)
-        >>> codes.tolist(), round(float(scale[0]), 6), int(zp[0])
-        ([[-43, 127, -128]], 0.005882, -43)
-    """
-    x = np.asarray(x, np.float32)
-    codes = np.zeros(x.shape, np.int32)
-    scales, zps = np.ones(len(x), np.float32), np.zeros(len(x), np.int32)
-    for r, row in enumerate(x):
-        lo, hi = min(0.0, float(row.min())), max(0.0, float(row.max()))
-        if lo == hi:
-            continue
-        if asymmetric:
-            scale = (hi - lo) / 255.0
-            from_min, from_max = -128.0 - lo / scale, 127.0 - hi / scale
-            zp = from_min if 128.0 + abs(lo / scale) < 127.0 + abs(hi / scale) else from_max
-            zps[r] = -128 if zp <= -128 else 127 if zp >= 127 else int(_round_away(np.float64(zp)))
-        else:
-            scale = max(-lo, hi) / 127.0
-        scales[r] = scale
-        inv = np.float32(1.0 / float(np.float32(scale)))
-        codes[r] = np.clip(zps[r] + _round_away(row * inv), -127 if not asymmetric else -128, 127)
-    return codes, scales, zps
 
 
 def fused_lstm_reference(x: np.ndarray, w_ih: list, w_hh: list, bias: list, *, time_major: bool,

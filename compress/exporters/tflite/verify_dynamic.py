@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import fx, nn
 
+from compress.exporters.tflite.hybrid import quantize_rows
 from compress.exporters.verify import VerifyConfig, as_batch
 from compress.exporters.verify_ops import (
     WORST_LISTED,
@@ -60,40 +61,6 @@ HYBRID_STEPS = 2.0
 _FLOAT_SLACK = 1e-5
 
 
-def asymmetric_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(int8 codes, float32 scale [rows], int32 zero point [rows]) of each row of ``x`` [rows, K], as
-    LiteRT's hybrid kernels quantize their input (``AsymmetricQuantizeFloats``): the range includes 0 and is
-    taken in double, the zero point is nudged onto [-128, 127] from the closer end, and the codes are
-    ``round_half_away(zero_point + x × (1 / scale))`` in float32. An all-zero row gets scale 1, codes 0.
-
-    Example:
-        >>> q, s, z = asymmetric_rows(np.array([[0.0, 1.0, 2.55]], np.float32))
-        >>> q.tolist(), round(float(s[0]), 6), z.tolist()
-        ([[-128, -28, 127]], 0.01, [-128])
-    """
-    x = np.asarray(x, np.float32)
-    lo = np.minimum(x.min(axis=1, initial=0.0), 0.0).astype(np.float64)
-    hi = np.maximum(x.max(axis=1, initial=0.0), 0.0).astype(np.float64)
-    flat = lo == hi
-    scale = np.where(flat, 1.0, (hi - lo) / 255.0)
-    from_min, from_max = -128.0 - lo / scale, 127.0 - hi / scale
-    use_min = (128.0 + np.abs(lo / scale)) < (127.0 + np.abs(hi / scale))
-    zp = np.where(use_min, from_min, from_max)
-    zp = np.where(zp <= -128, -128, np.where(zp >= 127, 127, _round_away(zp))).astype(np.int32)
-    zp[flat] = 0
-    scale32 = scale.astype(np.float32)
-    inv = (np.float32(1.0) / scale32).astype(np.float32)
-    codes = _round_away(zp[:, None].astype(np.float32) + x * inv[:, None])
-    codes = np.clip(codes, -128, 127).astype(np.int8)
-    codes[flat] = 0
-    return codes, scale32, zp
-
-
-def _round_away(v: np.ndarray) -> np.ndarray:
-    """Round half away from zero (C's ``round``; numpy's ``round`` is half to even)."""
-    return np.sign(v) * np.floor(np.abs(v) + 0.5)
-
-
 def hybrid_linear_reference(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarray, bias: np.ndarray | None,
                             act: FusedActivation = FusedActivation.NONE) -> np.ndarray:
     """What LiteRT's hybrid FULLY_CONNECTED (asymmetric inputs, per-channel weights) computes, in numpy.
@@ -108,7 +75,7 @@ def hybrid_linear_reference(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarra
     """
     x = np.asarray(x, np.float32)
     rows = x.reshape(-1, x.shape[-1])
-    q, scale, zp = asymmetric_rows(rows)
+    q, scale, zp = quantize_rows(rows)
     w = np.asarray(codes, np.int64)
     acc = q.astype(np.int64) @ w.T - zp[:, None].astype(np.int64) * w.sum(axis=1)[None, :]  # exact int32 math
     w_scale = np.broadcast_to(np.asarray(w_scale, np.float32).reshape(-1), (w.shape[0],))
@@ -122,7 +89,7 @@ def hybrid_linear_reference(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarra
 def hybrid_step(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
     """The output change one input code moves ``[..., C]``: row scale × weight scale[c] × max |codes[c]|."""
     x = np.asarray(x, np.float32)
-    _, scale, _ = asymmetric_rows(x.reshape(-1, x.shape[-1]))
+    _, scale, _ = quantize_rows(x.reshape(-1, x.shape[-1]))
     w = np.abs(np.asarray(codes, np.float64)).max(axis=1)
     w_scale = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), w.shape)
     step = scale.astype(np.float64)[:, None] * (w_scale * w)[None, :]
@@ -141,7 +108,7 @@ def hybrid_conv_reference(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarray,
     import torch.nn.functional as F
 
     x = np.asarray(x, np.float32)
-    q, scale, zp = asymmetric_rows(x.reshape(x.shape[0], -1))
+    q, scale, zp = quantize_rows(x.reshape(x.shape[0], -1))
     centred = torch.from_numpy((q.astype(np.float64) - zp[:, None]).reshape(x.shape))
     conv = F.conv1d if x.ndim == 3 else F.conv2d
     acc = conv(centred, torch.from_numpy(np.asarray(codes, np.float64)), None, layer.stride, layer.padding,
@@ -157,7 +124,7 @@ def hybrid_conv_reference(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarray,
 def hybrid_conv_step(x: np.ndarray, codes: np.ndarray, w_scale: np.ndarray, out_shape) -> np.ndarray:
     """The output change one input code moves, ``out_shape``: image scale × weight scale[c] × max |codes[c]|."""
     x = np.asarray(x, np.float32)
-    _, scale, _ = asymmetric_rows(x.reshape(x.shape[0], -1))
+    _, scale, _ = quantize_rows(x.reshape(x.shape[0], -1))
     w = np.abs(np.asarray(codes, np.float64)).reshape(codes.shape[0], -1).max(axis=1)
     w_scale = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), w.shape)
     step = scale.astype(np.float64)[:, None] * (w_scale * w)[None, :]
