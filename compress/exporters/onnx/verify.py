@@ -30,6 +30,18 @@ from compress.exporters.verify_ops import LayerwiseParity, Probe, approximated_o
 __all__ = ["verify_onnx"]
 
 
+def ort_session(model, config: VerifyConfig):
+    """An onnxruntime CPU session as verification runs it (``config``'s threads, warnings silenced) over a path
+    or a ModelProto (a copy exposing intermediate values). onnxruntime's own errors propagate to the caller."""
+    ort = require("onnxruntime", "onnx")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = config.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
 def verify_onnx(path, reference: Callable | nn.Module, inputs: Iterable, *, info: OnnxExportInfo,
                 config: VerifyConfig | None = None, strict: bool = False,
                 graph: fx.GraphModule | None = None) -> ParityReport:
@@ -58,19 +70,14 @@ def verify_onnx(path, reference: Callable | nn.Module, inputs: Iterable, *, info
     """
     config = config if config is not None else VerifyConfig()
     onnx = require("onnx", "onnx")
-    ort = require("onnxruntime", "onnx")
     path = str(path)
     try:
         onnx.checker.check_model(path)
     except (onnx.checker.ValidationError, OSError) as exc:
         raise VerificationError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0]}); "
                                 "re-export it with export_onnx") from exc
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.intra_op_threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = ort_session(path, config)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise VerificationError(f"onnxruntime cannot load {path} ({str(exc).splitlines()[0]}); "
                                 "re-export it, or report the op named in the message") from exc
@@ -161,7 +168,6 @@ def onnx_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info: OnnxE
     """
     config = config if config is not None else VerifyConfig()
     onnx = require("onnx", "onnx")
-    ort = require("onnxruntime", "onnx")
     model = onnx.load(str(path))
     probes, unprobed = onnx_probes(model, graph, getattr(info, "probe_values", None))
     finals = [o.name for o in model.graph.output]
@@ -172,12 +178,8 @@ def onnx_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info: OnnxE
     for p in probes:
         if p.key not in finals:
             model.graph.output.append(onnx.helper.make_tensor_value_info(p.key, out_types[p.key], None))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.intra_op_threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     try:
-        probed = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        probed = ort_session(model, config)
     except Exception as exc:  # onnxruntime's own error types: judge the file end to end instead
         return LayerwiseParity("onnxruntime", False, 0, 0, config.max_op_lsb,
                                unchecked=[f"*: onnxruntime cannot load the copy exposing the intermediate values "

@@ -44,6 +44,7 @@ import torch
 from torch import fx, nn
 
 from compress.errors import require
+from compress.exporters.onnx.verify import ort_session
 from compress.exporters.tflite.verify_dynamic import DynamicLayerwiseParity, HybridOpParity
 from compress.exporters.verify import VerifyConfig, as_batch
 from compress.exporters.verify_ops import (
@@ -322,7 +323,6 @@ def dynamic_onnx_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, inf
 
     config = config if config is not None else VerifyConfig()
     onnx = require("onnx", "onnx")
-    ort = require("onnxruntime", "onnx")
     model = onnx.load(str(path))
     probes, unprobed = onnx_probes(model, graph, getattr(info, "probe_values", None))
     sites, missing, wo_unchecked = _sites(model, graph)
@@ -352,12 +352,8 @@ def dynamic_onnx_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, inf
     value_types = _value_types(model, onnx)
     for key in extra:
         model.graph.output.append(onnx.helper.make_tensor_value_info(key, value_types.get(key) or 1, None))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.intra_op_threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
     try:
-        probed = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        probed = ort_session(model, config)
     except Exception as exc:  # onnxruntime's own error types: judge the file end to end instead
         return DynamicLayerwiseParity("onnxruntime", False, 0, 0, config.max_op_lsb, unchecked=[
             f"*: onnxruntime cannot load the copy exposing the intermediate values ({str(exc).splitlines()[0][:200]})"])
