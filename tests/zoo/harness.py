@@ -253,10 +253,17 @@ def tflite_coverage(path: Path) -> Coverage:
                 cov.int8 += 1
             else:
                 w = op.Inputs(weight)
+
+                def constant(t: int, sub=sub) -> bool:  # a tensor with data in the file: a weight, not activation
+                    return model.Buffers(sub.Tensors(t).Buffer()).DataLength() > 0
+
+                # weight-only: a *constant* int8 weight behind DEQUANTIZE; a dequantized activation (attention's
+                # K or V) into a float matmul is plain float compute.
                 dequantized = w >= 0 and any(
                     names.get(max(model.OperatorCodes(p.OpcodeIndex()).BuiltinCode(),
                                   model.OperatorCodes(p.OpcodeIndex()).DeprecatedBuiltinCode())) == "DEQUANTIZE"
-                    and p.Outputs(0) == w for p in (sub.Operators(j) for j in range(sub.OperatorsLength())))
+                    and p.Outputs(0) == w and constant(p.Inputs(0))
+                    for p in (sub.Operators(j) for j in range(sub.OperatorsLength())))
                 cov.float_ops.append(f"{name}#{k}" + (" (weight-only)" if dequantized else ""))
     return cov
 
