@@ -97,6 +97,10 @@ class OpSpec:
             computing the same value before ``node`` and returns the last; ``prepare`` substitutes it before
             placing quantizers, so the simulation quantizes the tensors the files quantize (SiLU as
             ``x · sigmoid(x)``: the sigmoid on its fixed grid, then an int8 Mul).
+        int8_constants: a large float constant operand of this op (a stored tensor of at least
+            ``compress.passes.prepare.CONSTANT_MIN_ELEMENTS`` elements: a position table folded by capture,
+            a ViT ``pos_embed``) is quantized like a weight (int8, symmetric, per tensor, its grid read from
+            the tensor) when the op runs static; both files then store it as int8 codes behind a dequantize.
     """
 
     name: str
@@ -112,6 +116,7 @@ class OpSpec:
     coupling: Coupling = Coupling.NONE
     reference: Callable | None = None
     lowering: Callable[[fx.Graph, fx.Node], fx.Node] | None = None
+    int8_constants: bool = False
     # (format, quantized) for float and static forms; (format, mode) for a layer in another QuantMode.
     emitters: dict[tuple[str, bool | str], Emitter] = field(default_factory=dict, repr=False)
 

@@ -34,17 +34,17 @@ declare(OpSpec("quantize", Policy.QUANTIZER, modules=(Quantizer,), coupling=Coup
 
 # -- elementwise arithmetic ---------------------------------------------------------------------------------
 declare(OpSpec("add", C, modules=(FloatAdd, QuantAdd), functions=(operator.add, torch.add, operator.iadd),
-               methods=("add",), aten=("add",), coupling=E, reference=np.add))
+               methods=("add",), aten=("add",), coupling=E, reference=np.add, int8_constants=True))
 declare(OpSpec("sub", C, functions=(operator.sub, torch.sub), methods=("sub",), aten=("sub", "rsub"), coupling=E, reference=np.subtract))
 declare(OpSpec("mul", C, modules=(FloatMul, QuantMul), functions=(operator.mul, torch.mul), methods=("mul",),
-               aten=("mul",), coupling=E, reference=np.multiply))
+               aten=("mul",), coupling=E, reference=np.multiply, int8_constants=True))
 declare(OpSpec("div", C, functions=(operator.truediv, torch.div), methods=("div",), aten=("div",), coupling=E, reference=np.divide))
 declare(OpSpec("matmul", C, modules=(FloatMatmul, QuantMatmul),
                functions=(operator.matmul, torch.matmul, torch.bmm), methods=("matmul", "bmm"),
                aten=("matmul", "bmm", "mm"), coupling=Coupling.MATMUL,
                reason="", reference=np.matmul))
 declare(OpSpec("cat", C, modules=(FloatCat, QuantCat), functions=(torch.cat, torch.concat), aten=("cat",),
-               coupling=Coupling.CONCAT))
+               coupling=Coupling.CONCAT, int8_constants=True))
 declare(OpSpec("where", C, functions=(torch.where,), aten=("where",), coupling=E,
                reference=np.where))
 declare(OpSpec("masked_fill", C, functions=(torch.masked_fill,), methods=("masked_fill",), aten=("masked_fill",), coupling=E))

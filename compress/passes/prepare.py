@@ -10,7 +10,9 @@ and as the fallback when export fails. Then, on the graph:
 2. swap weight layers (Linear, Conv, Embedding, attention, LSTM/GRU) for their quant subclasses;
 3. put one activation :class:`~compress.quant.Quantizer` on every real-valued edge: each model input and the
    output of each op that computes new values; ReLU after a conv/linear/add shares the producer's
-   requantization, and grid-preserving ops (max pool, reshape...) need none.
+   requantization, and grid-preserving ops (max pool, reshape...) need none;
+4. give each large float constant read by an op whose registry spec says ``int8_constants`` (add, mul, cat)
+   a weight-style quantizer, so both files store it as int8 codes (:func:`_quantize_constants`).
 
 Models neither can capture fall back to swapping layers in place with their own input/output quantizers; the
 ops between layers then stay float and are listed in ``model.compress_info.float_ops`` with the reason.
@@ -35,6 +37,15 @@ from compress.passes import graph as g
 from compress.passes.fuse import can_fold, fold_bn
 from compress.passes.masks import carry_masks_in_float
 from compress.quant.config import QuantConfig, QuantMode
+from compress.quant.fake import Quantizer
+from compress.quant.observers import FixedQParamsObserver, qparams_from_range
+from compress.quant.spec import WEIGHT_INT8_PER_TENSOR
+
+#: Float constants with at least this many elements, read by an ``int8_constants`` op, are stored as int8. A
+#: folded position table ([1, 16, 64] in the zoo BERT: 4 kB of float in its int8 file) qualifies; a scalar or a
+#: short per-channel vector does not: in float it costs about what a scale, a zero point and the dequantize
+#: node would add.
+CONSTANT_MIN_ELEMENTS = 256
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,7 @@ def prepare(
     _lower_to_int8_forms(gm)
     _propagate_shapes(gm, example_inputs)
     _insert_quantizers(gm, config, modes)
+    _quantize_constants(gm, config, modes)
     gm.graph.lint()
     gm.recompile()
     float_ops = _float_ops(gm, keep_float, modes, unsupported) + carry_masks_in_float(gm)
@@ -417,6 +429,50 @@ def _insert_quantizers(gm: fx.GraphModule, config: QuantConfig, modes: dict[str,
             qnode = gm.graph.call_module(name, (node,))
         qnode.meta = dict(node.meta)
         node.replace_all_uses_with(qnode, delete_user_cb=lambda user, q=qnode: user is not q)
+
+
+def _quantize_constants(gm: fx.GraphModule, config: QuantConfig, modes: dict[str, QuantMode]) -> None:
+    """A quantizer after each large float constant (a ``get_attr`` of ≥ :data:`CONSTANT_MIN_ELEMENTS`) that
+    static ops with ``int8_constants`` read: int8, symmetric, per tensor, on the grid of the tensor's own
+    range, as a weight is quantized. The simulation then adds the values both files store as int8 codes (ONNX:
+    an initializer behind DequantizeLinear, so onnxruntime fuses the Add into QLinearAdd; TFLite: an int8
+    constant tensor), instead of 4 bytes per element in float.
+
+    The grid is fixed here from the tensor (no calibration needed; a constant QAT trains keeps it), and is
+    8-bit whatever ``config.weight`` says: both files store a constant operand as one byte per element.
+    """
+    modules = dict(gm.named_modules())
+    spec = WEIGHT_INT8_PER_TENSOR
+    for node in list(gm.graph.nodes):
+        if node.op != "get_attr" or not _is_float_tensor(node):
+            continue
+        readers = [u for u in node.users if _stores_int8_constants(u, modules, config, modes)]
+        value = _get_attr(gm, node.target)
+        if not readers or not isinstance(value, torch.Tensor) or value.numel() < CONSTANT_MIN_ELEMENTS:
+            continue
+        value = value.detach().float()
+        quantizer = Quantizer.with_observer(spec, FixedQParamsObserver(
+            spec, *(float(t) for t in qparams_from_range(value.min(), value.max(), spec))))
+        name = _free_name(gm, f"{node.name}_quant")
+        gm.add_submodule(name, quantizer)
+        with gm.graph.inserting_after(node):
+            qnode = gm.graph.call_module(name, (node,))
+        qnode.meta = dict(node.meta)
+        for user in readers:
+            user.replace_input_with(node, qnode)
+
+
+def _stores_int8_constants(node: fx.Node, modules: dict[str, nn.Module], config: QuantConfig,
+                           modes: dict[str, QuantMode]) -> bool:
+    spec = g.spec_of(node, modules)
+    return spec is not None and spec.int8_constants and _runs_static(node, modules, config, modes)
+
+
+def _get_attr(gm: fx.GraphModule, target: str):
+    obj = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def _free_name(gm: fx.GraphModule, base: str) -> str:

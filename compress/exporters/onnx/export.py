@@ -44,7 +44,7 @@ from compress.exporters.onnx.graph import (
     summarize,
 )
 from compress.exporters.onnx.ops_float import is_python_record
-from compress.exporters.onnx.ops_quant import is_quant_module
+from compress.exporters.onnx.ops_quant import is_quant_module, writes_int8_constant
 from compress.exporters.onnx.ops_seq import RECURRENT_RTOL
 from compress.io.atomic import write_bytes_atomic
 from compress.passes.graph import QuantTracer
@@ -263,6 +263,8 @@ def _emit(ctx: ExportContext, node: fx.Node):
             value = getattr(value, part)
         if not isinstance(value, torch.Tensor):
             return PyValue(value)
+        if node.users and all(writes_int8_constant(ctx, u) for u in node.users):
+            return PyValue(None)  # only its quantizers read it, and they write its int8 codes instead
         return TensorValue(ctx.b.const(value.detach().cpu().numpy(), node.target))
     handler, mod, spec = _handler_for(ctx, node)
     out = handler(ctx, node, mod)

@@ -83,7 +83,43 @@ def apply_quantizer(ctx: ExportContext, x: TensorValue, q: Quantizer, hint: str)
 
 @emitter("quantize", quantized=True)
 def _quantizer(ctx: ExportContext, node: fx.Node, q: Quantizer):
+    if writes_int8_constant(ctx, node):
+        return _quantized_constant(ctx, node, q, _attr(ctx.gm, node.args[0].target))
     return apply_quantizer(ctx, ctx.tensor(node.args[0], node), q, node.name)
+
+
+def writes_int8_constant(ctx: ExportContext, node: fx.Node) -> bool:
+    """Whether ``node`` is a per-tensor 8-bit quantizer of a stored tensor, written as that tensor's codes."""
+    q = ctx.module(node) if node.op == "call_module" else None
+    src = node.args[0] if node.args else None
+    return isinstance(q, Quantizer) and isinstance(src, fx.Node) and src.op == "get_attr" and \
+        q.spec.bits == 8 and not q.spec.per_channel
+
+
+def _attr(root: nn.Module, target: str) -> torch.Tensor:
+    for part in target.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _quantized_constant(ctx: ExportContext, node: fx.Node, q: Quantizer, value: torch.Tensor) -> TensorValue:
+    """A quantizer on a stored tensor (prepare's int8 constants): its codes as an initializer behind
+    DequantizeLinear, 1 byte per element instead of 4; in the activations' storage type (uint8: codes + 128, the
+    same values), so onnxruntime's QDQ fusion sees matching operand types (QLinearAdd / QLinearMul)."""
+    if q.state is QuantState.OBSERVING:
+        raise ExportError(f"quantizer {node.name!r} has not been calibrated (still observing); "
+                          "run calibrate() and convert() before exporting")
+    with torch.no_grad():
+        scale = float(q.scale.reshape(()))
+        zp = int(q.zero_point.reshape(()))
+        codes = torch.round(q(value.detach().float()) / scale) + zp  # read back from the simulation: exact
+    shift = (0 if ctx.unsigned else -128) - (-128 if q.spec.signed else 0)
+    dtype = np.uint8 if ctx.unsigned else np.int8
+    stored = (codes.to(torch.int32) + shift).numpy().astype(dtype)
+    qp = QParams(scale, zp + shift, ctx.unsigned, zp)
+    name = ctx.b.node("DequantizeLinear", [ctx.b.const(stored, f"{node.name}_quantized"),
+                                           *ctx.b.qparam_consts(qp)], node.name)
+    return TensorValue(name, qp)
 
 
 # -- weights and bias -----------------------------------------------------------------------------------
