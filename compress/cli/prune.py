@@ -159,6 +159,8 @@ def run_prune(net, example, batches, config, plan, datasets: dict, staging: Path
         exported[fmt] = {"file": path.name, "max_rel_diff": parity.max_rel_diff, **figures.disk_sizes(path)}
         if fmt == "onnx":
             exported[fmt]["opset"] = info.opset
+        if fmt == "tflite":
+            exported[fmt]["sparse_weights"] = _tflite_sparse_sizes(model, example, path, info)
     times = _file_latencies({**{f"before_{fmt}": path for fmt, path in unpruned.items()},
                              **{fmt: staging / sec["file"] for fmt, sec in exported.items()}}, example)
     for path in unpruned.values():
@@ -239,6 +241,22 @@ class LiteRTLatency(OrtLatency):
         self.name = f"litert-{version('ai-edge-litert')}-{threads}t"
 
 
+def _tflite_sparse_sizes(model, example, path: Path, info) -> dict:
+    """The fp32 TFLite file with its pruned weights stored sparse (CSR + DENSIFY, as written) beside the same
+    file written dense: bytes and gzip bytes of each, and the weights' payloads."""
+    from compress.exporters.tflite import TFLiteExportConfig, export_tflite
+    from compress.passes.prune import report as figures
+
+    with tempfile.TemporaryDirectory() as tmp, quiet_library():
+        dense = Path(tmp) / "dense.tflite"
+        export_tflite(model, tuple(t[:1] for t in example), dense, TFLiteExportConfig(sparse_weights=False))
+        dense_sizes = figures.disk_sizes(dense)
+    weights = info.sparse_weights
+    return {"tensors": len(weights), "weights_dense_bytes": sum(w["dense_bytes"] for w in weights),
+            "weights_sparse_bytes": sum(w["sparse_bytes"] for w in weights),
+            "dense_file": dense_sizes, "sparse_file": figures.disk_sizes(path)}
+
+
 def _sparse_speed(net, example, staging: Path, fp32_ratio: float, calib, batch_size: int, before: dict,
                   after: dict) -> dict:
     """What zeros in dense tensors buy, measured: latency ratios to the unpruned files and the gzip sizes.
@@ -310,6 +328,11 @@ def render(report: dict):
     row("MACs / sample", b["macs"], a["macs"], lambda v: f"{v:,}")
     row("ONNX fp32", b["onnx_fp32"]["bytes"], a["onnx_fp32"]["bytes"], _human_bytes)
     row("ONNX fp32 gzip", b["onnx_fp32"]["gzip_bytes"], a["onnx_fp32"]["gzip_bytes"], _human_bytes)
+    sparse = report.get("formats", {}).get("tflite", {}).get("sparse_weights")
+    if sparse:  # the pruned file written dense vs with its weights stored sparse (before: dense, after: sparse)
+        d, s = sparse["dense_file"], sparse["sparse_file"]
+        row(f"TFLite fp32 dense → sparse ({sparse['tensors']} weights)", d["bytes"], s["bytes"], _human_bytes)
+        row("TFLite fp32 gzip dense → sparse", d["gzip_bytes"], s["gzip_bytes"], _human_bytes)
     acc = report["accuracy"]
 
     def pct(v):

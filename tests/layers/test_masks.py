@@ -156,12 +156,14 @@ def test_exported_tflite_holds_the_zeros(tmp_path):
     import tflite
 
     from compress.exporters import export_tflite
+    from compress.exporters.tflite import TFLiteExportConfig
 
     torch.manual_seed(0)
     net = _Net().eval()
     _mask_all(net)
     finalize(net)
-    export_tflite(net, (torch.randn(1, 3, 8, 8),), tmp_path / "m.tflite")
+    # written dense, so the zeros are in the buffers (sparse storage: tests/exporters/test_tflite_sparse.py)
+    export_tflite(net, (torch.randn(1, 3, 8, 8),), tmp_path / "m.tflite", TFLiteExportConfig(sparse_weights=False))
     model = tflite.Model.GetRootAsModel((tmp_path / "m.tflite").read_bytes(), 0)
     arrays = [model.Buffers(i).DataAsNumpy() for i in range(model.BuffersLength())]
     weights = [np.frombuffer(a.tobytes(), np.float32) for a in arrays if not isinstance(a, int) and a.size]

@@ -54,6 +54,7 @@ from compress.exporters.tflite.graph import Const, Emitter, TValue, qparams_of
 from compress.exporters.tflite.ops import emitter_for
 from compress.exporters.tflite.ops_math import constant_only, evaluate, fold, python_only
 from compress.exporters.tflite.schema import FILE_IDENTIFIER, SCHEMA_VERSION, ModelWriter, TensorType
+from compress.exporters.tflite.sparse import sparsify_weights
 from compress.io.atomic import write_bytes_atomic
 from compress.quant.fake import Quantizer, QuantState
 
@@ -91,6 +92,9 @@ class TFLiteExportConfig:
             with QUANTIZE / DEQUANTIZE at the edges. Only for quantized models.
         nhwc_input: declare 4-D inputs as NHWC (feed ``x.permute(0, 2, 3, 1)``): saves the input TRANSPOSE.
         int8_kernels: :class:`Int8Kernels` — which ops of an int8 model use int8 kernels.
+        sparse_weights: store float convolution / dense weights that are smaller in CSR form (pruned ones) as
+            sparse constants read through DENSIFY (:mod:`compress.exporters.tflite.sparse`); exact, and XNNPACK
+            densifies them at load time, so the graph stays one partition at the dense speed.
         description: the model's description string.
 
     Example:
@@ -101,6 +105,7 @@ class TFLiteExportConfig:
     int8_io: bool = False
     nhwc_input: bool = False
     int8_kernels: Int8Kernels = Int8Kernels.XNNPACK
+    sparse_weights: bool = True
     description: str = "compress tflite exporter"
 
     def __post_init__(self):
@@ -127,6 +132,8 @@ class TFLiteExportInfo:
     outputs: list[dict] = field(default_factory=list)
     # The int8 grid each output was computed on (None: float) — what parity is measured in LSBs of.
     output_scales: list[float | None] = field(default_factory=list)
+    # The weights stored sparse (``sparse.SparseWeight`` as dicts): name, shape, dense / sparse payload bytes.
+    sparse_weights: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -196,6 +203,9 @@ def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike,
     float_ops = XNNPACK_FLOAT_OPS if config.int8_kernels is Int8Kernels.XNNPACK else frozenset()
     em = Emitter(gm, writer, quantized, float_ops, xnnpack=config.int8_kernels is Int8Kernels.XNNPACK)
     inputs, outputs = _walk(em, gm, example_inputs, config)
+    sparse = sparsify_weights(writer) if config.sparse_weights else []
+    if sparse:
+        em.op_counts["DENSIFY"] = len(sparse)
     data = writer.serialize_view([v.tensor for v in inputs], [v.tensor for v in outputs])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,7 +215,7 @@ def export_tflite(model: nn.Module, example_inputs, path: str | os.PathLike,
         schema_version=SCHEMA_VERSION, size_bytes=len(data), seconds=time.perf_counter() - start,
         op_counts=dict(sorted(em.op_counts.items())),
         inputs=[_describe(writer, v) for v in inputs], outputs=[_describe(writer, v) for v in outputs],
-        output_scales=list(em.output_scales),
+        output_scales=list(em.output_scales), sparse_weights=[asdict(w) for w in sparse],
     )
 
 

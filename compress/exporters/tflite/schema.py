@@ -104,6 +104,19 @@ class Options:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SparseDims:
+    """A constant stored compactly (``tflite.SparsityParameters``), traversed in the tensor's own dimension order.
+
+    ``dims`` has one entry per dimension: an ``int`` (DENSE: every position of that size is stored) or a pair
+    ``(segments, indices)`` (SPARSE_CSR: the stored positions of each parent position ``p`` are
+    ``indices[segments[p]:segments[p + 1]]``). The buffer then holds only the stored elements, in traversal
+    order; LiteRT's DENSIFY expands it (:mod:`compress.exporters.tflite.sparse` builds these).
+    """
+
+    dims: tuple[int | tuple[np.ndarray, np.ndarray], ...]
+
+
 @dataclass
 class TensorDef:
     name: str
@@ -112,6 +125,7 @@ class TensorDef:
     buffer: int = 0
     quant: QuantParams | None = None
     variable: bool = False  # state a stateful kernel reads and writes (UNIDIRECTIONAL_SEQUENCE_LSTM's h and c)
+    sparsity: SparseDims | None = None  # the buffer holds only the stored elements (see SparseDims)
 
 
 @dataclass
@@ -120,6 +134,9 @@ class OperatorDef:
     inputs: tuple[int, ...]
     outputs: tuple[int, ...]
     options: Options | None = None
+
+    def _replace_io(self, inputs: tuple[int, ...], outputs: tuple[int, ...]) -> OperatorDef:
+        return OperatorDef(self.opcode_index, inputs, outputs, self.options)
 
 
 def _options_key(options: Options | None) -> tuple | None:
@@ -163,6 +180,11 @@ class ModelWriter:
         if code is None:
             raise ValueError(f"unknown TFLite builtin operator {op_name!r}")
         return int(code)
+
+    def op_name(self, opcode_index: int) -> str:
+        """The builtin operator name of an operator code index (``OperatorDef.opcode_index``)."""
+        code = self.opcodes[opcode_index][0]
+        return next(k for k, v in vars(self._tflite.BuiltinOperator).items() if v == code and not k.startswith("_"))
 
     def add_tensor(self, name: str, shape, dtype: TensorType, data: np.ndarray | None = None,
                    quant: QuantParams | None = None) -> int:
@@ -223,6 +245,23 @@ class ModelWriter:
             self._operator_index[key] = len(self.operators)
         self.operators.append(OperatorDef(idx, inputs, outputs, options))
         return True
+
+    def add_sparse_constant(self, name: str, shape, dtype: TensorType, values: np.ndarray, sparsity: SparseDims,
+                            quant: QuantParams | None = None) -> int:
+        """A constant of ``shape`` whose buffer holds only ``values`` (the stored elements, see :class:`SparseDims`);
+        it is read through a DENSIFY operator. Never shared with a dense constant of the same bytes."""
+        payload = np.ascontiguousarray(values, numpy_dtype(dtype)).astype(numpy_dtype(dtype).newbyteorder("<")).tobytes()
+        self.buffers.append(payload)
+        self.tensors.append(TensorDef(self._unique(name), tuple(int(d) for d in shape), dtype, len(self.buffers) - 1,
+                                      quant, sparsity=sparsity))
+        return len(self.tensors) - 1
+
+    def prepend_operator(self, op_name: str, inputs, outputs, options: Options | None = None, version: int = 1) -> None:
+        """Insert an operator before all others (a DENSIFY of a constant: it must run before its consumer);
+        never deduplicated."""
+        self.add_operator(op_name, [], [], options, version)  # registers the code; an output-less op is kept
+        self.operators.insert(0, self.operators.pop()._replace_io(tuple(inputs), tuple(outputs)))
+        self._operator_index = {k: i + 1 for k, i in self._operator_index.items()}
 
     def resolve(self, tensor: int) -> int:
         """The tensor that holds ``tensor``'s value in the file (itself, unless its operator was a repeat)."""
@@ -346,6 +385,7 @@ class ModelWriter:
         tfl = self._tflite
         q_off = self._once(("quant", t.quant), lambda: self._quantization(b, t.quant)) if t.quant is not None else None
         name = b.CreateString(t.name) if named and t.name else None
+        sparsity = self._sparsity(b, t.sparsity) if t.sparsity is not None else None
         shape = self._once(("shape", t.shape), lambda: self._int_vector(b, tfl.TensorStartShapeVector, t.shape))
         tfl.TensorStart(b)
         tfl.TensorAddShape(b, shape)
@@ -357,7 +397,45 @@ class ModelWriter:
             tfl.TensorAddQuantization(b, q_off)
         if t.variable:
             tfl.TensorAddIsVariable(b, True)
+        if sparsity is not None:
+            tfl.TensorAddSparsity(b, sparsity)
         return tfl.TensorEnd(b)
+
+    # The narrowest index vector that holds a dimension's segments or indices (LiteRT reads all three).
+    _INDEX_VECTORS = ((np.uint8, "Uint8Vector", 3), (np.uint16, "Uint16Vector", 2), (np.int32, "Int32Vector", 1))
+
+    def _index_vector(self, b, values: np.ndarray) -> tuple[int, int]:
+        tfl = self._tflite
+        top = int(values.max()) if values.size else 0
+        dtype, table, union = next(v for v in self._INDEX_VECTORS if top <= np.iinfo(v[0]).max)
+        data = b.CreateNumpyVector(np.ascontiguousarray(values, np.dtype(dtype).newbyteorder("<")))
+        getattr(tfl, f"{table}Start")(b)
+        getattr(tfl, f"{table}AddValues")(b, data)
+        return union, getattr(tfl, f"{table}End")(b)
+
+    def _sparsity(self, b, sp: SparseDims) -> int:
+        tfl = self._tflite
+        dim_offsets = []
+        for d in sp.dims:
+            if isinstance(d, tuple):
+                (seg_type, seg), (idx_type, idx) = self._index_vector(b, d[0]), self._index_vector(b, d[1])
+            tfl.DimensionMetadataStart(b)
+            if isinstance(d, tuple):
+                tfl.DimensionMetadataAddFormat(b, 1)  # SPARSE_CSR
+                tfl.DimensionMetadataAddArraySegmentsType(b, seg_type)
+                tfl.DimensionMetadataAddArraySegments(b, seg)
+                tfl.DimensionMetadataAddArrayIndicesType(b, idx_type)
+                tfl.DimensionMetadataAddArrayIndices(b, idx)
+            else:
+                tfl.DimensionMetadataAddFormat(b, 0)  # DENSE
+                tfl.DimensionMetadataAddDenseSize(b, int(d))
+            dim_offsets.append(tfl.DimensionMetadataEnd(b))
+        order = self._int_vector(b, tfl.SparsityParametersStartTraversalOrderVector, range(len(sp.dims)))
+        dims = self._offset_vector(b, tfl.SparsityParametersStartDimMetadataVector, dim_offsets)
+        tfl.SparsityParametersStart(b)
+        tfl.SparsityParametersAddTraversalOrder(b, order)
+        tfl.SparsityParametersAddDimMetadata(b, dims)
+        return tfl.SparsityParametersEnd(b)
 
     def _quantization(self, b, q: QuantParams) -> int:
         tfl = self._tflite
