@@ -188,6 +188,7 @@ def test_cli_prune_reports_dense_and_sparse_tflite_sizes(cli, tmp_path, calib_np
     assert sec["sparse_file"]["bytes"] < 0.5 * sec["dense_file"]["bytes"]
     assert sec["sparse_file"]["gzip_bytes"] < sec["dense_file"]["gzip_bytes"]
     assert "TFLite fp32 dense → sparse" in result.stdout and "TFLite fp32 gzip" in result.stdout
+    assert f"TFLite file stores {sec['tensors']} weights sparse" in report["sparse_speed"]["note"]
     # The file in the output directory holds sparse tensors; what they decode to has the pruned weights' zeros
     # (BatchNorm is folded into the file's weights, so the values are scaled per output channel).
     from compress.io import load_model
