@@ -168,6 +168,32 @@ def test_weights_with_few_zeros_and_int8_weights_stay_dense(tmp_path):
     assert xnnpack_delegation(tmp_path / "int8.tflite")["fallback"] == []
 
 
+def test_a_weight_another_op_reads_too_stays_dense(tmp_path):
+    """A tied embedding table (GATHER reads it, FULLY_CONNECTED too): sparse for one reader would store it twice."""
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(300, 64)
+            self.head = nn.Linear(64, 300, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, ids):
+            return self.head(self.emb(ids))
+
+    torch.manual_seed(0)
+    net = Tied().eval()
+    with torch.no_grad():
+        net.emb.weight[torch.rand(300, 64) < 0.8] = 0
+    ids = torch.tensor([[1, 5, 7]])
+    info = export_tflite(net, (ids,), tmp_path / "tied.tflite")
+    assert info.sparse_weights == [] and "DENSIFY" not in info.op_counts
+    untied = nn.Linear(64, 300, bias=False).eval()  # the same weight read by the dense layer alone: sparse
+    with torch.no_grad():
+        untied.weight.copy_(net.emb.weight)
+    assert len(export_tflite(untied, torch.randn(1, 64), tmp_path / "fc.tflite").sparse_weights) == 1
+
+
 @pytest.mark.onnx
 def test_cli_prune_reports_dense_and_sparse_tflite_sizes(cli, tmp_path, calib_npz):
     arch = "compress.models:DemoCNN(width=32)"

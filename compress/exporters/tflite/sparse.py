@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,15 +100,19 @@ def sparsify_weights(writer: ModelWriter, dtypes=SPARSE_DTYPES) -> list[SparseWe
     """
     dense_of: dict[int, int] = {}  # constant tensor → the DENSIFY output standing for it
     done: list[SparseWeight] = []
-    for op in list(writer.operators):
-        name = writer.op_name(op.opcode_index)
-        slot = SPARSE_WEIGHT_INPUTS.get(name)
-        if slot is None or slot >= len(op.inputs) or op.inputs[slot] < 0:
-            continue
+    slots = [(op, SPARSE_WEIGHT_INPUTS.get(writer.op_name(op.opcode_index))) for op in writer.operators]
+    slots = [(op, s) for op, s in slots if s is not None and s < len(op.inputs) and op.inputs[s] >= 0]
+    # A constant some other input also reads (a bias slot, an ADD) would then be stored twice: it stays dense.
+    weight_reads = {(id(op), s) for op, s in slots}
+    other = {t for op in writer.operators for i, t in enumerate(op.inputs) if (id(op), i) not in weight_reads}
+    read = {t for op in writer.operators for t in op.inputs if t >= 0}
+    users = Counter(writer.tensors[t].buffer for t in read)  # a buffer another tensor (a reshaped view) reads too
+    for op, slot in slots:
         t_idx = op.inputs[slot]
         if t_idx not in dense_of:
             t = writer.tensors[t_idx]
-            if not t.buffer or t.sparsity is not None or t.dtype not in dtypes:
+            if not t.buffer or t.sparsity is not None or t.dtype not in dtypes or t_idx in other \
+                    or users[t.buffer] > 1:
                 continue
             data = np.frombuffer(writer.buffers[t.buffer], numpy_dtype(t.dtype)).reshape(t.shape)
             enc = encode_csr(data)
