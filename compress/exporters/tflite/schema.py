@@ -13,6 +13,8 @@ Conventions that follow what TF's converter writes (LiteRT relies on some of the
 * an operator code carries both ``builtin_code`` and ``deprecated_builtin_code`` (the latter saturates at
   127, ``PLACEHOLDER_FOR_GREATER_OP_CODES``, for the codes added after the int8 field ran out);
 * an operator code's version is the highest version any of its operators needs (see ``tflite_ops.op_version``);
+* a sparse constant (:class:`SparseDims`, written as ``SparsityParameters``) has its own buffer holding only the
+  stored elements and is read through a DENSIFY placed before every other operator (``sparse.sparsify_weights``);
 * with ``keep_name``, only the tensors it accepts (and the subgraph's inputs and outputs) carry their name:
   the exporter keeps the names verification reads (a tensor named after the fx node whose value it holds)
   and drops the rest (constants, layout and domain copies, a decomposition's steps), which LiteRT reads as
