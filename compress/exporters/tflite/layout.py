@@ -91,6 +91,42 @@ def depthwise_weight_1hwo(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(1, 2, 3, 0))
 
 
+def space_to_depth_weight(w: np.ndarray, block: int) -> np.ndarray:
+    """Torch conv weights ``[O, C, kh, kw]`` of a stride-``block`` conv → TFLite CONV_2D ``[O, ⌈kh/b⌉, ⌈kw/b⌉,
+    b²·C]`` of the stride-1 conv over SPACE_TO_DEPTH(b) of the same (padded) input.
+
+    SPACE_TO_DEPTH puts input pixel ``(b·i + dy, b·j + dx)``, channel ``c`` at block ``(i, j)``, channel
+    ``(dy·b + dx)·C + c``; tap ``ky = b·qy + dy`` of the strided conv is tap ``qy`` of the new one on that
+    channel. Taps past ``k`` (the kernel rounded up to whole blocks) are zero, so they add nothing.
+
+    Example:
+        >>> w = np.arange(2 * 3 * 3 * 3).reshape(2, 3, 3, 3)
+        >>> v = space_to_depth_weight(w, 2)
+        >>> v.shape, int(v[1, 0, 1, (1 * 2 + 0) * 3 + 2]) == int(w[1, 2, 1, 2]), int(v[0, 1, 1, 11])
+        ((2, 2, 2, 12), True, 0)
+    """
+    o, c, kh, kw = w.shape
+    qh, qw = -(-kh // block), -(-kw // block)
+    full = np.zeros((o, c, qh * block, qw * block), w.dtype)
+    full[:, :, :kh, :kw] = w
+    # [O, C, qy, dy, qx, dx] → [O, qy, qx, dy, dx, C]: the channel order SPACE_TO_DEPTH writes
+    full = full.reshape(o, c, qh, block, qw, block).transpose(0, 2, 4, 3, 5, 1)
+    return np.ascontiguousarray(full.reshape(o, qh, qw, block * block * c))
+
+
+def space_to_depth_pads(size: int, kernel: int, stride: int, before: int, out: int) -> int | None:
+    """Rows to pad after an input of ``size`` (``before`` padded first) so that SPACE_TO_DEPTH(``stride``) and a
+    stride-1 conv with ``⌈kernel/stride⌉`` taps give ``out`` positions: ``stride·(out + ⌈k/s⌉ − 1) − size −
+    before``. None when that is negative (the strided conv never reads the input's last rows; not rewritten).
+
+    Example:
+        >>> space_to_depth_pads(112, 7, 2, 3, 56), space_to_depth_pads(33, 3, 2, 1, 17)
+        (3, 2)
+    """
+    after = stride * (out + -(-kernel // stride) - 1) - size - before
+    return after if after >= 0 else None
+
+
 def window_padding(size: int, kernel: int, stride: int, pad: int, dilation: int = 1,
                    ceil_mode: bool = False) -> Padding:
     """Whether TFLite SAME or VALID reproduces torch's symmetric ``pad`` along one spatial axis.
