@@ -6,7 +6,11 @@ int8 per-channel grid in numpy, run by torch's float ops (independent of the exp
 Dynamic Linear / Conv (hybrid FULLY_CONNECTED / CONV_2D / DEPTHWISE_CONV_2D). Oracle: numpy integer math of
 LiteRT's hybrid kernels on weight codes computed here from the float weights (per-row / per-image asymmetric
 int8 input, exact integer accumulation, scale product, float bias), fed the same input LiteRT was fed, on
-XNNPACK and on LiteRT's builtin kernels. Per-tensor dynamic convs and dynamic LSTMs are refused by name.
+XNNPACK and on LiteRT's builtin kernels. Per-tensor dynamic convs are refused by name.
+
+Dynamic LSTM (one fused hybrid UNIDIRECTIONAL_SEQUENCE_LSTM per layer). Oracle: the gate codes re-coded here from
+the float weights, and the kernel's step in float64 from the same row oracle, given LiteRT's own input to each op;
+one reading its final state is refused by name.
 """
 
 from __future__ import annotations
@@ -346,21 +350,131 @@ def test_dynamic_conv_with_per_tensor_weights_is_refused_by_name(tmp_path):
     assert not (tmp_path / "dyn.tflite").exists()
 
 
-def test_dynamic_lstm_is_refused_by_name_for_tflite(tmp_path):
+class _SeqLSTM(nn.Module):
+    """A 2-layer LSTM whose output sequence is all the graph reads (the fused form), or, with ``final``, whose
+    final hidden state is read too (no fused form)."""
+
+    def __init__(self, final: bool = False):
+        super().__init__()
+        self.final = final
+        self.rnn = nn.LSTM(6, 12, num_layers=2, batch_first=True)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        out, (h, _) = self.rnn(x)
+        return self.fc(out[:, -1] + h[-1] if self.final else out[:, -1])
+
+
+def _oracle_lstm(x_btk: np.ndarray, w_ih: list, w_hh: list, bias: list) -> np.ndarray:
+    """LiteRT's hybrid LSTM step (lstm_eval.cc, asymmetric inputs) in float64 from this file's row oracle: at
+    every step the input row and the previous hidden row (each batch row on its own grid; a zero state is
+    skipped, as the kernel does), integer products with each gate's codes × (row scale × gate scale)."""
+    seq = x_btk.transpose(1, 0, 2).astype(np.float64)
+    steps, bsz, _ = seq.shape
+    h = np.zeros((bsz, len(bias[0])))
+    c = np.zeros_like(h)
+
+    def matmul(v, w):
+        codes, s_w = w
+        out = np.zeros((v.shape[0], codes.shape[0]))
+        for r, row in enumerate(v):
+            if row.any():
+                q, s, zp = _oracle_row(row)
+                out[r] = (q - zp) @ codes.T.astype(np.float64) * (s * s_w)
+        return out
+
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    hs = []
+    for t in range(steps):
+        i, f, g, o = (matmul(seq[t], w_ih[k]) + matmul(h, w_hh[k]) + bias[k] for k in range(4))
+        c = sig(f) * c + sig(i) * np.tanh(g)
+        h = sig(o) * np.tanh(c)
+        hs.append(h)
+    return np.stack(hs).transpose(1, 0, 2)
+
+
+def test_dynamic_lstm_is_one_fused_hybrid_op_per_layer_matching_the_kernel_in_litert(tmp_path):
+    from compress.exporters.tflite import export_tflite
+    from compress.exporters.tflite.verify import (
+        FUSED_LSTM_MIN_CLOSE_FRACTION,
+        load_interpreter,
+        verify_tflite,
+    )
+
+    torch.manual_seed(3)
+    model = _SeqLSTM().eval()
+    x = torch.randn(8, 7, 6)
+    dyn = _converted("dynamic", model, x)
+    info = export_tflite(dyn, (x[:1],), tmp_path / "dyn.tflite")
+    assert info.op_counts["UNIDIRECTIONAL_SEQUENCE_LSTM"] == 2, info.op_counts
+    assert not {"LOGISTIC", "TANH", "SPLIT", "PACK", "QUANTIZE"} & set(info.op_counts)  # fused, not unrolled
+    it = load_interpreter(tmp_path / "dyn.tflite", preserve_all_tensors=True)
+    details = {d["index"]: d for d in it.get_tensor_details()}
+    lstms = [o for o in it._get_ops_details() if o["op_name"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
+    # The weights: int8 with one scale per gate matrix, the float weights' codes on that gate's largest row
+    # scale (computed here from the float LSTM: per-row codes × scales, then re-coded per gate block).
+    gates = {}
+    for layer, op in enumerate(lstms):
+        ins = [int(i) for i in op["inputs"]]
+        for kind, idx in (("ih", ins[1:5]), ("hh", ins[5:9])):
+            codes, row_scale = _oracle_codes(getattr(model.rnn, f"weight_{kind}_l{layer}"))
+            w = codes * row_scale.astype(np.float64)[:, None]
+            for block, i in zip(np.split(w, 4), idx, strict=True):
+                s = np.abs(block).max() / 127
+                d = details[i]
+                assert d["dtype"] == np.int8 and len(d["quantization_parameters"]["scales"]) == 1
+                assert np.isclose(d["quantization_parameters"]["scales"][0], s, rtol=1e-6)
+                assert np.array_equal(it.get_tensor(i), np.round(block / s))
+                gates.setdefault((layer, kind), []).append((np.round(block / s), np.float32(s)))
+    # In LiteRT, each fused op against the numpy kernel oracle given the op's own input.
+    diffs = []
+    for k in range(8):
+        it.set_tensor(it.get_input_details()[0]["index"], x[k:k + 1].numpy())
+        it.invoke()
+        for layer, op in enumerate(lstms):
+            ins = [int(i) for i in op["inputs"]]
+            want = _oracle_lstm(it.get_tensor(ins[0]), gates[(layer, "ih")], gates[(layer, "hh")],
+                                [it.get_tensor(i).astype(np.float64) for i in ins[12:16]])
+            diffs.append(np.abs(it.get_tensor(int(op["outputs"][0])) - want).ravel())
+    d = np.concatenate(diffs)
+    assert (d <= 1e-4).mean() >= FUSED_LSTM_MIN_CLOSE_FRACTION and d.max() < 2e-2, (d.max(), (d <= 1e-4).mean())
+    # verify: the fused ops judged against the kernel model, the simulation's difference reported.
+    report = verify_tflite(tmp_path / "dyn.tflite", dyn, [x], info=info, graph=dyn)
+    assert report.passed, report.summary()
+    rnn = {h["node"]: h for h in report.layerwise["dynamic"]}["rnn"]
+    assert rnn["passed"] and rnn["elements"] == 8 * 2 * 7 * 12 and rnn["close_fraction"] >= 0.98, rnn
+    assert rnn["sim_max_rel_diff"] > rnn["max_rel_diff"]  # per-row vs per-tensor grids: information only
+    json.dumps(report.to_dict())
+
+
+def test_a_wrong_dynamic_lstm_fails_verification(tmp_path, monkeypatch):
+    from compress.exporters.tflite import export_tflite, ops_seq
+    from compress.exporters.tflite.verify import verify_tflite
+
+    torch.manual_seed(3)
+    x = torch.randn(8, 7, 6)
+    dyn = _converted("dynamic", _SeqLSTM().eval(), x)
+    real = ops_seq._gate_matrices
+    monkeypatch.setattr(ops_seq, "_gate_matrices", lambda *a: real(*a)[::-1])  # gates o, g, f, i
+
+    def check(path):
+        info = export_tflite(dyn, (x[:1],), path)
+        return verify_tflite(path, dyn, [x], info=info, graph=dyn)
+
+    bad = check(tmp_path / "bad.tflite")
+    rnn = {h["node"]: h for h in bad.layerwise["dynamic"]}["rnn"]
+    assert not bad.passed and not rnn["passed"], rnn
+
+
+def test_dynamic_lstm_reading_its_final_state_is_refused_by_name_for_tflite(tmp_path):
     from compress.exporters.tflite import export_tflite
 
-    class Seq(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.rnn = nn.LSTM(4, 8, batch_first=True)
-
-        def forward(self, x):
-            return self.rnn(x)[0]
-
-    x = torch.randn(4, 5, 4)
-    dyn = _converted("dynamic", Seq().eval(), x)
-    with pytest.raises(ExportError, match=r"layer 'rnn' is in dynamic mode.*--format onnx"):
+    x = torch.randn(4, 5, 6)
+    dyn = _converted("dynamic", _SeqLSTM(final=True).eval(), x)
+    with pytest.raises(ExportError, match=r"layer 'rnn' is a dynamic LSTM that has its final state.*"
+                                          r"--format onnx.*--layer-mode rnn=static"):
         export_tflite(dyn, (x[:1],), tmp_path / "dyn.tflite")
+    assert not (tmp_path / "dyn.tflite").exists()
 
 
 @pytest.mark.slow

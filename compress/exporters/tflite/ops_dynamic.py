@@ -27,7 +27,17 @@ arithmetic and reports its difference from the simulation as information.
 Weight-only ``nn.MultiheadAttention`` (also what ``--mode dynamic`` gives attention, as in ONNX): the
 attention handler's float decomposition with its four projection weights as int8 codes + DEQUANTIZE.
 
-Not written (refused by name, with the fix): dynamic LSTM, weight-only LSTM / GRU.
+LSTM → one UNIDIRECTIONAL_SEQUENCE_LSTM per layer in LiteRT's hybrid form, the static int8 LSTM's op
+(:func:`compress.exporters.tflite.ops_seq.fused_lstm`): int8 gate matrices (one scale each: every gate block of
+the layer's per-row codes re-coded on its largest row scale), float bias, gates and cell; every step quantizes
+its input and the previous hidden state per batch row, asymmetric. The dynamic simulation
+(onnxruntime's DynamicQuantizeLSTM) quantizes the whole input sequence at once and the hidden state per step as
+one uint8 tensor, so the two differ by the input-quantization granularity (and the gate re-coding); the
+verification checks the op against a numpy model of the kernel and reports the simulation's difference as
+information. An initial state, a read final state or a bidirectional layer has no fused form (the kernel
+keeps h and c to itself and runs one direction): refused by name, with the fix.
+
+Not written (refused by name, with the fix): weight-only LSTM / GRU.
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ from compress.exporters.tflite import layout as L
 from compress.exporters.tflite.graph import ACT_CODE, Emitter
 from compress.exporters.tflite.ops import conv2d, linear
 from compress.exporters.tflite.ops_base import _finish, _float_params, _meta_shape, int8_weight
-from compress.exporters.tflite.ops_seq import multihead_attention
+from compress.exporters.tflite.ops_seq import _fusable_lstm, fused_lstm, multihead_attention
 from compress.exporters.tflite.ops_shape import embedding
 from compress.exporters.tflite.schema import Options, QuantParams, TensorType
 from compress.layers.dynamic import layer_mode
@@ -211,6 +221,26 @@ def weight_only_attention(em: Emitter, node: fx.Node) -> None:
                           f"{node.target}=static")
 
 
+def dynamic_lstm(em: Emitter, node: fx.Node) -> None:
+    """A dynamic-mode LSTM as the fused hybrid UNIDIRECTIONAL_SEQUENCE_LSTM (see the module docstring).
+
+    Raises:
+        ExportError: the layer is bidirectional, is given an initial state or has its final state read
+            (the fused kernel runs one direction from a zero state and returns only the hidden sequence).
+    """
+    mod = em.module(node)
+    hx = node.args[1] if len(node.args) > 1 else node.kwargs.get("hx")
+    if not _fusable_lstm(em, mod, node, hx):
+        why = ("is bidirectional" if mod.bidirectional else "has a projection (proj_size)"
+               if getattr(mod, "proj_size", 0) else "is given an initial state" if hx is not None
+               else "has its final state (h_n, c_n) read")
+        fix = ("a unidirectional LSTM" if mod.bidirectional or getattr(mod, "proj_size", 0) else
+               f"--layer-mode {node.target}=static (the unrolled int8 form)")
+        raise ExportError(f"layer {node.target!r} is a dynamic LSTM that {why}, which LiteRT's fused hybrid LSTM "
+                          f"cannot compute; export ONNX (--format onnx), or use {fix} for TFLite")
+    fused_lstm(em, node)
+
+
 def _not_yet(em: Emitter, node: fx.Node) -> None:
     mode = layer_mode(em.module(node)).value
     raise ExportError(f"layer {node.target!r} is in {mode} mode, which the TFLite exporter does not write for "
@@ -224,7 +254,7 @@ for _name in ("conv1d", "conv2d"):
 ops.register_emitter("tflite", "linear", quantized=True, mode="dynamic")(dynamic_linear)
 for _name in ("conv1d", "conv2d"):
     ops.register_emitter("tflite", _name, quantized=True, mode="dynamic")(dynamic_conv)
-ops.register_emitter("tflite", "lstm", quantized=True, mode="dynamic")(_not_yet)
+ops.register_emitter("tflite", "lstm", quantized=True, mode="dynamic")(dynamic_lstm)
 for _name in ("lstm", "gru"):  # their emitters read the static layer's quantizers
     ops.register_emitter("tflite", _name, quantized=True, mode="weight-only")(_not_yet)
 ops.register_emitter("tflite", "multihead_attention", quantized=True, mode="weight-only")(weight_only_attention)

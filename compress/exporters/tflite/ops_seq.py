@@ -250,14 +250,22 @@ def _gate_matrices(em: Emitter, w: torch.Tensor, q: nn.Module | None, name: str)
     """
     if not isinstance(q, Quantizer):
         return [em.const(f"{name}{k}", _np(block), TensorType.FLOAT32) for k, block in enumerate(w.chunk(4))]
-    from compress.exporters.numerics import WEIGHT_QMAX
     from compress.exporters.tflite.schema import QuantParams
 
+    return [em.const(f"{name}{k}_int8", codes, TensorType.INT8, QuantParams.per_tensor(scale, 0))
+            for k, (codes, scale) in enumerate(gate_codes(w, q))]
+
+
+def gate_codes(w: torch.Tensor, q: Quantizer) -> list[tuple[np.ndarray, float]]:
+    """The int8 (codes, scale) of each gate block (i, f, g, o) of the stacked weight ``[4H, in]`` on its frozen
+    quantizer ``q``, re-coded on one symmetric scale per block (:func:`_gate_matrices`); what the fused op
+    stores and what its verification expects (:mod:`compress.exporters.tflite.verify_dynamic`)."""
+    from compress.exporters.numerics import WEIGHT_QMAX
+
     out = []
-    for k, block in enumerate(q(w).detach().double().cpu().numpy().reshape(4, -1, w.shape[1])):
+    for block in q(w).detach().double().cpu().numpy().reshape(4, -1, w.shape[1]):
         scale = float(np.abs(block).max()) / WEIGHT_QMAX or 1.0
-        codes = np.clip(np.round(block / scale), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
-        out.append(em.const(f"{name}{k}_int8", codes, TensorType.INT8, QuantParams.per_tensor(scale, 0)))
+        out.append((np.clip(np.round(block / scale), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8), scale))
     return out
 
 
@@ -291,6 +299,10 @@ def fused_lstm(em: Emitter, node: fx.Node) -> None:
     DEQUANTIZE. Verification therefore checks each fused op against a numpy model of that arithmetic given the
     op's own input (:func:`compress.exporters.tflite.verify.fused_lstm_reference`), and the layer's output
     against the simulation with the recurrent tolerance (``RECURRENT_RTOL``), as for ONNX's LSTM.
+
+    A dynamic-mode QuantLSTM is written the same way (:func:`compress.exporters.tflite.ops_dynamic.dynamic_lstm`):
+    it has no hidden-state or between-layer quantizers, so the file is exactly the hybrid kernel on the layer's
+    gate codes, and its verification is the kernel model alone (the simulation's difference is information).
     """
     from compress.layers.recurrent import QuantLSTM
 

@@ -198,9 +198,9 @@ def verify_tflite(path, reference: Callable | nn.Module, inputs: Iterable, *, in
     outputs = [output_parity(names[i], diffs[i], refs_max[i], scales[i], config, tolerance=tolerances[i])
                for i in range(len(outs))]
     layerwise = None
-    from compress.exporters.tflite.verify_dynamic import dynamic_layers, dynamic_layerwise
+    from compress.exporters.tflite.verify_dynamic import dynamic_layers, dynamic_layerwise, dynamic_lstms
 
-    if graph is not None and dynamic_layers(graph):  # hybrid ops: their own rule (verify_dynamic.py)
+    if graph is not None and (dynamic_layers(graph) or dynamic_lstms(graph)):  # hybrid ops: their own rule (verify_dynamic.py)
         layerwise = dynamic_layerwise(path, graph, inputs, info=info, config=config)
     elif graph is not None and any(s is not None for s in scales):
         layerwise = tflite_layerwise(path, graph, inputs, info=info, config=config)
@@ -414,48 +414,60 @@ def fused_lstm_parity(path, inputs: Iterable, *, nhwc_input: bool = False, num_t
         ``{"ops": fused LSTMs in the file, "samples": batches run, "max_abs_diff": largest |LiteRT − model|,
         "close_fraction": share of values within FUSED_LSTM_CLOSE, "passed": both within their limits}``.
     """
-    import tflite
-
     it = load_interpreter(path, num_threads, preserve_all_tensors=True)
-    lstms = [o for o in it._get_ops_details() if o["op_name"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
+    lstms = fused_lstm_ops(path, it)
     result = {"ops": len(lstms), "samples": 0, "max_abs_diff": 0.0, "close_fraction": 1.0, "passed": True}
     if not lstms:
         return result
-    model = tflite.Model.GetRootAsModel(open(path, "rb").read(), 0)
-    sub = model.Subgraphs(0)
-    options = []
-    for o in lstms:
-        table = tflite.UnidirectionalSequenceLSTMOptions()
-        op = sub.Operators(int(o["index"]))
-        opts = op.BuiltinOptions()
-        table.Init(opts.Bytes, opts.Pos)
-        if table.FusedActivationFunction() != 4 or table.CellClip() or table.ProjClip() or any(
-                int(o["inputs"][i]) >= 0 for i in (9, 10, 11, 16, 17, 20, 21, 22, 23)):
-            raise VerificationError(f"{path}: a fused LSTM with peepholes, projection, clipping, layer norm or a "
-                                    "non-tanh activation has no numpy model here; re-export it")
-        options.append((bool(table.TimeMajor()), bool(table.AsymmetricQuantizeInputs())))
-    details = {int(d["index"]): d for d in it.get_tensor_details()}
-
-    def weight(i: int):
-        w, d = it.get_tensor(i), details[i]
-        return (w, float(d["quantization_parameters"]["scales"][0])) if d["dtype"] == np.int8 else w
-
     close = total = 0
     for item in inputs:
         if result["samples"] >= samples:
             break
-        batch = as_batch(item)
-        run_tflite(it, batch, nhwc_input)
+        run_tflite(it, as_batch(item), nhwc_input)
         result["samples"] += 1
-        for o, (time_major, asymmetric) in zip(lstms, options, strict=True):
-            ins = [int(i) for i in o["inputs"]]
-            want = fused_lstm_reference(it.get_tensor(ins[0]), [weight(i) for i in ins[1:5]],
-                                        [weight(i) for i in ins[5:9]], [it.get_tensor(i) for i in ins[12:16]],
-                                        time_major=time_major, asymmetric=asymmetric)
-            diff = np.abs(it.get_tensor(int(o["outputs"][0])) - want)
+        for lstm in lstms:
+            diff = np.abs(it.get_tensor(int(lstm[0]["outputs"][0])) - fused_lstm_expected(it, *lstm))
             result["max_abs_diff"] = max(result["max_abs_diff"], float(diff.max()))
             close, total = close + int((diff <= FUSED_LSTM_CLOSE).sum()), total + diff.size
     result["close_fraction"] = close / total if total else 1.0
     result["passed"] = result["close_fraction"] >= FUSED_LSTM_MIN_CLOSE_FRACTION and \
         result["max_abs_diff"] <= FUSED_LSTM_ATOL
     return result
+
+
+def fused_lstm_ops(path, it) -> list[tuple[dict, bool, bool]]:
+    """The UNIDIRECTIONAL_SEQUENCE_LSTMs of the loaded file ``path`` in execution order, each as (op details,
+    time_major, asymmetric_quantize_inputs); a form :func:`fused_lstm_reference` does not model is refused."""
+    import tflite
+
+    lstms = [o for o in it._get_ops_details() if o["op_name"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
+    if not lstms:
+        return []
+    sub = tflite.Model.GetRootAsModel(open(path, "rb").read(), 0).Subgraphs(0)
+    found = []
+    for o in lstms:
+        table = tflite.UnidirectionalSequenceLSTMOptions()
+        opts = sub.Operators(int(o["index"])).BuiltinOptions()
+        table.Init(opts.Bytes, opts.Pos)
+        if table.FusedActivationFunction() != 4 or table.CellClip() or table.ProjClip() or any(
+                int(o["inputs"][i]) >= 0 for i in (9, 10, 11, 16, 17, 20, 21, 22, 23)):
+            raise VerificationError(f"{path}: a fused LSTM with peepholes, projection, clipping, layer norm or a "
+                                    "non-tanh activation has no numpy model here; re-export it")
+        found.append((o, bool(table.TimeMajor()), bool(table.AsymmetricQuantizeInputs())))
+    return found
+
+
+def fused_lstm_expected(it, op: dict, time_major: bool, asymmetric: bool, weights: tuple | None = None) -> np.ndarray:
+    """:func:`fused_lstm_reference` of one fused op of the last invoke (``it`` loaded with
+    ``preserve_all_tensors``): its input as LiteRT fed it, its weights (int8 codes with their one scale, or
+    float) and biases as the file holds them, or ``weights`` = (w_ih, w_hh, bias) given (from the layer)."""
+    details = {int(d["index"]): d for d in it.get_tensor_details()}
+
+    def weight(i: int):
+        w, d = it.get_tensor(i), details[i]
+        return (w, float(d["quantization_parameters"]["scales"][0])) if d["dtype"] == np.int8 else w
+
+    ins = [int(i) for i in op["inputs"]]
+    if weights is None:
+        weights = [weight(i) for i in ins[1:5]], [weight(i) for i in ins[5:9]], [it.get_tensor(i) for i in ins[12:16]]
+    return fused_lstm_reference(it.get_tensor(ins[0]), *weights, time_major=time_major, asymmetric=asymmetric)

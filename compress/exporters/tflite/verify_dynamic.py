@@ -19,6 +19,11 @@ The rule, one for every hybrid op:
   element; one step is what a single input code rounded the other way moves an output by (measured on the
   zoo bert: 1.0 step on 2 of its 14 layers over 64 samples; about 1 code in 10^5 on LiteRT's builtin kernel).
   2 steps leave room for two such codes in one row; a weight scale 2 % off measures 15 steps.
+* a dynamic LSTM is one fused hybrid UNIDIRECTIONAL_SEQUENCE_LSTM per layer: each is checked against
+  :func:`~compress.exporters.tflite.verify.fused_lstm_reference` given LiteRT's own input to it, with the
+  fused-LSTM rule of the static int8 file (``close_fraction`` ≥ ``FUSED_LSTM_MIN_CLOSE_FRACTION`` of the
+  hidden values within ``FUSED_LSTM_CLOSE``, none beyond ``FUSED_LSTM_ATOL``: the recurrence carries a
+  float32-noise code flip on, so no per-element step bound holds);
 * every other op (float, or static int8 in a mixed model) keeps the usual rule given the same inputs;
 * the difference of each hybrid op from the *simulation* (per-tensor uint8) is reported as information
   (``dynamic`` in the op-by-op report), as are the end-to-end figures.
@@ -33,6 +38,7 @@ Example:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
@@ -140,10 +146,11 @@ class HybridOpParity:
     op: str
     source: str
     elements: int = 0
-    max_steps: float = 0.0  # largest |LiteRT − reference| in units of the one-input-code step
+    max_steps: float = 0.0  # largest |LiteRT − reference| in units of the one-input-code step (FC / conv)
     max_rel_diff: float = 0.0  # vs the reference, relative to its max magnitude
     sim_max_rel_diff: float = 0.0  # vs the simulation (per-tensor uint8), information
     passed: bool = True
+    close_fraction: float | None = None  # fused LSTM: share of hidden values within FUSED_LSTM_CLOSE
 
 
 @dataclass
@@ -166,6 +173,102 @@ def dynamic_layers(graph: fx.GraphModule) -> list[fx.Node]:
     return [n for n in graph.graph.nodes if n.op == "call_module"
             and isinstance(modules.get(n.target), nn.Linear | nn.Conv1d | nn.Conv2d)
             and layer_mode(modules[n.target]) is QuantMode.DYNAMIC]
+
+
+def dynamic_lstms(graph: fx.GraphModule) -> list[fx.Node]:
+    """The graph's call_module nodes of LSTMs in dynamic mode (fused hybrid LSTMs in the file), in graph order."""
+    from compress.layers.dynamic import layer_mode
+
+    modules = dict(graph.named_modules())
+    return [n for n in graph.graph.nodes if n.op == "call_module" and isinstance(modules.get(n.target), nn.LSTM)
+            and hasattr(modules[n.target], "weight_quants") and layer_mode(modules[n.target]) is QuantMode.DYNAMIC]
+
+
+@dataclass
+class _LstmSite:
+    """A dynamic LSTM as the file holds it: its fused ops (one per layer, (details, time_major, asymmetric))."""
+
+    layer: fx.Node
+    ops: list
+    acc: HybridOpParity
+    sequence: fx.Node | None  # the ``getitem(lstm, 0)`` node: LiteRT's sequence is substituted there
+    weights: list  # per layer (w_ih, w_hh, bias) from the layer itself: a file with wrong weights fails
+    close: int = 0
+    total: int = 0
+    max_abs: float = 0.0
+    ref_max: float = 0.0
+    sim_abs: float = 0.0
+    sim_max: float = 0.0
+    last_out: np.ndarray | None = None
+
+    def check(self, it) -> None:
+        """Each fused op of the last invoke against the numpy model of the kernel given LiteRT's input to it."""
+        from compress.exporters.tflite.verify import FUSED_LSTM_CLOSE, fused_lstm_expected
+
+        for op, weights in zip(self.ops, self.weights, strict=True):
+            got = it.get_tensor(int(op[0]["outputs"][0]))
+            want = fused_lstm_expected(it, *op, weights=weights)
+            d = np.abs(got.astype(np.float64) - want)
+            self.close, self.total = self.close + int((d <= FUSED_LSTM_CLOSE).sum()), self.total + d.size
+            self.max_abs = max(self.max_abs, float(d.max(initial=0.0)))
+            self.ref_max = max(self.ref_max, float(np.abs(want).max(initial=0.0)))
+            self.last_out = got.copy()
+
+    def hook(self, _module, _args, output) -> None:
+        """The simulation's output sequence beside the last fused op's (information)."""
+        sim = output[0].detach().float().numpy()
+        if self.last_out is not None and self.last_out.shape == sim.shape:
+            self.sim_abs = max(self.sim_abs, float(np.abs(self.last_out - sim).max(initial=0.0)))
+            self.sim_max = max(self.sim_max, float(np.abs(sim).max(initial=0.0)))
+
+    def finish(self) -> None:
+        from compress.exporters.tflite.verify import FUSED_LSTM_ATOL, FUSED_LSTM_MIN_CLOSE_FRACTION
+
+        a = self.acc
+        a.elements = self.total
+        a.close_fraction = self.close / self.total if self.total else 0.0
+        a.max_rel_diff, a.sim_max_rel_diff = _rel(self.max_abs, self.ref_max), _rel(self.sim_abs, self.sim_max)
+        a.passed = bool(self.total and a.close_fraction >= FUSED_LSTM_MIN_CLOSE_FRACTION
+                        and self.max_abs <= FUSED_LSTM_ATOL)
+
+
+def _layer_weights(mod: nn.Module, layer: int) -> tuple[list, list, list]:
+    """Layer ``layer`` of a converted LSTM as the fused op should hold it: per gate the int8 codes and scale of
+    each weight (:func:`~compress.exporters.tflite.ops_seq.gate_codes`) and the two biases summed."""
+    from compress.exporters.tflite.ops_seq import gate_codes
+
+    sfx = f"_l{layer}"
+    w = [[(codes, np.float32(scale)) for codes, scale in gate_codes(getattr(mod, k + sfx), mod.weight_quants[k + sfx])]
+         for k in ("weight_ih", "weight_hh")]
+    bias = np.zeros(4 * mod.hidden_size, np.float32)
+    if mod.bias:
+        bias = sum(getattr(mod, b + sfx).detach().float().numpy() for b in ("bias_ih", "bias_hh")).astype(np.float32)
+    return w[0], w[1], list(bias.reshape(4, -1))
+
+
+def _lstm_sites(path, it, graph: fx.GraphModule) -> tuple[list[_LstmSite], dict[str, tuple[str, str]]]:
+    """Each dynamic LSTM's fused ops: the file's UNIDIRECTIONAL_SEQUENCE_LSTMs in execution order, ``num_layers``
+    for each dynamic LSTM in graph order (the exporter writes them so); when the counts disagree, every dynamic
+    LSTM is reported as not found (it fails)."""
+    from compress.exporters.tflite.verify import fused_lstm_ops
+
+    nodes = dynamic_lstms(graph)
+    if not nodes:
+        return [], {}
+    modules = dict(graph.named_modules())
+    found = fused_lstm_ops(path, it)
+    if len(found) != sum(modules[n.target].num_layers for n in nodes):
+        why = f"{len(found)} fused LSTMs in the file for {len(nodes)} dynamic LSTM layers"
+        return [], {n.name: (n.target, why) for n in nodes}
+    sites = []
+    for n in nodes:
+        k = modules[n.target].num_layers
+        seq = [u for u in n.users if u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0]
+        sites.append(_LstmSite(n, found[:k], HybridOpParity(n.name, type(modules[n.target]).__name__,
+                                                            user_source(n)), seq[0] if seq else None,
+                               [_layer_weights(modules[n.target], layer) for layer in range(k)]))
+        found = found[k:]
+    return sites, {}
 
 
 def _clamp_of(node: fx.Node, modules: dict) -> FusedActivation | None:
@@ -281,11 +384,15 @@ def dynamic_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info=Non
     it = load_interpreter(path, config.intra_op_threads, preserve_all_tensors=True)
     probes, unprobed = tflite_probes(it, graph)
     sites, missing = _sites(it, graph)
+    lstms, lstm_missing = _lstm_sites(path, it, graph)
+    missing.update(lstm_missing)
     modules = dict(graph.named_modules())
     for s in sites:
         s.acc = HybridOpParity(s.probe.name, type(modules[s.layer.target]).__name__, user_source(s.layer))
     probes = [p for p in probes if p.node not in {s.probe.name for s in sites}]
     probes += [Probe(s.probe.name, s.key, None) for s in sites]
+    # What follows a fused LSTM sees LiteRT's hidden sequence (the op is judged by the kernel model, not here).
+    probes += [Probe(s.sequence.name, int(s.ops[-1][0]["outputs"][0]), None) for s in lstms if s.sequence is not None]
     nhwc = bool(info.nhwc_input) if info is not None else False
     last: dict = {}
     inputs_seen: dict = {}
@@ -295,6 +402,8 @@ def dynamic_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info=Non
         last.clear()
         last.update({p.key: it.get_tensor(p.key).copy() for p in probes})
         inputs_seen.update({s.input_key: it.get_tensor(s.input_key).copy() for s in sites})
+        for site in lstms:
+            site.check(it)
         return dict(last), outputs
 
     def check(site: _HybridSite):
@@ -331,6 +440,7 @@ def dynamic_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info=Non
                 yield tuple(x[i:i + 1] for x in batch)
 
     handles = [modules[s.layer.target].register_forward_hook(check(s)) for s in sites]
+    handles += [modules[s.layer.target].register_forward_hook(s.hook) for s in lstms]
     try:
         base = layerwise_parity(graph, run, batches(), probes, runtime="LiteRT", max_op_lsb=config.max_op_lsb,
                                 float_rtol=config.float_rtol, approximated=_approximated(graph, info),
@@ -338,7 +448,9 @@ def dynamic_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info=Non
     finally:
         for h in handles:
             h.remove()
-    return _merged(base, sites, missing, modules)
+    for site in lstms:
+        site.finish()
+    return _merged(base, sites, missing, modules, lstms)
 
 
 def _runtime_input(runtime: np.ndarray, sim: np.ndarray) -> np.ndarray:
@@ -357,11 +469,11 @@ def _rel(diff: float, magnitude: float) -> float:
 
 
 def _merged(base: LayerwiseParity, sites: list[_HybridSite], missing: dict[str, tuple[str, str]],
-            modules: dict) -> DynamicLayerwiseParity:
+            modules: dict, lstms: list[_LstmSite] = ()) -> DynamicLayerwiseParity:
     """``base`` with each hybrid probe judged by the reference of LiteRT's arithmetic instead of the
     simulation (the simulation's figure kept as information in ``dynamic``). A dynamic layer whose hybrid op
     was not found fails: it would otherwise pass unchecked."""
-    hybrid = {s.probe.name for s in sites}
+    hybrid = {s.probe.name for s in sites} | {s.sequence.name for s in lstms if s.sequence is not None}
     results = [OpParity(name, f"{type(modules[target]).__name__}, not found: {why}", "",
                         max_rel_diff=float("inf"), passed=False) for name, (target, why) in missing.items()]
     for s in sites:
@@ -370,9 +482,14 @@ def _merged(base: LayerwiseParity, sites: list[_HybridSite], missing: dict[str, 
         s.acc.passed &= s.acc.elements > 0
         results.append(OpParity(s.acc.node, s.acc.op, s.acc.source, s.acc.elements, max_rel_diff=s.acc.max_rel_diff,
                                 passed=s.acc.passed))
+    for s in lstms:
+        results.append(OpParity(s.acc.node, f"{s.acc.op} (fused, vs the kernel model)", s.acc.source, s.acc.elements,
+                                max_rel_diff=s.acc.max_rel_diff, passed=s.acc.passed))
     failures = [f for f in base.failures if f.node not in hybrid] + [r for r in results if not r.passed]
     worst = sorted([w for w in base.worst if w.node not in hybrid] + results,
                    key=lambda r: -(r.max_abs_lsb if r.max_abs_lsb is not None else r.max_rel_diff))
-    return DynamicLayerwiseParity(base.runtime, not failures and base.samples > 0, base.ops + len(missing), base.samples,
+    return DynamicLayerwiseParity(base.runtime, not failures and base.samples > 0, base.ops + len(missing) + len(lstms),
+                                  base.samples,
                                   base.max_op_lsb, failures, worst[:WORST_LISTED], base.unchecked,
-                                  base.instrumentation_changed_outputs, dynamic=[s.acc for s in sites])
+                                  base.instrumentation_changed_outputs,
+                                  dynamic=[s.acc for s in sites] + [s.acc for s in lstms])
