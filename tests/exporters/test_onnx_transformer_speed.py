@@ -179,3 +179,90 @@ def test_float_graph_keeps_the_standard_ops_below_opset_20(tmp_path):
     x = _batches(1, seed=2)[0]
     with torch.no_grad():
         np.testing.assert_allclose(_run(path, x.numpy()), model(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
+class ScaledScores(nn.Module):
+    """BERT's attention scores: ``q·kᵀ / √d``, softmax, times v."""
+
+    def __init__(self):
+        super().__init__()
+        self.query, self.key, self.value = nn.Linear(16, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+
+    def forward(self, x):
+        scores = torch.matmul(self.query(x), self.key(x).transpose(-1, -2))
+        scores = scores / math.sqrt(16)
+        return torch.matmul(torch.softmax(scores, dim=-1), self.value(x))
+
+
+def _scores_model():
+    torch.manual_seed(1)
+    model = ScaledScores().eval()
+    return convert(calibrate(prepare(model, _batches(1)[0][:1]), _batches(4), progress=False))
+
+
+def _div_quantizer(q):
+    modules = dict(q.named_modules())
+    (div,) = [n for n in q.graph.nodes if getattr(n.target, "__name__", "") == "truediv"]
+    (user,) = div.users
+    return modules[user.target]
+
+
+def _export(q, path, monkeypatch=None):
+    from compress.exporters import export_onnx
+
+    if monkeypatch is not None:  # the file as written before the fold: Div and its Q/DQ
+        from compress.exporters.onnx import ops_float
+
+        monkeypatch.setattr(ops_float, "fold_constant_scale", lambda ctx, node: None)
+    info = export_onnx(q, (_batches(1)[0][:1],), path)
+    if monkeypatch is not None:
+        monkeypatch.undo()
+    return info
+
+
+def test_division_that_changes_no_code_is_written_as_no_op(tmp_path, monkeypatch):
+    from compress.exporters.onnx import verify_onnx
+
+    q = _scores_model()
+    path, ref_path = tmp_path / "q.onnx", tmp_path / "ref.onnx"
+    info = _export(q, path)
+    _export(q, ref_path, monkeypatch)
+    kinds = [n.op_type for n in onnx.load(str(path)).graph.node]
+    ref_kinds = [n.op_type for n in onnx.load(str(ref_path)).graph.node]
+    assert "Div" not in kinds and "Div" in ref_kinds
+    # DQ, Div, Q, DQ → DQ: three nodes fewer, and no DequantizeLinear left without a reader.
+    assert len(ref_kinds) - len(kinds) == 3
+    proto = onnx.load(str(path))
+    read = {i for n in proto.graph.node for i in n.input} | {o.name for o in proto.graph.output}
+    assert all(o in read for n in proto.graph.node for o in n.output)
+    # The proof's premise, checked independently in numpy: every score code divided by √16 and requantized on
+    # the division's grid (round half to even, as QuantizeLinear does) is the same code.
+    div_q = _div_quantizer(q)
+    modules = dict(q.named_modules())
+    (div,) = [n for n in q.graph.nodes if getattr(n.target, "__name__", "") == "truediv"]
+    scores_q = modules[div.args[0].target]
+    s1, z1 = float(scores_q.scale.reshape(())), int(scores_q.zero_point.reshape(()))
+    s2, z2 = float(div_q.scale.reshape(())), int(div_q.zero_point.reshape(()))
+    codes = np.arange(-128, 128, dtype=np.float32)
+    values = ((codes - z1) * np.float32(s1)) / np.float32(4.0)
+    assert z1 == z2 and np.array_equal(np.clip(np.rint(values / np.float32(s2)) + z2, -128, 127), codes)
+
+    x = _batches(1, seed=5)[0].numpy()
+    np.testing.assert_array_equal(_run(path, x), _run(ref_path, x))
+    report = verify_onnx(path, q, [b.numpy() for b in _batches(2, seed=3)], info=info, graph=q)
+    assert report.passed, report.summary()
+
+
+def test_division_onto_another_grid_keeps_its_ops(tmp_path):
+    """A division whose output quantizer is not the input grid / c (scale 1 % off): Div, Q and DQ stay."""
+    from compress.exporters.onnx import verify_onnx
+
+    q = _scores_model()
+    div_q = _div_quantizer(q)
+    with torch.no_grad():
+        div_q.scale.mul_(1.01)
+    path = tmp_path / "q.onnx"
+    info = _export(q, path)
+    assert "Div" in [n.op_type for n in onnx.load(str(path)).graph.node]
+    report = verify_onnx(path, q, [b.numpy() for b in _batches(2, seed=3)], info=info, graph=q)
+    assert report.passed, report.summary()

@@ -17,7 +17,7 @@ from torch import fx, nn
 
 from compress.errors import ExportError
 from compress.exporters.onnx.graph import ExportContext, PyValue, TensorValue, arg, emitter, static
-from compress.exporters.onnx.ops_math import float_barrier
+from compress.exporters.onnx.ops_math import float_barrier, fold_constant_scale
 from compress.exporters.onnx.ops_quant import clamp_implied, conv_attrs, emit_embedding, emit_linear
 from compress.exporters.onnx.ops_tensor import pad_into_conv
 
@@ -371,10 +371,20 @@ def _binary(op_type: str):
     return handler
 
 
+def _folded(op_type: str):
+    plain = _binary(op_type)
+
+    def handler(ctx: ExportContext, node: fx.Node, mod):
+        folded = fold_constant_scale(ctx, node)  # x / c that changes no code: no op at all
+        return folded if folded is not None else plain(ctx, node, mod)
+
+    return handler
+
+
 emitter("add")(_binary("Add"))
 emitter("sub")(_binary("Sub"))
-emitter("mul")(_binary("Mul"))
-emitter("div")(_binary("Div"))
+emitter("mul")(_folded("Mul"))
+emitter("div")(_folded("Div"))
 emitter("matmul")(_binary("MatMul"))
 
 
