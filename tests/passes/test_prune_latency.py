@@ -4,6 +4,8 @@ table cache, and one real onnxruntime run."""
 from __future__ import annotations
 
 import itertools
+import math
+import statistics
 
 import pytest
 import torch
@@ -83,7 +85,8 @@ class FakeMeasure:
 @pytest.fixture
 def fake_timing(monkeypatch, tmp_path):
     monkeypatch.setenv("COMPRESS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(lat, "time_interleaved", lambda runners, **_: [run() for run in runners])
+    # a burst's "time" is what the fake runner returns: the median of `runs` calls, as median_ms takes
+    monkeypatch.setattr(lat, "median_ms", lambda fn, runs, **_: statistics.median(fn() for _ in range(runs)))
 
 
 @pytest.mark.slow  # three captures (torch.export) of a small net
@@ -109,10 +112,89 @@ def test_search_meets_a_deterministic_target_and_caches_the_table(fake_timing, t
     first = measure.calls
     again = prune(net, x, config, measure=measure)
     assert again.plan["latency"]["table_cached"]
-    assert measure.calls - first == 2 * len(again.plan["latency"]["rounds"])  # only the checks, no table
+    # only the checks (the unpruned reference once, each plan once), no table
+    assert measure.calls - first == 1 + len(again.plan["latency"]["rounds"])
     assert again.plan["groups"] == result.plan["groups"]
     replayed = apply_plan(Plain().eval(), x, result.plan)
     assert macs_by_hand(replayed.model) == macs_by_hand(result.model)
+
+
+class Chain(nn.Module):
+    """Six 32-channel convs in a row: every group sits between two convs, so the single-group savings of the
+    widest cuts sum to ~1.25× the base latency (cuts multiply, they do not add)."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(3, 32, 3, padding=1)] +
+                                   [nn.Conv2d(32, 32, 3, padding=1) for _ in range(5)])
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def true_ms(model: nn.Module) -> float:
+    return 0.02 + macs_by_hand(model) / 1e5
+
+
+class NoisyMeasure:
+    """A loaded machine, seeded: each call takes ``true_ms`` × a load shared by neighbouring calls (a random
+    walk in [1, 3], other jobs coming and going) × its own uniform ±30 % jitter."""
+
+    def __init__(self, seed: int):
+        self.name = f"fake-noisy-{seed}"  # the table's cache key: each seed measures its own
+        self.gen = torch.Generator().manual_seed(seed)
+        self.load = 1.5
+
+    def _draw(self) -> float:
+        return float(torch.rand(1, generator=self.gen))
+
+    def runner(self, model, example_inputs):
+        ms = true_ms(model)
+
+        def run():
+            self.load = min(3.0, max(1.0, self.load * math.exp(0.05 * (2 * self._draw() - 1))))
+            return ms * self.load * (1 + 0.3 * (2 * self._draw() - 1))
+
+        return run
+
+    def pinned(self):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+@pytest.mark.slow  # one capture (torch.export) per search, ten searches
+def test_noisy_non_additive_timing_still_lands_within_ten_percent(fake_timing):
+    """Issue 9: ±30 % timing noise on a drifting load, savings summing past the base. The old search (absolute
+    differences of fastest rounds, additive prediction) predicted negative latencies on every seed here and
+    landed within ±10 % on 0 of 5; this one's noise is in its checks too, so 8 of 10 seeds must land."""
+    torch.manual_seed(0)
+    net = Chain().eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert sum(true_ms(net) - true_ms(_cut_one(net, x, i, 8)) for i in range(5)) > true_ms(net)  # the premise
+    got = []
+    for seed in range(10):
+        result = prune(net, x, PruneConfig(latency=LatencyTarget(fraction=0.5)), measure=NoisyMeasure(seed))
+        report = result.plan["latency"]
+        assert report["rounds"] and all(r["predicted_ms"] > 0 and r["measured_ms"] > 0 for r in report["rounds"])
+        got.append(true_ms(result.model) / true_ms(net))  # the noiseless latency of the final model
+    assert sum(abs(g - 0.5) <= 0.1 * 0.5 for g in got) >= 8, got
+    assert all(abs(g - 0.5) <= 0.2 * 0.5 for g in got), got  # and no seed far off
+
+
+def _cut_one(net: Chain, x, i: int, width: int) -> nn.Module:
+    """``net`` with conv ``i``'s output group cut to ``width`` channels, by hand (the test's own surgery)."""
+    import copy
+
+    out = copy.deepcopy(net)
+    a, b = out.convs[i], out.convs[i + 1]
+    a.weight, a.bias = nn.Parameter(a.weight[:width]), nn.Parameter(a.bias[:width])
+    a.out_channels = width
+    b.weight, b.in_channels = nn.Parameter(b.weight[:, :width]), width
+    return out
 
 
 def test_an_unreachable_target_says_so(fake_timing):
