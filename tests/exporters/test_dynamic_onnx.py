@@ -197,7 +197,12 @@ def test_recurrent_modes_match_onnxruntime_step_by_step(kind, mode, written, tmp
     int8 = convert(prepared)
     info = export_onnx(int8, (x[:1],), tmp_path / "rnn.onnx")
     assert info.op_histogram.get(written) == 2  # one op per layer
-    assert info.output_tolerances == [None]  # bit-faithful: verified like any float output
+    # DynamicQuantizeLSTM re-quantizes every step's hidden state from its own range: a float-rounding code flip
+    # carries over the steps (2e-4 on the zoo audio LSTM), so it is declared approximated (RECURRENT_RTOL for
+    # what follows it); weight-only LSTM and the weight-only GRU are float ops as simulated: bit-faithful.
+    from compress.exporters.onnx.ops_seq import RECURRENT_RTOL
+
+    assert info.output_tolerances == [RECURRENT_RTOL if written == "DynamicQuantizeLSTM" else None]
     sess = _session(str(tmp_path / "rnn.onnx"))
     for i in range(len(x)):  # one call each: the runtime quantizes every call's input and hidden states anew
         got = sess.run(None, {"x": x[i:i + 1].numpy()})[0]
