@@ -134,9 +134,9 @@ class LatencyTarget:
         ms: the target in milliseconds (batch 1) instead.
         steps: the fractions of each group's channels the table measures removing; the search picks one per
             group (or none).
-        tolerance: the final model's measured latency may exceed the target by this fraction before the
-            search re-plans with a corrected table (at most ``max_rounds`` times).
-        max_rounds: measure-and-correct rounds.
+        tolerance: a plan whose measured latency is within ± this fraction of the target is a hit; otherwise
+            the search re-plans from every plan measured so far.
+        max_rounds: measure-and-correct rounds; up to twice as many while the miss exceeds 1.5 × ``tolerance``.
 
     Example:
         >>> LatencyTarget(fraction=0.5).steps
