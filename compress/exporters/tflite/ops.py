@@ -265,9 +265,12 @@ def _align(em: Emitter, v, lead: TValue):
 
 
 def cat(em: Emitter, node: fx.Node) -> None:
-    tensors = [v for v in em.value(_arg(node, 0, "tensors"))]
+    # A constant operand (a learned token / position table read directly) becomes a constant tensor: int8 on
+    # the grid prepare gave it (OpSpec.int8_constants), else float, and the concatenation then runs float.
+    tensors = [em.materialize(v, f"{node.name}_c{i}") if isinstance(v, Const) else v
+               for i, v in enumerate(em.value(_arg(node, 0, "tensors")))]
     dim = _arg(node, 1, "dim", 0)
-    lead = em.uncollapse(tensors[0])
+    lead = em.uncollapse(next((t for t in tensors if not L.is_identity(t.perm)), tensors[0]))
     tensors = [em.to_perm(t, lead.perm) for t in tensors]
     plan = em.plan_output(node)
     int8 = em.quantized and plan.quant is not None and all(t.is_int8 for t in tensors)
