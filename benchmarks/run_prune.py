@@ -97,6 +97,26 @@ def _onnx_latencies(model, pruned: dict, x, rounds: int) -> dict[str, float]:
         return _file_latencies(files, (x,), rounds=rounds)  # more rounds than the CLI: a loaded machine
 
 
+def _onnx_round_ratios(model, pruned: dict, x, rounds: int) -> dict[str, dict]:
+    """fp32 ONNX files of every pruned net timed beside the unpruned one (:func:`_time_rounds`): the median
+    and quartiles of the per-round ratios. Under load a long run is preempted more often than a short one,
+    so the fastest rounds of a 12 ms and a 3 ms file are not equally lucky; ratios in one round are."""
+    import numpy as np
+
+    from compress.exporters import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"unpruned": Path(tmp) / "unpruned.onnx"}
+        export_onnx(model, (x[:1],), files["unpruned"])
+        for name, net in pruned.items():
+            files[name] = Path(tmp) / f"{name}.onnx"
+            export_onnx(net, (x[:1],), files[name])
+        times = _time_rounds(files, (x[:1].numpy(),), rounds)
+    base = np.asarray(times["unpruned"])
+    return {name: dict(zip(("q1", "median", "q3"), np.quantile(np.asarray(times[name]) / base, [0.25, 0.5, 0.75])
+                           .tolist(), strict=True)) for name in pruned}
+
+
 def run(ratio: float, epochs: int, rounds: int = ROUNDS) -> dict:
     import torch
 
@@ -375,10 +395,13 @@ def _runtime_latencies(model, half, x, calib, rounds: int, breakdown: bool) -> d
     return out
 
 
-def run_latency(archs: list[str], resolutions: list[int], rounds: int = ROUNDS) -> dict:
+def run_latency(archs: list[str], resolutions: list[int], rounds: int = ROUNDS, runtimes: bool = True) -> dict:
     """Reference nets (random weights, benchmarks/nets.py) at each input size: 50 % channels and
     ``--latency-target 0.5``, each timed as fp32 ONNX beside the unpruned file (no accuracy: untrained
-    weights), then the per-runtime rows of :func:`_runtime_latencies`. Keys: ``arch@resolution``."""
+    weights), then (``runtimes``) the per-runtime rows of :func:`_runtime_latencies`. Keys: ``arch@resolution``;
+    each row records the load average before and after its latency search."""
+    import os
+
     import torch
     from nets import build_net, smooth_images
 
@@ -395,6 +418,7 @@ def run_latency(archs: list[str], resolutions: list[int], rounds: int = ROUNDS) 
             half = prune(model, x, PruneConfig(channels=0.5, round_to=8)).model
             half_s = time.perf_counter() - t
             pruned, target = {"channels_0.5": half}, None
+            load = {"start": os.getloadavg()}
             if resolution == resolutions[0]:  # the ONNX latency search once per net: minutes on 2 shared cores
                 t = time.perf_counter()
                 target = prune(model, x, PruneConfig(latency=LatencyTarget(fraction=0.5,
@@ -403,21 +427,27 @@ def run_latency(archs: list[str], resolutions: list[int], rounds: int = ROUNDS) 
                 target_s = time.perf_counter() - t
                 pruned["latency_target_0.5"] = target.model
             times = _onnx_latencies(model, pruned, x, rounds)
+            paired = _onnx_round_ratios(model, pruned, x, rounds)
+            load["end"] = os.getloadavg()
             t = time.perf_counter()
-            runtimes = _runtime_latencies(model, half, x, smooth_images(CALIB_IMAGES, resolution, seed=1),
+            rows = None
+            if runtimes:
+                rows = _runtime_latencies(model, half, x, smooth_images(CALIB_IMAGES, resolution, seed=1),
                                           rounds, breakdown=arch == "resnet18")
-            print(arch, resolution, f"runtime rows {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+                print(arch, resolution, f"runtime rows {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
             key = f"{arch}@{resolution}"
             out[key] = {"arch": arch, "resolution": resolution, "params": count_params(model),
                         "macs": count_macs(model, x[:1]),
                         "channels_0.5": {"params": count_params(half), "macs": count_macs(half, x[:1]),
                                          "prune_s": half_s,
-                                         "latency_ratio": times["channels_0.5"] / times["unpruned"]},
+                                         "latency_ratio": times["channels_0.5"] / times["unpruned"],
+                                         "latency_ratio_per_round": paired["channels_0.5"]},
                         "latency_target_0.5": None if target is None else {
                             "params": count_params(target.model), "prune_s": target_s,
                             "latency_ratio": times["latency_target_0.5"] / times["unpruned"],
-                            "search": {k: v for k, v in target.plan["latency"].items() if k not in ("table", "rounds")}},
-                        "unpruned_ms": times["unpruned"], "runtimes": runtimes}
+                            "latency_ratio_per_round": paired["latency_target_0.5"],
+                            "search": {k: v for k, v in target.plan["latency"].items() if k != "table"}},
+                        "unpruned_ms": times["unpruned"], "load_average": load, "runtimes": rows}
             print(key, json.dumps(out[key]), file=sys.stderr, flush=True)
     return out
 
@@ -425,6 +455,24 @@ def run_latency(archs: list[str], resolutions: list[int], rounds: int = ROUNDS) 
 def _cell(r: dict) -> str:
     spread = f", rounds {r['round_median']:.3f} ± {r['round_spread']:.3f}" if "round_spread" in r else ""
     return f"{r['unpruned_ms']:.2f} → {r['channels_0.5_ms']:.2f} ({r['ratio']:.3f}×{spread})"
+
+
+def _search_rounds(search: dict) -> str:
+    rounds = search.get("rounds")
+    if not rounds:
+        return ""
+    pairs = " ".join(f"{r['predicted_ms'] / search['base_ms']:.2f}/{r['measured_ms'] / search['base_ms']:.2f}"
+                     for r in rounds)
+    return f"; rounds predicted/measured {pairs}"
+
+
+def _paired(row: dict) -> str:
+    p = row.get("latency_ratio_per_round")
+    return f", paired rounds {p['median']:.3f} [{p['q1']:.3f}, {p['q3']:.3f}]" if p else ""
+
+
+def _load(load: dict | None) -> str:
+    return f"; load {load['start'][0]:.1f} → {load['end'][0]:.1f}" if load else ""
 
 
 def render(report: dict) -> str:
@@ -446,18 +494,23 @@ def render(report: dict) -> str:
                      f"{r.get('prune_s', 0):.2f} s | {r['onnx_fp32_ms']:.4f} | {r['latency_ratio']:.3f} |")
     nets = report.get("reference_nets") or {}
     if nets:
-        lines += ["", "Reference nets (random weights, benchmarks/nets.py), fp32 ONNX latency ÷ the unpruned file:", "",
+        lines += ["", "Reference nets (random weights, benchmarks/nets.py), fp32 ONNX latency ÷ the unpruned file "
+                  "(fastest round ÷ fastest round; then the median [quartiles] of ratios in the same round):", "",
                   "| net | input | MACs unpruned → 50 % | unpruned ms | 50 % channels (round_to 8) | `--latency-target 0.5` (search predicted / measured) |",
                   "|---|---|---:|---:|---:|---:|"]
         for key, r in nets.items():
             lt = r["latency_target_0.5"]
             target = "–" if lt is None else (
-                f"{lt['latency_ratio']:.3f} ({lt['search']['predicted_ms'] / lt['search']['base_ms']:.3f} / "
-                f"{lt['search']['measured_ms'] / lt['search']['base_ms']:.3f}, {lt['prune_s']:.0f} s)")
+                f"{lt['latency_ratio']:.3f}{_paired(lt)} ({lt['search']['predicted_ms'] / lt['search']['base_ms']:.3f} / "
+                f"{lt['search']['measured_ms'] / lt['search']['base_ms']:.3f}, {lt['prune_s']:.0f} s"
+                f"{_search_rounds(lt['search'])}{_load(r.get('load_average'))})")
             macs = (f"{r['macs'] / 1e6:.0f} M → {r['channels_0.5']['macs'] / 1e6:.0f} M"
                     if "macs" in r else "–")
             lines.append(f"| {r.get('arch', key)} | {r['resolution']}² | {macs} | {r['unpruned_ms']:.2f} | "
-                         f"{r['channels_0.5']['latency_ratio']:.3f} ({r['channels_0.5']['params']:,} params) | {target} |")
+                         f"{r['channels_0.5']['latency_ratio']:.3f}{_paired(r['channels_0.5'])} "
+                         f"({r['channels_0.5']['params']:,} params) | {target} |")
+        if not any(r.get("runtimes") for r in nets.values()):
+            return "\n".join(lines) + "\n"
         lines += ["", "Reference nets at 50 % channels, per runtime and precision: unpruned ms → pruned ms "
                   f"(× unpruned, fastest round; then the per-round ratios, median ± half their range); batch 1, "
                   f"1 thread, all eight files of a net timed interleaved, {report.get('rounds', 21)} rounds. "
@@ -502,11 +555,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="timing rounds (the fastest counts)")
     ap.add_argument("--no-zoo", action="store_true",
                     help="skip the zoo-ResNet comparison with Torch-Pruning (a quick run of the reference nets only)")
+    ap.add_argument("--latency-target-only", action="store_true",
+                    help="reference nets: only the 50 %% channels and --latency-target 0.5 rows (no per-runtime "
+                         "rows; implies --no-zoo); with --resolution 112 a few minutes")
     ap.add_argument("--_time-without-amx", dest="time_without_amx", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.time_without_amx:  # the child of _tflite_rounds_without_amx
         _child_time_without_amx(args.time_without_amx, args.rounds)
         return
+    args.no_zoo = args.no_zoo or args.latency_target_only
     if args.no_zoo:
         report = {"schema": 1, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                   "model": "reference nets only (--no-zoo)", "ratio": args.ratio, "criterion": "l1",
@@ -517,14 +574,15 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     archs = [a for a in args.archs.split(",") if a]
     resolutions = [int(r) for r in args.resolution.split(",") if r]
-    report["reference_nets"] = run_latency(archs, resolutions, args.rounds) if archs else {}
+    report["reference_nets"] = run_latency(archs, resolutions, args.rounds,
+                                           runtimes=not args.latency_target_only) if archs else {}
     report["rounds"] = args.rounds
     from compress.runtime.machine import machine_slug
 
     out = HERE / "results" / machine_slug(report["machine"])
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M")
-    name = "prune-quick" if args.no_zoo else "prune"
+    name = "prune-latency-target" if args.latency_target_only else "prune-quick" if args.no_zoo else "prune"
     (out / f"{name}-{stamp}.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / f"{name}-latest.md").write_text(render(report))
     print(render(report))
