@@ -75,6 +75,34 @@ def test_a_module_called_20_times_has_one_int8_weight_initializer(files):
     assert len(names) == len(set(names))
 
 
+def test_a_shared_gru_weight_reaches_its_20_calls_through_one_node(files):
+    # onnxruntime gives every reader of a DequantizeLinear its own copy (EnsureUniqueDQForNodeUnit): a GRU
+    # weight read through one reshape per call was dequantized 20 times per run. One DQ, one reshape, 20 GRUs.
+    import onnxruntime as ort
+
+    (_, _, _, _, _), (_, _, path, _, twenty) = files
+    readers: dict[str, list] = {}
+    for n in twenty.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    for shape in ([3 * 128, 256], [3 * 128, 128]):
+        dq = [n for n in twenty.graph.node if n.op_type == "DequantizeLinear"
+              and n.input[0] == _int8_inits(twenty, shape)[0].name]
+        assert len(dq) == 1 and len(readers[dq[0].output[0]]) == 1, shape
+        (reshape,) = readers[dq[0].output[0]]
+        assert reshape.op_type == "Reshape" and {r.op_type for r in readers[reshape.output[0]]} == {"GRU"}
+        assert len(readers[reshape.output[0]]) == 20
+    # ... and onnxruntime's optimized graph keeps it that way: the big weights are dequantized twice, not 40 times.
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(path.with_suffix(".opt.onnx"))
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    import onnx
+
+    opt = onnx.load(opts.optimized_model_filepath)
+    big = {i.name for i in opt.graph.initializer if list(i.dims) in ([3 * 128, 256], [3 * 128, 128])}
+    assert len([n for n in opt.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in big]) == 2
+
+
 def test_the_20_call_file_is_close_to_the_single_call_file(files):
     (_, _, p1, _, _), (_, _, p20, _, _) = files
     once, twenty = p1.stat().st_size, p20.stat().st_size

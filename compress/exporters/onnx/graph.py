@@ -109,6 +109,7 @@ class GraphBuilder:
         self._const_cache: dict[tuple, str] = {}
         self._producers: dict[str, Any] = {}
         self._dequantized: dict[tuple, str] = {}
+        self._once: dict[tuple, str] = {}
         # hint (an fx node's name) → the first QuantizeLinear output written under it: where the file holds
         # that node's int8 output, which op-by-op verification reads (ExportInfo.probe_values).
         self.quantized_outputs: dict[str, str] = {}
@@ -218,6 +219,19 @@ class GraphBuilder:
             inputs = [codes_name, scale_name] + ([zp_name] if zp_name else [])
             self._dequantized[key] = self.node("DequantizeLinear", inputs, hint, axis=axis)
         return self._dequantized[key]
+
+    def node_once(self, op_type: str, inputs: list[str], hint: str, **attrs) -> str:
+        """``node`` for a pure op on a value the whole graph shares (a shared weight's reshape): written once,
+        later calls with the same op, inputs and attributes read that output.
+
+        Why: onnxruntime gives every reader of a DequantizeLinear its own copy (EnsureUniqueDQForNodeUnit), so
+        a shared weight reaching its N readers through N reshapes was dequantized N times per run (the zoo GRU
+        decoder's 12 calls: 590 µs of DequantizeLinear per run, 4.4× the fp32 file).
+        """
+        key = (op_type, tuple(inputs), tuple(sorted((k, repr(v)) for k, v in attrs.items())))
+        if key not in self._once:
+            self._once[key] = self.node(op_type, inputs, hint, **attrs)
+        return self._once[key]
 
     # -- finishing -------------------------------------------------------------------------------------
     def rename_output(self, old: str, new: str) -> bool:

@@ -421,7 +421,7 @@ class _Rnn:
             # One scale per gate row across directions: dequantize the [dirs·G·H, in] matrix along axis 0.
             flat = np.concatenate(codes, axis=0)
             dq = b.dequantized_const(flat, np.concatenate(scales).astype(_F32), 0, f"{name}.{what}")
-            out.append(b.node("Reshape", [dq, b.int64s([self.dirs, -1, flat.shape[1]])], name))
+            out.append(b.node_once("Reshape", [dq, b.int64s([self.dirs, -1, flat.shape[1]])], name))
         return out[0], out[1]
 
     def merge_directions(self, y: str, y_h: str, layer: int, name: str) -> tuple[TensorValue, str]:
