@@ -83,17 +83,24 @@ def prune_theirs(model, x, ratio: float):
     return model
 
 
+def _fp32_files(model, pruned: dict, x, tmp: Path) -> dict[str, Path]:
+    """fp32 ONNX files of the unpruned model and of every pruned one, in ``tmp``, by name."""
+    from compress.exporters import export_onnx
+
+    files = {"unpruned": tmp / "unpruned.onnx"}
+    export_onnx(model, (x[:1],), files["unpruned"])
+    for name, net in pruned.items():
+        files[name] = tmp / f"{name}.onnx"
+        export_onnx(net, (x[:1],), files[name])
+    return files
+
+
 def _onnx_latencies(model, pruned: dict, x, rounds: int) -> dict[str, float]:
     """fp32 ONNX latency (ms) of the unpruned model and of every pruned one, timed interleaved."""
     from compress.cli.prune import _file_latencies
-    from compress.exporters import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"unpruned": Path(tmp) / "unpruned.onnx"}
-        export_onnx(model, (x[:1],), files["unpruned"])
-        for name, net in pruned.items():
-            files[name] = Path(tmp) / f"{name}.onnx"
-            export_onnx(net, (x[:1],), files[name])
+        files = _fp32_files(model, pruned, x, Path(tmp))
         return _file_latencies(files, (x,), rounds=rounds)  # more rounds than the CLI: a loaded machine
 
 
@@ -103,14 +110,8 @@ def _onnx_round_ratios(model, pruned: dict, x, rounds: int) -> dict[str, dict]:
     so the fastest rounds of a 12 ms and a 3 ms file are not equally lucky; ratios in one round are."""
     import numpy as np
 
-    from compress.exporters import export_onnx
-
     with tempfile.TemporaryDirectory() as tmp:
-        files = {"unpruned": Path(tmp) / "unpruned.onnx"}
-        export_onnx(model, (x[:1],), files["unpruned"])
-        for name, net in pruned.items():
-            files[name] = Path(tmp) / f"{name}.onnx"
-            export_onnx(net, (x[:1],), files[name])
+        files = _fp32_files(model, pruned, x, Path(tmp))
         times = _time_rounds(files, (x[:1].numpy(),), rounds)
     base = np.asarray(times["unpruned"])
     return {name: dict(zip(("q1", "median", "q3"), np.quantile(np.asarray(times[name]) / base, [0.25, 0.5, 0.75])

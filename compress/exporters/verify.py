@@ -124,6 +124,19 @@ def as_batch(item) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
+def single_samples(inputs: Iterable, limit: int):
+    """The first ``limit`` samples of ``inputs`` (batches, :func:`as_batch` items) one by one, each a tuple of
+    batch-1 arrays: LiteRT files have a fixed batch of 1."""
+    n = 0
+    for item in inputs:
+        batch = as_batch(item)
+        for i in range(batch[0].shape[0] if batch[0].ndim else 1):
+            if n >= limit:
+                return
+            n += 1
+            yield tuple(x[i:i + 1] for x in batch)
+
+
 def _flatten(y) -> list[np.ndarray]:
     if isinstance(y, torch.Tensor):
         return [y.detach().cpu().float().numpy()]

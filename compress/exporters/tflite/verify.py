@@ -34,6 +34,7 @@ from compress.exporters.verify import (
     collect_diffs,
     output_parity,
     parity_report,
+    single_samples,
 )
 from compress.exporters.verify_ops import LayerwiseParity, Probe, approximated_ops, layerwise_parity
 
@@ -311,18 +312,9 @@ def tflite_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info: TFL
         outputs = run_tflite(it, sample, nhwc)
         return {p.key: it.get_tensor(p.key).copy() for p in probes}, outputs
 
-    def samples():
-        n = 0
-        for item in inputs:
-            batch = as_batch(item)
-            for i in range(batch[0].shape[0] if batch[0].ndim else 1):
-                if n >= LAYERWISE_SAMPLES:
-                    return
-                n += 1
-                yield tuple(x[i:i + 1] for x in batch)
-
-    return layerwise_parity(graph, run, samples(), probes, runtime="LiteRT", max_op_lsb=config.max_op_lsb,
-                            float_rtol=config.float_rtol, approximated=_approximated(graph, info),
+    return layerwise_parity(graph, run, single_samples(inputs, LAYERWISE_SAMPLES), probes, runtime="LiteRT",
+                            max_op_lsb=config.max_op_lsb, float_rtol=config.float_rtol,
+                            approximated=_approximated(graph, info),
                             unchecked=unprobed)
 
 

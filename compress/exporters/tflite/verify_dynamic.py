@@ -47,7 +47,7 @@ import torch
 from torch import fx, nn
 
 from compress.exporters.tflite.hybrid import quantize_rows
-from compress.exporters.verify import VerifyConfig, as_batch
+from compress.exporters.verify import VerifyConfig, single_samples
 from compress.exporters.verify_ops import (
     WORST_LISTED,
     LayerwiseParity,
@@ -429,21 +429,12 @@ def dynamic_layerwise(path, graph: fx.GraphModule, inputs: Iterable, *, info=Non
             site.sim_max = max(site.sim_max, float(np.abs(sim).max(initial=0.0)))
         return hook
 
-    def batches():
-        n = 0
-        for item in inputs:
-            batch = as_batch(item)
-            for i in range(batch[0].shape[0] if batch[0].ndim else 1):
-                if n >= limit:
-                    return
-                n += 1
-                yield tuple(x[i:i + 1] for x in batch)
-
     handles = [modules[s.layer.target].register_forward_hook(check(s)) for s in sites]
     handles += [modules[s.layer.target].register_forward_hook(s.hook) for s in lstms]
     try:
-        base = layerwise_parity(graph, run, batches(), probes, runtime="LiteRT", max_op_lsb=config.max_op_lsb,
-                                float_rtol=config.float_rtol, approximated=_approximated(graph, info),
+        base = layerwise_parity(graph, run, single_samples(inputs, limit), probes, runtime="LiteRT",
+                                max_op_lsb=config.max_op_lsb, float_rtol=config.float_rtol,
+                                approximated=_approximated(graph, info),
                                 unchecked=unprobed)
     finally:
         for h in handles:
