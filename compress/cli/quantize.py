@@ -130,6 +130,9 @@ def _spec_files(spec: str | None) -> list[Path]:
 @click.option("--format", "formats", metavar="FORMATS", default="onnx", show_default=True,
               help="Files to write, comma-separated: onnx, tflite (e.g. onnx,tflite). Each is verified in its "
                    "runtime (onnxruntime, LiteRT).")
+@click.option("--opset", type=click.IntRange(min=13), default=None,
+              help="ONNX opset of the int8 file [default: 17]; 20+ writes GELU as the standard Gelu op (below 20 "
+                   "it is onnxruntime's com.microsoft Gelu).")
 @click.option("--int8-io", is_flag=True,
               help="TFLite: int8 input and output tensors instead of float with QUANTIZE/DEQUANTIZE at the edges.")
 @click.option("--arch", metavar="MODULE:CALLABLE",
@@ -151,7 +154,7 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
                      layer_mode_pairs: tuple[str, ...], per_tensor: bool, observer: str, target: str,
                      formats: str, int8_io: bool, arch: str | None, trust_pickle: bool, force: bool,
                      batch_size: int | None, accept_degraded: bool, ptq: str, keep_unverified: bool,
-                     max_drop: float | None, metric: str | None, no_measure: bool) -> None:
+                     max_drop: float | None, metric: str | None, no_measure: bool, opset: int | None) -> None:
     """Quantize MODEL to int8 ONNX (and TFLite), verify each file against the torch simulation, write a report.
 
     MODEL is a state dict (.pt/.pth/.safetensors, with --arch), a torch.export program (.pt2), or a pickled
@@ -165,6 +168,8 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
         raise ConfigError("--no-measure applies to --mode auto / --max-drop; add --mode auto or --max-drop POINTS")
     if int8_io and "tflite" not in format_names:
         raise ConfigError("--int8-io applies to TFLite files; add --format tflite (or onnx,tflite)")
+    if opset is not None and "onnx" not in format_names:
+        raise ConfigError("--opset applies to the ONNX file; drop it, or add onnx to --format")
     if not qat:
         given = [flag for flag, value in (("--train", train_spec), ("--epochs", epochs), ("--lr", lr)) if value is not None]
         if given:
@@ -187,7 +192,8 @@ def quantize_command(model: str, out: Path, calib: str, eval_spec: str | None, q
     options = QuantizeOptions(
         per_tensor=per_tensor, observer=ObserverKind(observer), target=Target(target), qat=qat,
         formats=format_names, tflite_int8_io=int8_io, accept_degraded=accept_degraded, mode=mode,
-        keep_unverified=keep_unverified, layer_modes=layer_modes, ptq=tuple(ptq.split(",")), **extra
+        keep_unverified=keep_unverified, layer_modes=layer_modes, ptq=tuple(ptq.split(",")), **extra,
+        **({} if opset is None else {"opset": opset}),
     )
     net = load_model(model, arch=arch, trust_pickle=trust_pickle)
     datasets = {}

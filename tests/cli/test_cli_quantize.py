@@ -225,3 +225,41 @@ def test_int8_io_writes_int8_tflite_edges(cli, tmp_path, calib_npz, state_dict_f
 def test_int8_io_without_tflite_is_a_usage_error(cli, calib_npz, state_dict_file, tiny_arch):
     result = cli("quantize", state_dict_file, "--arch", tiny_arch, "--calib", calib_npz, "--int8-io", "-o", "out")
     assert result.exit_code == 2 and "--format tflite" in result.output
+
+
+GELU_NET = """
+import torch
+from torch import nn
+
+
+def build():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.GELU(), nn.Linear(32, 10))
+"""
+
+
+def test_opset_reaches_the_int8_onnx_file(cli, tmp_path, write_npz):
+    import onnx
+    import torch
+
+    (tmp_path / "gelu_net.py").write_text(GELU_NET)
+    torch.manual_seed(0)
+    ns: dict = {}
+    exec(GELU_NET, ns)
+    torch.save(ns["build"]().state_dict(), tmp_path / "gelu.pt")
+    calib = write_npz("gcalib.npz", x=np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32))
+    arch = f"{tmp_path / 'gelu_net.py'}:build"
+    domains = {}
+    for opset in ("17", "20"):
+        result = cli("quantize", tmp_path / "gelu.pt", "--arch", arch, "--calib", calib, "--opset", opset,
+                     "-o", f"o{opset}")
+        assert result.exit_code == 0, result.output
+        model = onnx.load(str(tmp_path / f"o{opset}" / "model.onnx"))
+        assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {int(opset)}
+        domains[opset] = {(n.domain, n.op_type) for n in model.graph.node if n.op_type in ("Gelu", "FastGelu")}
+    assert domains["17"] and all(d == "com.microsoft" for d, _ in domains["17"])
+    assert domains["20"] == {("", "Gelu")}  # the standard op: any ONNX runtime
+
+    result = cli("quantize", tmp_path / "gelu.pt", "--arch", arch, "--calib", calib, "--opset", "20",
+                 "--format", "tflite", "-o", "bad")
+    assert result.exit_code == 2 and "--opset applies to the ONNX file" in result.output
+    assert not (tmp_path / "bad").exists()
